@@ -1,0 +1,135 @@
+//! `vfio-guest`: the programs that run inside the test VM.
+//!
+//! - `vfio-guest run ...`: the suite runner (see `harness`), started by
+//!   `cargo xtask test`.
+//! - `vfio-guest case <name> --backend c|rust`: one case, in its own process.
+//! - `vfio-guest demo --backend c|rust`: the walk-through of `cargo xtask demo`.
+//! - `vfio-guest list`: the case names.
+
+mod demo;
+mod harness;
+mod suites;
+mod uapi;
+mod vfio;
+
+use harness::{Backend, RunConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit code of a case that skipped (as automake's test drivers use it).
+pub const EXIT_SKIP: i32 = 77;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
+  vfio-guest case NAME --backend c|rust\n  vfio-guest demo --backend c|rust --modroot DIR --kmods DIR\n  vfio-guest list"
+    );
+    std::process::exit(2)
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn value(&self, flag: &str) -> Option<String> {
+        self.0.iter().position(|a| a == flag).and_then(|i| self.0.get(i + 1)).cloned()
+    }
+    fn required(&self, flag: &str) -> String {
+        self.value(flag).unwrap_or_else(|| {
+            eprintln!("missing {flag}");
+            usage()
+        })
+    }
+    fn has(&self, flag: &str) -> bool {
+        self.0.iter().any(|a| a == flag)
+    }
+}
+
+fn backend_arg(args: &Args) -> Backend {
+    Backend::parse(&args.required("--backend")).unwrap_or_else(|| usage())
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = argv.first().cloned() else { usage() };
+    let args = Args(argv[1..].to_vec());
+    match cmd.as_str() {
+        "run" => {
+            let backends: Vec<Backend> = args
+                .required("--backends")
+                .split(',')
+                .map(|b| Backend::parse(b).unwrap_or_else(|| usage()))
+                .collect();
+            let cfg = RunConfig {
+                results: PathBuf::from(args.required("--results")),
+                modroot: PathBuf::from(args.required("--modroot")),
+                kmods: PathBuf::from(args.required("--kmods")),
+                backends,
+                filter: args.value("--filter"),
+                keep_going: args.has("--keep-going"),
+                case_timeout: Duration::from_secs(
+                    args.value("--case-timeout").and_then(|s| s.parse().ok()).unwrap_or(180),
+                ),
+            };
+            let ok = harness::run(&cfg);
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        "case" => {
+            let Some(name) = args.0.first().cloned() else { usage() };
+            let backend = backend_arg(&args);
+            let Some(case) = suites::ALL.iter().find(|c| c.name == name) else {
+                eprintln!("no case named {name}");
+                std::process::exit(2);
+            };
+            let ctx = suites::Ctx { backend };
+            match (case.run)(&ctx) {
+                Ok(()) => std::process::exit(0),
+                Err(suites::Fail::Skip(why)) => {
+                    println!("SKIP: {why}");
+                    std::process::exit(EXIT_SKIP);
+                }
+                Err(suites::Fail::Fail(why)) => {
+                    println!("{why}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "load" | "unload" => {
+            let cfg = RunConfig {
+                results: PathBuf::new(),
+                modroot: PathBuf::from(args.required("--modroot")),
+                kmods: PathBuf::from(args.required("--kmods")),
+                backends: args
+                    .required("--backends")
+                    .split(',')
+                    .map(|b| Backend::parse(b).unwrap_or_else(|| usage()))
+                    .collect(),
+                filter: None,
+                keep_going: false,
+                case_timeout: Duration::from_secs(0),
+            };
+            // Loading two backends at once is refused by `load_backend` itself.
+            for b in &cfg.backends {
+                let r = if cmd == "load" { harness::load_backend(&cfg, *b) } else { harness::unload_backend(&cfg, *b) };
+                if let Err(e) = r {
+                    eprintln!("{cmd} {}: {e}", b.name());
+                    std::process::exit(1);
+                }
+            }
+        }
+        "demo" => {
+            let backend = backend_arg(&args);
+            let ok = demo::run(
+                backend,
+                &PathBuf::from(args.required("--modroot")),
+                &PathBuf::from(args.required("--kmods")),
+            );
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        "list" => {
+            for c in suites::ALL {
+                println!("{}", c.name);
+            }
+        }
+        _ => usage(),
+    }
+}

@@ -1,0 +1,111 @@
+//! The test cases. Each case runs in its own process against whichever
+//! backend is loaded, and must give the same results on both.
+
+pub mod mtty;
+pub mod type1;
+
+use crate::harness::Backend;
+use crate::vfio::{Container, Errno, Group, Mdev};
+use std::path::PathBuf;
+
+/// What a case knows about its run.
+pub struct Ctx {
+    pub backend: Backend,
+}
+
+impl Ctx {
+    /// The sysfs directory of the mtty parent device.
+    pub fn mtty_parent(&self) -> PathBuf {
+        PathBuf::from("/sys/class/mdev_bus/mtty")
+    }
+
+    /// Creates an mtty instance, puts its group in a new container and sets
+    /// the type1v2 IOMMU: the usual start of a type1 case.
+    pub fn container_with_mdev(&self, mdev_type: &str) -> Result<Setup, Fail> {
+        let mdev = Mdev::create(&self.mtty_parent(), mdev_type)?;
+        let group = Group::open(mdev.group()?).map_err(|e| fail(format!("open group: {e}")))?;
+        let container = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
+        group.set_container(&container).map_err(|e| fail(format!("GROUP_SET_CONTAINER: {e}")))?;
+        container
+            .set_iommu(crate::uapi::VFIO_TYPE1V2_IOMMU)
+            .map_err(|e| fail(format!("SET_IOMMU(TYPE1v2): {e}")))?;
+        Ok(Setup { container, group, mdev })
+    }
+}
+
+/// A container with one mdev group attached. Dropped in field order:
+/// the container's fd, then the group's, then the instance.
+pub struct Setup {
+    pub container: Container,
+    pub group: Group,
+    pub mdev: Mdev,
+}
+
+/// Why a case did not pass.
+#[derive(Debug)]
+pub enum Fail {
+    Fail(String),
+    Skip(String),
+}
+
+pub fn fail(msg: impl Into<String>) -> Fail {
+    Fail::Fail(msg.into())
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Self {
+        Fail::Fail(s)
+    }
+}
+
+impl From<Errno> for Fail {
+    fn from(e: Errno) -> Self {
+        Fail::Fail(format!("unexpected {e}"))
+    }
+}
+
+pub type CaseResult = Result<(), Fail>;
+
+/// A named case.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&Ctx) -> CaseResult,
+}
+
+/// Fails the case unless `cond` holds.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::suites::fail(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+))));
+        }
+    };
+}
+
+/// Fails the case unless both sides are equal, showing both.
+#[macro_export]
+macro_rules! check_eq {
+    ($left:expr, $right:expr, $($fmt:tt)+) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err($crate::suites::fail(format!(
+                "{}:{}: {}: got {:?}, wanted {:?}", file!(), line!(), format!($($fmt)+), l, r
+            )));
+        }
+    }};
+}
+
+/// Every case, in run order.
+pub static ALL: &[Case] = &[
+    Case { name: "type1.api_version", run: type1::api_version },
+    Case { name: "type1.check_extension_without_iommu", run: type1::check_extension_without_iommu },
+    Case { name: "type1.check_extension_with_mdev", run: type1::check_extension_with_mdev },
+    Case { name: "type1.get_info", run: type1::get_info },
+    Case { name: "type1.map_unmap_roundtrip", run: type1::map_unmap_roundtrip },
+    Case { name: "type1.map_bad_input_errno", run: type1::map_bad_input_errno },
+    Case { name: "type1.unmap_v2_no_bisect", run: type1::unmap_v2_no_bisect },
+    Case { name: "type1.unmap_all", run: type1::unmap_all },
+    Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
+    Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
+    Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },
+];

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Out-of-line wrappers for the static inline functions and macros our Rust
+ * code needs, in the manner of the kernel's rust/helpers/. Each module
+ * compiles this file in through a one-line `helpers.c` of its own, so the
+ * symbols stay local to the module (no EXPORT_SYMBOL).
+ */
+#include <linux/eventfd.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/vfio.h>
+
+#include "helpers.h"
+
+struct mm_struct *kmod_helper_current_mm(void)
+{
+	return current->mm;
+}
+
+void kmod_helper_mmgrab(struct mm_struct *mm)
+{
+	mmgrab(mm);
+}
+
+void kmod_helper_mmdrop(struct mm_struct *mm)
+{
+	mmdrop(mm);
+}
+
+bool kmod_helper_mmget_not_zero(struct mm_struct *mm)
+{
+	return mmget_not_zero(mm);
+}
+
+void kmod_helper_mmap_read_lock(struct mm_struct *mm)
+{
+	mmap_read_lock(mm);
+}
+
+void kmod_helper_mmap_read_unlock(struct mm_struct *mm)
+{
+	mmap_read_unlock(mm);
+}
+
+int kmod_helper_mmap_write_lock_killable(struct mm_struct *mm)
+{
+	return mmap_write_lock_killable(mm);
+}
+
+void kmod_helper_mmap_write_unlock(struct mm_struct *mm)
+{
+	mmap_write_unlock(mm);
+}
+
+unsigned long kmod_helper_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+struct page *kmod_helper_pfn_to_page(unsigned long pfn)
+{
+	return pfn_to_page(pfn);
+}
+
+bool kmod_helper_pfn_valid(unsigned long pfn)
+{
+	return pfn_valid(pfn);
+}
+
+unsigned long kmod_helper_rlimit_memlock(struct task_struct *task)
+{
+	return task_rlimit(task, RLIMIT_MEMLOCK);
+}
+
+struct task_struct *kmod_helper_current_group_leader(void)
+{
+	struct task_struct *leader = current->group_leader;
+
+	get_task_struct(leader);
+	return leader;
+}
+
+void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx)
+{
+	eventfd_signal(ctx);
+}
+
+bool kmod_helper_is_err(const void *ptr)
+{
+	return IS_ERR(ptr);
+}
+
+long kmod_helper_ptr_err(const void *ptr)
+{
+	return PTR_ERR(ptr);
+}

@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Prototypes of helpers.c: static inline kernel functions made callable from Rust. */
+#ifndef KMOD_COMMON_HELPERS_H
+#define KMOD_COMMON_HELPERS_H
+
+#include <linux/types.h>
+
+struct eventfd_ctx;
+struct mm_struct;
+struct page;
+struct task_struct;
+
+struct mm_struct *kmod_helper_current_mm(void);
+void kmod_helper_mmgrab(struct mm_struct *mm);
+void kmod_helper_mmdrop(struct mm_struct *mm);
+bool kmod_helper_mmget_not_zero(struct mm_struct *mm);
+void kmod_helper_mmap_read_lock(struct mm_struct *mm);
+void kmod_helper_mmap_read_unlock(struct mm_struct *mm);
+int kmod_helper_mmap_write_lock_killable(struct mm_struct *mm);
+void kmod_helper_mmap_write_unlock(struct mm_struct *mm);
+unsigned long kmod_helper_page_to_pfn(struct page *page);
+struct page *kmod_helper_pfn_to_page(unsigned long pfn);
+bool kmod_helper_pfn_valid(unsigned long pfn);
+unsigned long kmod_helper_rlimit_memlock(struct task_struct *task);
+struct task_struct *kmod_helper_current_group_leader(void);
+void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx);
+bool kmod_helper_is_err(const void *ptr);
+long kmod_helper_ptr_err(const void *ptr);
+
+#endif

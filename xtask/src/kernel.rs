@@ -1,0 +1,266 @@
+//! `cargo xtask kernel`: unpack Debian's linux-source-6.12, configure it from
+//! `images/vfio-test.config` on top of `allnoconfig`, and build it with LLVM.
+//!
+//! Builds are cached under `<cache>/kernel/<package version>-<key>/`, where the
+//! key hashes the config fragment, the build recipe and the toolchain versions
+//! (clang, lld, rustc, bindgen). Nothing rebuilds while none of them changes;
+//! an interrupted build resumes where `make` stopped.
+
+use crate::cmd::{self, note, step};
+use crate::paths::Paths;
+use crate::setup;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Bump when the way the kernel is built changes, so old caches are not reused.
+const RECIPE: &str = "recipe-1: allnoconfig+fragment, LLVM=1, bzImage modules modules_install";
+const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+const SOURCE_PACKAGE: &str = "linux-source-6.12";
+const FRAGMENT: &str = "images/vfio-test.config";
+
+/// A configured and built kernel in the cache.
+pub struct KernelBuild {
+    /// The unpacked source tree.
+    pub src: PathBuf,
+    /// The `O=` build directory; out-of-tree modules build against it.
+    pub build: PathBuf,
+    /// `modules_install` output: `modprobe -d <modroot>` loads from it.
+    pub modroot: PathBuf,
+    /// `make kernelrelease`.
+    pub release: String,
+}
+
+impl KernelBuild {
+    /// The bootable image.
+    pub fn bzimage(&self) -> PathBuf {
+        self.build.join("arch/x86/boot/bzImage")
+    }
+}
+
+fn make_jobs() -> String {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    format!("-j{}", n + 1)
+}
+
+/// Everything the cache key covers, as text, so a stale-cache message can say what changed.
+fn key_material(paths: &Paths) -> Result<(String, String)> {
+    let pkg_version = cmd::output(
+        Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]),
+    )
+    .with_context(|| format!("{SOURCE_PACKAGE} is not installed: run `cargo xtask setup`"))?;
+    let fragment = std::fs::read_to_string(paths.root().join(FRAGMENT))
+        .with_context(|| format!("cannot read {FRAGMENT}"))?;
+    let tool = |c: &mut Command| cmd::probe_version(c).unwrap_or_else(|| "missing".into());
+    let material = format!(
+        "{RECIPE}\npackage {pkg_version}\nclang {}\nlld {}\nrustc {}\nbindgen {}\n--- fragment\n{fragment}",
+        tool(Command::new("clang").arg("--version")),
+        tool(Command::new("ld.lld").arg("--version")),
+        tool(Command::new("rustc").arg("--version")),
+        setup::bindgen_version().unwrap_or_else(|| "missing".into()),
+    );
+    Ok((pkg_version, material))
+}
+
+/// The cache directory of the kernel build for the current key.
+fn current_dir(paths: &Paths) -> Result<PathBuf> {
+    let (pkg_version, material) = key_material(paths)?;
+    let digest = Sha256::digest(material.as_bytes());
+    let key: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Ok(paths.kernels().join(format!("{pkg_version}-{key}").replace('~', "_")))
+}
+
+/// Returns the cached build for the current key, building it if needed.
+pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
+    let (pkg_version, material) = key_material(paths)?;
+    let dir = current_dir(paths)?;
+    let src = dir.join("src");
+    let build = dir.join("build");
+    let modroot = dir.join("modroot");
+    let stamp = dir.join("ready");
+
+    if let Ok(release) = std::fs::read_to_string(&stamp) {
+        let kb = KernelBuild {
+            src: src.clone(),
+            build: build.clone(),
+            modroot: modroot.clone(),
+            release: release.trim().to_owned(),
+        };
+        if kb.bzimage().exists() {
+            step(&format!("kernel {}: cached in {}", kb.release, dir.display()));
+            return Ok(kb);
+        }
+        note("the cache stamp exists but bzImage is gone: rebuilding");
+    }
+    report_other_caches(paths, &dir);
+    step(&format!("kernel: building {SOURCE_PACKAGE} {pkg_version} into {}", dir.display()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("key.txt"), &material)?;
+
+    if !src.join("Makefile").exists() {
+        note(&format!("unpacking {SOURCE_TARBALL} (about 20 s)"));
+        let unpack = dir.join("unpack.tmp");
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack)?;
+        cmd::run(Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&unpack))
+            .with_context(|| format!("cannot unpack {SOURCE_TARBALL}: run `cargo xtask setup`"))?;
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::rename(unpack.join("linux-source-6.12"), &src)
+            .context("the tarball did not contain linux-source-6.12/")?;
+        let _ = std::fs::remove_dir_all(&unpack);
+    }
+
+    configure(paths, &src, &build)?;
+
+    let mut make = Command::new("make");
+    make.arg("-C").arg(&build).args(["LLVM=1", &make_jobs(), "bzImage", "modules"]);
+    note("compiling (about 9 minutes on 2 cores; progress every 30 s)");
+    cmd::run_with_progress(make, &dir.join("build.log"), "kernel build")?;
+
+    let _ = std::fs::remove_dir_all(&modroot);
+    let mut install = Command::new("make");
+    install
+        .arg("-C")
+        .arg(&build)
+        .args(["LLVM=1", "modules_install"])
+        .arg(format!("INSTALL_MOD_PATH={}", modroot.display()));
+    cmd::run_with_progress(install, &dir.join("modules_install.log"), "modules_install")?;
+
+    let release = cmd::output(Command::new("make").arg("-s").arg("-C").arg(&build).args(["LLVM=1", "kernelrelease"]))?
+        .trim()
+        .to_owned();
+    std::fs::write(&stamp, &release)?;
+    note(&format!("kernel {release} ready"));
+    Ok(KernelBuild { src, build, modroot, release })
+}
+
+/// `allnoconfig` with the fragment forced, then a check that Kconfig kept
+/// every option the fragment asks for (it silently drops options whose
+/// dependencies are not met).
+fn configure(paths: &Paths, src: &Path, build: &Path) -> Result<()> {
+    let fragment_path = paths.root().join(FRAGMENT);
+    std::fs::create_dir_all(build)?;
+    note("configuring: allnoconfig + images/vfio-test.config");
+    cmd::output(
+        Command::new("make")
+            .arg("-C")
+            .arg(src)
+            .arg(format!("O={}", build.display()))
+            .args(["LLVM=1", "allnoconfig"])
+            .env("KCONFIG_ALLCONFIG", &fragment_path),
+    )?;
+    let fragment = std::fs::read_to_string(&fragment_path)?;
+    let config = std::fs::read_to_string(build.join(".config"))?;
+    let dropped = config_mismatches(&fragment, &config);
+    if !dropped.is_empty() {
+        bail!(
+            "Kconfig did not keep these options of {FRAGMENT} (a dependency is missing or the toolchain fails a check; for CONFIG_RUST run `make LLVM=1 rustavailable` in {}):\n  {}",
+            src.display(),
+            dropped.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Lines of `fragment` whose setting `config` does not have.
+pub fn config_mismatches(fragment: &str, config: &str) -> Vec<String> {
+    let value_of = |name: &str| -> Option<String> {
+        config.lines().find_map(|l| {
+            let l = l.trim();
+            if let Some(v) = l.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                return Some(v.to_owned());
+            }
+            if l == format!("# {name} is not set") {
+                return Some("n".to_owned());
+            }
+            None
+        })
+    };
+    let mut out = Vec::new();
+    for line in fragment.lines().map(str::trim) {
+        let (name, want) = if let Some(rest) = line.strip_prefix("# ").and_then(|r| r.strip_suffix(" is not set")) {
+            (rest, "n".to_owned())
+        } else if line.starts_with("CONFIG_") {
+            match line.split_once('=') {
+                Some((n, v)) => (n, v.to_owned()),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let got = value_of(name).unwrap_or_else(|| "n".to_owned());
+        if got != want {
+            out.push(format!("{name}: wanted {want}, got {got}"));
+        }
+    }
+    out
+}
+
+/// `cargo xtask clean-cache`: removes the whole cache, or with `stale` only
+/// the kernel builds whose key no longer matches.
+pub fn clean_cache(paths: &Paths, stale: bool) -> Result<()> {
+    if !stale {
+        step(&format!("removing {}", paths.cache().display()));
+        if paths.cache().exists() {
+            std::fs::remove_dir_all(paths.cache())?;
+        }
+        return Ok(());
+    }
+    let current = current_dir(paths)?;
+    let Ok(entries) = std::fs::read_dir(paths.kernels()) else { return Ok(()) };
+    for e in entries.flatten() {
+        if e.path() != current {
+            step(&format!("removing stale kernel build {}", e.path().display()));
+            std::fs::remove_dir_all(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn report_other_caches(paths: &Paths, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(paths.kernels()) else { return };
+    let others: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != current)
+        .collect();
+    if !others.is_empty() {
+        note(&format!(
+            "the config or toolchain changed since the {} older kernel build(s) in {}; `cargo xtask clean-cache --stale` removes them",
+            others.len(),
+            paths.kernels().display()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_mismatches;
+
+    #[test]
+    fn mismatches_name_dropped_and_wrong_options() {
+        let fragment = "# comment\nCONFIG_RUST=y\nCONFIG_VFIO=m\n# CONFIG_IOMMUFD is not set\nCONFIG_NR_CPUS=8\n";
+        let config = "CONFIG_VFIO=y\n# CONFIG_RUST is not set\nCONFIG_IOMMUFD=y\nCONFIG_NR_CPUS=8\n";
+        assert_eq!(
+            config_mismatches(fragment, config),
+            vec![
+                "CONFIG_RUST: wanted y, got n",
+                "CONFIG_VFIO: wanted m, got y",
+                "CONFIG_IOMMUFD: wanted n, got y",
+            ]
+        );
+    }
+
+    #[test]
+    fn absent_option_counts_as_unset() {
+        assert!(config_mismatches("# CONFIG_FOO is not set\n", "").is_empty());
+        assert_eq!(config_mismatches("CONFIG_FOO=y\n", ""), vec!["CONFIG_FOO: wanted y, got n"]);
+    }
+
+    #[test]
+    fn matching_config_has_no_mismatch() {
+        let text = "CONFIG_A=y\nCONFIG_B=\"x\"\n# CONFIG_C is not set\n";
+        assert!(config_mismatches(text, text).is_empty());
+    }
+}

@@ -1,0 +1,136 @@
+//! `cargo xtask`: builds the kernel, the modules and the guest tests, boots
+//! the test VM and runs the suites. See the README for the commands.
+
+mod cmd;
+mod kernel;
+mod modules;
+mod paths;
+mod report;
+mod setup;
+mod test;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use paths::Paths;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, boot and test the Rust VFIO type1 and mtty modules")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Which implementations of type1 and mtty the guest loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The kernel's C vfio_iommu_type1 and the C mtty sample.
+    C,
+    /// Our Rust modules.
+    Rust,
+    /// Each suite twice: C, then Rust, in one VM run.
+    Both,
+}
+
+impl BackendArg {
+    /// The guest runner's `--backends` value.
+    pub fn guest_list(self) -> &'static str {
+        match self {
+            BackendArg::C => "c",
+            BackendArg::Rust => "rust",
+            BackendArg::Both => "c,rust",
+        }
+    }
+}
+
+/// Forces the VM's accelerator instead of probing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct VmOpts {
+    /// Use KVM or TCG instead of probing (KVM only works where the CPU shows vmx/svm).
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, rust-src, bindgen-cli, virtme-ng.
+    Setup,
+    /// Unpack, configure and build the test kernel (cached outside the checkout).
+    Kernel,
+    /// Build kmod-iommu and kmod-mtty out of tree against the test kernel.
+    Modules,
+    /// Host unit tests, then kernel, modules and guest tests, then the VM suites.
+    Test {
+        /// Run only the guest cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Go on after a failed case instead of stopping at the first.
+        #[arg(long)]
+        keep_going: bool,
+        /// Which type1 and mtty the suites run against.
+        #[arg(long, value_enum, default_value = "c")]
+        backend: BackendArg,
+        /// Skip the host unit tests (`cargo test`).
+        #[arg(long)]
+        no_host: bool,
+        /// Minutes before the VM is killed as hung.
+        #[arg(long, default_value_t = 30)]
+        timeout_min: u64,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// Boot the VM with the modules loaded and give you a shell.
+    Shell {
+        #[arg(long, value_enum, default_value = "c")]
+        backend: BackendArg,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// The walk-through for newcomers: an mtty instance driven through VFIO, step by step.
+    Demo {
+        #[arg(long, value_enum, default_value = "c")]
+        backend: BackendArg,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// Remove the cache outside the checkout (kernel builds, virtme-ng venv).
+    CleanCache {
+        /// Remove only kernel builds that no longer match the config and toolchain.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let paths = Paths::discover();
+    let result: Result<bool> = match cli.command {
+        Cmd::Setup => setup::setup(&paths).map(|_| true),
+        Cmd::Kernel => setup::setup(&paths).and_then(|_| kernel::kernel(&paths)).map(|_| true),
+        Cmd::Modules => setup::setup(&paths)
+            .and_then(|_| kernel::kernel(&paths))
+            .and_then(|k| modules::modules(&paths, &k))
+            .map(|_| true),
+        Cmd::Test { filter, keep_going, backend, no_host, timeout_min, vm } => test::test(
+            &paths,
+            &test::TestOpts { filter, keep_going, backend, host: !no_host, timeout_min, accel: vm.accel },
+        ),
+        Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
+        Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),
+        Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! `cargo xtask test`, `shell` and `demo`: everything that boots the VM.
+
+use crate::cmd::{self, note, step};
+use crate::kernel::{self, KernelBuild};
+use crate::modules::{self, BuiltModules};
+use crate::paths::Paths;
+use crate::report::{self, Outcome};
+use crate::vm::{self, Accel, Boot};
+use crate::{setup, AccelArg, BackendArg};
+use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Options of `cargo xtask test`.
+pub struct TestOpts {
+    pub filter: Option<String>,
+    pub keep_going: bool,
+    pub backend: BackendArg,
+    pub host: bool,
+    pub timeout_min: u64,
+    pub accel: Option<AccelArg>,
+}
+
+/// Pass/fail/skip counts.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+    }
+}
+
+/// Sums cargo test's `test result:` lines.
+pub fn parse_cargo_test(text: &str) -> Tally {
+    let mut t = Tally::default();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { continue };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<usize>() else { continue };
+            match what {
+                "passed" => t.passed += n,
+                "failed" => t.failed += n,
+                "ignored" => t.skipped += n,
+                _ => {}
+            }
+        }
+    }
+    t
+}
+
+fn host_tests(paths: &Paths) -> Result<Tally> {
+    step("host tests: cargo test --workspace (no_std cores, xtask's parsers)");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--color", "never"])
+        .current_dir(paths.root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let mut text = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.unwrap_or_default();
+        if line.starts_with("test ") && (line.ends_with("FAILED") || line.starts_with("test result")) {
+            println!("    {line}");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait()?;
+    let mut t = parse_cargo_test(&text);
+    if !status.success() && t.failed == 0 {
+        // A build failure: no test ran, but the step failed.
+        t.failed += 1;
+        println!("FAIL host: cargo test did not build or run (see above)");
+    }
+    note(&format!("host: {} passed, {} failed, {} ignored", t.passed, t.failed, t.skipped));
+    Ok(t)
+}
+
+/// The guest binary, built for the host (the guest shares the host's root).
+fn build_guest(paths: &Paths) -> Result<PathBuf> {
+    step("guest tests: cargo build -p guest-tests --release");
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--quiet", "--release", "-p", "guest-tests"])
+            .current_dir(paths.root()),
+    )?;
+    Ok(paths.target().join("release/vfio-guest"))
+}
+
+struct Prepared {
+    kernel: KernelBuild,
+    kmods: BuiltModules,
+    guest: PathBuf,
+    accel: Accel,
+}
+
+fn prepare(paths: &Paths, accel: Option<AccelArg>) -> Result<Prepared> {
+    setup::setup(paths)?;
+    let kernel = kernel::kernel(paths)?;
+    let kmods = modules::modules(paths, &kernel)?;
+    let guest = build_guest(paths)?;
+    vm::check_image(&kernel)?;
+    let forced = accel.map(|a| match a {
+        AccelArg::Kvm => Accel::Kvm,
+        AccelArg::Tcg => Accel::Tcg,
+    });
+    let accel = vm::choose_accel(paths, &kernel, forced);
+    Ok(Prepared { kernel, kmods, guest, accel })
+}
+
+fn guest_args(p: &Prepared) -> String {
+    format!(
+        "--modroot {} --kmods {}",
+        p.kernel.modroot.display(),
+        p.kmods.tree.display()
+    )
+}
+
+/// `cargo xtask test`. Returns whether everything passed.
+pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
+    let mut total = Tally::default();
+    if o.host {
+        let host = host_tests(paths)?;
+        total.add(host);
+        if host.failed > 0 && !o.keep_going {
+            println!("host tests failed: not booting the VM (use --keep-going to boot anyway)");
+            println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+            return Ok(false);
+        }
+    }
+    let p = prepare(paths, o.accel)?;
+    let results = paths.vm_results().join("results");
+    let _ = std::fs::remove_dir_all(&results);
+    std::fs::create_dir_all(&results)?;
+    let mut exec = format!(
+        "{} run --results {} {} --backends {}",
+        p.guest.display(),
+        results.display(),
+        guest_args(&p),
+        o.backend.guest_list()
+    );
+    if let Some(f) = &o.filter {
+        exec.push_str(&format!(" --filter '{}'", f.replace('\'', "")));
+    }
+    if o.keep_going {
+        exec.push_str(" --keep-going");
+    }
+    step(&format!("VM: booting ({:?}) and running the guest suites against backend {:?}", p.accel, o.backend));
+    let log = paths.vm_results().join("console.log");
+    let boot = Boot {
+        accel: p.accel,
+        exec,
+        results: Some(results.clone()),
+        timeout: Duration::from_secs(o.timeout_min * 60),
+        interactive: false,
+        echo: false,
+    };
+    let run = boot.run(paths, &p.kernel, &log)?;
+    let guest = judge(&run, &results, &log);
+    total.add(guest);
+    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    Ok(total.failed == 0)
+}
+
+/// Turns a finished VM run into one line per test plus the kernel-log verdict.
+fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tally {
+    let mut t = Tally::default();
+    let ktap = std::fs::read_to_string(results.join("results.ktap")).unwrap_or_default();
+    for r in report::parse_ktap(&ktap) {
+        match &r.outcome {
+            Outcome::Pass => {
+                t.passed += 1;
+                println!("PASS {}", r.name);
+            }
+            Outcome::Skip(why) => {
+                t.skipped += 1;
+                println!("SKIP {} ({why})", r.name);
+            }
+            Outcome::Fail => {
+                t.failed += 1;
+                println!("FAIL {}", r.name);
+                for d in &r.diagnostics {
+                    println!("       {d}");
+                }
+            }
+        }
+    }
+    let finished = run.console.contains("VFIO-RS-GUEST-DONE");
+    if !finished {
+        t.failed += 1;
+        let why = if run.timed_out { "the VM timed out (hung guest?)" } else { "the guest runner did not finish (kernel panic or crash?)" };
+        println!("FAIL vm.finished: {why}; console log: {}", log.display());
+    }
+    // Splats: the console (survives panics), then the runner's dumps.
+    let mut texts = vec![run.console.clone()];
+    for f in ["dmesg.txt", "kmemleak.txt"] {
+        texts.push(std::fs::read_to_string(results.join(f)).unwrap_or_default());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut splats = Vec::new();
+    for text in &texts {
+        for s in report::find_splats(text) {
+            // The console and dmesg show the same report: count it once.
+            let key = report::kernel_message(&s.line).unwrap_or(&s.line).to_owned();
+            if seen.insert(key) {
+                splats.push(s);
+            }
+        }
+    }
+    if splats.is_empty() && finished {
+        t.passed += 1;
+        println!("PASS kernel.log_clean (no warnings, lockdep, KASAN, kmemleak or other reports)");
+    } else if !splats.is_empty() {
+        t.failed += 1;
+        println!("FAIL kernel.log_clean: {} kernel report(s); full log: {}", splats.len(), log.display());
+        for s in splats.iter().take(20) {
+            println!("       [{}] {}", s.kind, s.line);
+        }
+    }
+    t
+}
+
+/// `cargo xtask shell`.
+pub fn shell(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Result<bool> {
+    let p = prepare(paths, accel)?;
+    let exec = format!(
+        "{} load --backends {} {}; echo 'modules loaded; mdev parent: /sys/class/mdev_bus/mtty'; exec bash -i",
+        p.guest.display(),
+        backend.guest_list(),
+        guest_args(&p)
+    );
+    step("VM: interactive shell (exit with Ctrl-D)");
+    let boot = Boot { accel: p.accel, exec, results: None, timeout: Duration::MAX, interactive: true, echo: true };
+    let run = boot.run(paths, &p.kernel, &paths.vm_results().join("shell.log"))?;
+    Ok(run.success)
+}
+
+/// `cargo xtask demo`.
+pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Result<bool> {
+    let backend = match backend {
+        BackendArg::Both => BackendArg::C,
+        b => b,
+    };
+    let p = prepare(paths, accel)?;
+    if backend == BackendArg::C {
+        note("the demo runs on the C vfio_iommu_type1 and the C mtty sample (the Rust modules are not complete yet; --backend rust tries ours)");
+    }
+    let exec = format!(
+        "{g} load --backends {b} {a} && {g} demo --backend {b} {a}",
+        g = p.guest.display(),
+        b = backend.guest_list(),
+        a = guest_args(&p)
+    );
+    step("VM: booting for the demo");
+    let log = paths.vm_results().join("demo.log");
+    let boot = Boot { accel: p.accel, exec, results: None, timeout: Duration::from_secs(600), interactive: false, echo: true };
+    let run = boot.run(paths, &p.kernel, &log)?;
+    let splats = report::find_splats(&run.console);
+    for s in &splats {
+        println!("kernel report [{}]: {}", s.kind, s.line);
+    }
+    let ok = run.console.contains("demo: all steps worked.") && splats.is_empty();
+    println!("{}", if ok { "demo finished: every step worked" } else { "demo failed: see above and the log" });
+    note(&format!("full console log: {}", log.display()));
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_test_summaries_are_summed() {
+        let text = "\
+running 3 tests
+test a ... ok
+test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s
+
+test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.20s
+";
+        assert_eq!(parse_cargo_test(text), Tally { passed: 8, failed: 2, skipped: 1 });
+    }
+
+    #[test]
+    fn judge_fails_on_a_warning_even_when_every_case_passed() {
+        let dir = std::env::temp_dir().join(format!("xtask-judge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("results.ktap"), "KTAP version 1\n1..1\nok 1 type1.api_version [c]\n").unwrap();
+        let console = "[    5.000000] WARNING: CPU: 0 PID: 1 at kmod-iommu/x.rs:1 f+0x1/0x2 [vfio_iommu_type1_rs]\nVFIO-RS-GUEST-DONE\n";
+        let run = vm::Run { console: console.into(), timed_out: false, success: true };
+        let t = judge(&run, &dir, &dir.join("console.log"));
+        assert_eq!(t, Tally { passed: 1, failed: 1, skipped: 0 });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn judge_fails_a_failed_case_and_an_unfinished_guest() {
+        let dir = std::env::temp_dir().join(format!("xtask-judge2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("results.ktap"), "ok 1 a\n# got 22, wanted 17\nnot ok 2 b\n").unwrap();
+        let run = vm::Run { console: "[  1.0] Kernel panic - not syncing: Fatal exception\n".into(), timed_out: false, success: false };
+        let t = judge(&run, &dir, &dir.join("console.log"));
+        // a passed; b failed; the guest did not finish; the panic is a report.
+        assert_eq!(t, Tally { passed: 1, failed: 3, skipped: 0 });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

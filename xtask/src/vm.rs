@@ -1,0 +1,208 @@
+//! Booting the test VM with virtme-ng.
+//!
+//! The guest sees the host's root filesystem read-only (so it runs the guest
+//! binaries and loads the modules straight from the build directories) and one
+//! writable results directory. Its console, kernel messages included, is
+//! captured to a log file that the splat scanner reads, because that log
+//! survives a guest that panics or hangs.
+
+use crate::cmd::{self, note, step};
+use crate::kernel::KernelBuild;
+use crate::paths::Paths;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How the VM's CPU is provided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+/// Decides between KVM and TCG. KVM is used only when the CPU advertises
+/// vmx or svm, `/dev/kvm` opens, and a probe boot finishes: on nested hosts
+/// without those flags a KVM guest hangs in the kernel decompressor.
+pub fn choose_accel(paths: &Paths, kernel: &KernelBuild, forced: Option<Accel>) -> Accel {
+    if let Some(a) = forced {
+        note(&format!("accelerator: {a:?} (forced)"));
+        return a;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let has_virt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    if !has_virt {
+        note("accelerator: TCG (the CPU shows no vmx/svm flag, so a KVM guest would hang; expect ~20 s per boot)");
+        return Accel::Tcg;
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        note("accelerator: TCG (/dev/kvm cannot be opened: add yourself to the kvm group to use KVM)");
+        return Accel::Tcg;
+    }
+    let marker = "vfio-rs-kvm-probe-ok";
+    let log = paths.vm_results().join("kvm-probe.log");
+    let probe = Boot {
+        accel: Accel::Kvm,
+        exec: format!("echo {marker}"),
+        results: None,
+        timeout: Duration::from_secs(60),
+        interactive: false,
+        echo: false,
+    };
+    match probe.run(paths, kernel, &log) {
+        Ok(run) if run.console.contains(marker) => {
+            note("accelerator: KVM (probe boot succeeded)");
+            Accel::Kvm
+        }
+        _ => {
+            note(&format!("accelerator: TCG (a KVM probe boot failed; see {})", log.display()));
+            Accel::Tcg
+        }
+    }
+}
+
+/// One boot of the VM.
+pub struct Boot {
+    /// KVM or TCG.
+    pub accel: Accel,
+    /// The shell command the guest runs; the VM powers off when it exits.
+    pub exec: String,
+    /// A host directory the guest may write (results); `None` for none.
+    pub results: Option<PathBuf>,
+    /// The VM is killed after this long.
+    pub timeout: Duration,
+    /// Give the guest the terminal (for `cargo xtask shell`).
+    pub interactive: bool,
+    /// Print program output lines as they arrive.
+    pub echo: bool,
+}
+
+/// What a finished boot left.
+pub struct Run {
+    /// The whole console: kernel messages and program output.
+    pub console: String,
+    /// The VM ran past its timeout and was killed.
+    pub timed_out: bool,
+    /// vng's exit status (the guest command's, when it finished).
+    pub success: bool,
+}
+
+impl Boot {
+    fn command(&self, paths: &Paths, kernel: &KernelBuild) -> Command {
+        let mut c = Command::new(paths.vng());
+        // vng runs virtme-run and friends from PATH: put the venv first.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![paths.venv().join("bin")];
+        dirs.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).unwrap_or(path));
+        c.arg("--run").arg(kernel.bzimage());
+        if self.accel == Accel::Tcg {
+            c.arg("--disable-kvm");
+        }
+        // q35 rather than microvm: the VFIO tests want PCI (and later VT-d).
+        c.args(["--disable-microvm", "--cpus", "2", "--memory", "4G", "--verbose"]);
+        // An oops must end the run at once rather than leave a hung guest;
+        // loglevel 6 puts warnings and lockdep reports on the console.
+        c.args(["--append", "oops=panic panic=-1 loglevel=6 kasan.fault=report"]);
+        if let Some(r) = &self.results {
+            c.arg(format!("--rwdir={}", r.display()));
+        }
+        c.arg("--cwd").arg(paths.root());
+        if !self.interactive {
+            c.arg("--exec").arg(&self.exec);
+        }
+        c
+    }
+
+    /// Boots, waits for the guest command (or the timeout) and returns the console.
+    pub fn run(&self, paths: &Paths, kernel: &KernelBuild, log: &Path) -> Result<Run> {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut c = self.command(paths, kernel);
+        if self.interactive {
+            let status = c.status().context("could not start vng: run `cargo xtask setup`")?;
+            return Ok(Run { console: String::new(), timed_out: false, success: status.success() });
+        }
+        let desc = cmd::describe(&c);
+        std::fs::write(log.with_extension("cmd"), &desc)?;
+        // Own process group, so a timeout kills QEMU along with vng.
+        c.process_group(0).stdin(Stdio::null());
+        let (reader, writer) = std::io::pipe()?;
+        c.stdout(writer.try_clone()?).stderr(writer);
+        let mut child = c.spawn().with_context(|| format!("could not start `{desc}`: run `cargo xtask setup`"))?;
+        drop(c);
+        let pid = child.id() as i32;
+
+        let (tx, rx) = mpsc::channel::<String>();
+        let pump = std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut logfile = std::fs::File::create(log)?;
+        let mut console = String::new();
+        let start = Instant::now();
+        let mut timed_out = false;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    writeln!(logfile, "{line}")?;
+                    if self.echo {
+                        echo_line(&line);
+                    }
+                    console.push_str(&line);
+                    console.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if start.elapsed() > self.timeout && !timed_out {
+                timed_out = true;
+                writeln!(logfile, "xtask: VM timed out after {} s: killing it", self.timeout.as_secs())?;
+                kill_group(pid);
+            }
+        }
+        let status = child.wait()?;
+        let _ = pump.join();
+        Ok(Run { console, timed_out, success: status.success() })
+    }
+}
+
+/// Shows program output and kernel reports; hides routine kernel messages.
+fn echo_line(line: &str) {
+    match crate::report::kernel_message(line) {
+        None => println!("    {line}"),
+        Some(msg) => {
+            if !crate::report::find_splats(line).is_empty() || msg.contains("Kernel panic") {
+                println!("    kernel: {msg}");
+            }
+        }
+    }
+}
+
+fn kill_group(pid: i32) {
+    // `kill -KILL -PGID` through the kill(1) program keeps xtask free of unsafe.
+    let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+}
+
+/// Fails early with a useful message when the kernel image is missing.
+pub fn check_image(kernel: &KernelBuild) -> Result<()> {
+    if !kernel.bzimage().exists() {
+        bail!(
+            "no kernel image at {}: the kernel cache is stale or incomplete; run `cargo xtask clean-cache` then `cargo xtask kernel`",
+            kernel.bzimage().display()
+        );
+    }
+    step(&format!("VM: kernel {}", kernel.release));
+    Ok(())
+}
