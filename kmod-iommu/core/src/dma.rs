@@ -1,0 +1,283 @@
+//! The mapping list (`iommu->dma_list`) and lookups on it.
+//!
+//! The C code keeps `struct vfio_dma` in an rbtree ordered by iova.  Here the
+//! tree is abstracted by [`DmaTree`], keyed by the mapping's iova, whose
+//! values implement [`DmaEntry`] to expose the kernel-independent part of a
+//! mapping ([`VfioDma`]), its pinned-page list and its dirty bitmap.
+//!
+//! Range arithmetic deliberately avoids the C `iova + size` sums: a mapping
+//! ending exactly at 2^64 makes `dma->iova + dma->size` wrap to 0 in C, after
+//! which `vfio_find_dma()` can never find it again.  We evaluate the same
+//! comparisons in exact arithmetic instead (see the report on questionable
+//! C behaviour); every non-wrapping case gives the identical answer.
+
+use super::iommu::VfioIommu;
+use super::pin::PfnStore;
+
+/// The kernel-independent fields of `struct vfio_dma`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioDma {
+    /// Device address of the first byte (`iova`); also the tree key.
+    pub iova: u64,
+    /// Process virtual address of the first byte (`vaddr`).
+    pub vaddr: u64,
+    /// Size in bytes (`size`); grows from 0 while the kernel pins and maps chunks.
+    pub size: u64,
+    /// `IOMMU_READ` / `IOMMU_WRITE`.
+    pub prot: u32,
+    /// The range is currently mapped into the IOMMU domains (`iommu_mapped`).
+    pub iommu_mapped: bool,
+    /// The owning task had `CAP_IPC_LOCK` at map time (`lock_cap`).
+    pub lock_cap: bool,
+    /// The vaddr was invalidated by `VFIO_DMA_UNMAP_FLAG_VADDR` (`vaddr_invalid`).
+    pub vaddr_invalid: bool,
+    /// Pages charged to the owner's `locked_vm` for this mapping (`locked_vm`).
+    pub locked_vm: u64,
+}
+
+impl VfioDma {
+    /// A fresh mapping as `vfio_dma_do_map()` creates it before pinning: zero sized.
+    pub fn new(iova: u64, vaddr: u64, prot: u32) -> Self {
+        Self {
+            iova,
+            vaddr,
+            size: 0,
+            prot,
+            ..Self::default()
+        }
+    }
+
+    /// True if `addr` lies inside `[iova, iova + size)`.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.iova && addr - self.iova < self.size
+    }
+
+    /// True if `[iova, iova + size)` ends exactly where `[start, start + len)` ends,
+    /// i.e. the C test `dma->iova + dma->size == start + len` in exact arithmetic.
+    pub fn ends_at(&self, start: u64, len: u64) -> bool {
+        // Compare (a + b) with (c + d) without overflow: the sums are equal
+        // iff a - c == d - b when a >= c, or c - a == b - d otherwise.
+        if self.iova >= start {
+            len.checked_sub(self.size) == Some(self.iova - start)
+        } else {
+            self.size.checked_sub(len) == Some(start - self.iova)
+        }
+    }
+
+    /// The C predicate used by `vfio_find_dma(start, size)` to select this
+    /// mapping: `!(start + size <= iova) && !(start >= iova + size)`.
+    ///
+    /// With `size == 0` this only matches when `start` is strictly inside
+    /// the mapping (not its first byte), exactly like the C expression.
+    pub fn matches_find(&self, start: u64, size: u64) -> bool {
+        // start + size > iova
+        let above_start = start > self.iova || self.iova - start < size;
+        // start < iova + self.size
+        let below_end = start < self.iova || start - self.iova < self.size;
+        above_start && below_end
+    }
+}
+
+/// The pieces of a mapping that some operations need to borrow at the same time.
+pub struct DmaPartsMut<'a, P> {
+    /// The kernel-independent fields.
+    pub dma: &'a mut VfioDma,
+    /// The list of externally pinned pages (`pfn_list`).
+    pub pfn_list: &'a mut P,
+    /// The dirty bitmap (`bitmap`), `None` while dirty tracking is off.
+    ///
+    /// When allocated it has `dma_bitmap_words()` words: one bit per page
+    /// of the minimum page size plus one spare word that the shift in
+    /// `update_user_bitmap()` needs.
+    pub bitmap: Option<&'a mut [u64]>,
+}
+
+/// A value stored in the mapping tree (the kernel's full `vfio_dma`).
+pub trait DmaEntry {
+    /// The container of pinned pages of this mapping.
+    type Pfns: PfnStore;
+
+    /// The kernel-independent fields.
+    fn dma(&self) -> &VfioDma;
+
+    /// The pinned-page list.
+    fn pfn_list(&self) -> &Self::Pfns;
+
+    /// Mutable access to all parts at once (split borrow).
+    fn parts_mut(&mut self) -> DmaPartsMut<'_, Self::Pfns>;
+
+    /// Allocates a zeroed dirty bitmap of `words` 64-bit words, replacing any
+    /// previous one (`vfio_dma_bitmap_alloc()`, which uses `kvzalloc`).
+    fn alloc_bitmap(&mut self, words: usize) -> Result<(), super::errno::Errno>;
+
+    /// Frees the dirty bitmap (`vfio_dma_bitmap_free()`).
+    fn free_bitmap(&mut self);
+}
+
+/// The ordered mapping list, keyed by iova (`iommu->dma_list`).
+///
+/// Kernel implementation over `kernel::rbtree::RBTree<u64, V>` in 6.12,
+/// whose `cursor_lower_bound(&k)` returns the first key `>= k`:
+/// * `ceil_key(k)`: `cursor_lower_bound(&k).map(|c| *c.current().0)`.
+/// * `floor_key(k)`: take `cursor_lower_bound(&k)`; if its key equals `k`
+///   return it, otherwise return its `peek_prev()` key; if there is no cursor
+///   at all return the key of `cursor_back()`.
+///
+/// If a kernel version's `cursor_lower_bound` instead returns the greatest
+/// key `<= k`, swap the roles: `floor_key` is direct and `ceil_key` is the
+/// cursor's key when equal to `k`, else its `peek_next()` key (or the key of
+/// `cursor_front()` when there is no cursor).  The core never relies on
+/// anything but these two exact contracts.
+pub trait DmaTree {
+    /// The stored value.
+    type Entry: DmaEntry;
+
+    /// The greatest key `<= key`.
+    fn floor_key(&mut self, key: u64) -> Option<u64>;
+
+    /// The smallest key `>= key`.
+    fn ceil_key(&mut self, key: u64) -> Option<u64>;
+
+    /// The entry stored under `key`.
+    fn get(&self, key: u64) -> Option<&Self::Entry>;
+
+    /// The entry stored under `key`, mutably.
+    fn get_mut(&mut self, key: u64) -> Option<&mut Self::Entry>;
+
+    /// Unlinks and returns the entry stored under `key` (`vfio_unlink_dma()`).
+    fn remove(&mut self, key: u64) -> Option<Self::Entry>;
+}
+
+/// The smallest key strictly greater than `key` (`rb_next()`).
+pub fn next_key<T: DmaTree + ?Sized>(tree: &mut T, key: u64) -> Option<u64> {
+    tree.ceil_key(key.checked_add(1)?)
+}
+
+/// The smallest key of the tree (`rb_first()`).
+pub fn first_key<T: DmaTree + ?Sized>(tree: &mut T) -> Option<u64> {
+    tree.ceil_key(0)
+}
+
+/// Copies the kernel-independent fields of the mapping stored under `key`.
+pub fn dma_at<T: DmaTree + ?Sized>(tree: &T, key: u64) -> Option<VfioDma> {
+    tree.get(key).map(|e| *e.dma())
+}
+
+/// Mirrors `vfio_find_dma()`: the key of a mapping selected by
+/// [`VfioDma::matches_find`] for `[start, start + size)`, or `None`.
+///
+/// When several mappings overlap the range the C result depends on the
+/// shape of the rbtree; we return the lowest one.  Every caller in the
+/// reference either only tests for existence, or passes a range that can
+/// overlap at most one mapping, so the choice is never observable there.
+pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
+    // The only mapping starting at or below `start` that can match is the
+    // closest one; every other candidate starts above `start`, and the
+    // lowest of those is the only one that can be the lowest match.
+    if let Some(k) = tree.floor_key(start) {
+        if let Some(d) = dma_at(tree, k) {
+            if d.matches_find(start, size) {
+                return Some(k);
+            }
+        }
+    }
+    let k = next_key(tree, start)?;
+    let d = dma_at(tree, k)?;
+    if d.matches_find(start, size) {
+        Some(k)
+    } else {
+        None
+    }
+}
+
+/// Mirrors `vfio_find_dma_first_node()`: the lowest mapping that ends after
+/// `start`, or `None` if there is none or (for a non-zero `size`) it starts at
+/// or beyond `start + size`.
+pub fn find_dma_first<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
+    let mut res = None;
+    if let Some(k) = tree.floor_key(start) {
+        if let Some(d) = dma_at(tree, k) {
+            // start < dma->iova + dma->size
+            if start - d.iova < d.size {
+                res = Some((k, d));
+            }
+        }
+    }
+    if res.is_none() {
+        if let Some(k) = next_key(tree, start) {
+            if let Some(d) = dma_at(tree, k) {
+                res = Some((k, d));
+            }
+        }
+    }
+    let (k, d) = res?;
+    // dma_res->iova >= start + size
+    if size != 0 && d.iova >= start && d.iova - start >= size {
+        return None;
+    }
+    Some(k)
+}
+
+/// Mirrors the bookkeeping half of `vfio_remove_dma()`: unlinks the mapping,
+/// gives its slot back to `dma_avail` and drops it from the vaddr-invalid
+/// count.  The caller tears the returned entry down (unmap, unpin, put the
+/// task and mm, free the bitmap) exactly as `vfio_remove_dma()` does.
+pub fn remove_dma<T: DmaTree + ?Sized>(
+    tree: &mut T,
+    iommu: &mut VfioIommu,
+    key: u64,
+) -> Option<T::Entry> {
+    let entry = tree.remove(key)?;
+    if entry.dma().vaddr_invalid {
+        iommu.vaddr_invalid_count = iommu.vaddr_invalid_count.saturating_sub(1);
+    }
+    iommu.dma_avail = iommu.dma_avail.saturating_add(1);
+    Some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VfioDma;
+
+    fn dma(iova: u64, size: u64) -> VfioDma {
+        VfioDma {
+            iova,
+            size,
+            ..VfioDma::default()
+        }
+    }
+
+    #[test]
+    fn matches_find_is_the_c_predicate() {
+        // vfio_find_dma: !(start + size <= iova) && !(start >= iova + size)
+        let d = dma(0x1000, 0x2000);
+        assert!(d.matches_find(0x1000, 1));
+        assert!(d.matches_find(0x0fff, 2));
+        assert!(!d.matches_find(0x0fff, 1));
+        assert!(d.matches_find(0x2fff, 1));
+        assert!(!d.matches_find(0x3000, 1));
+        // size 0 matches only strictly inside.
+        assert!(!d.matches_find(0x1000, 0));
+        assert!(d.matches_find(0x1001, 0));
+        assert!(!d.matches_find(0x3000, 0));
+        // A mapping ending at 2^64 is still found (C wraps and misses it).
+        let top = dma(u64::MAX - 0xfff, 0x1000);
+        assert!(top.matches_find(u64::MAX, 1));
+        assert!(top.matches_find(0, u64::MAX));
+        // A zero-sized mapping being filled in matches nothing.
+        assert!(!dma(0x1000, 0).matches_find(0x1000, 0x1000));
+    }
+
+    #[test]
+    fn ends_at_and_contains_are_exact() {
+        let top = dma(u64::MAX - 0xfff, 0x1000);
+        assert!(top.ends_at(u64::MAX - 0x1fff, 0x2000));
+        assert!(!top.ends_at(u64::MAX - 0x1fff, 0x1000));
+        assert!(top.contains(u64::MAX));
+        assert!(!top.contains(u64::MAX - 0x1000));
+        let d = dma(0x1000, 0x1000);
+        assert!(d.ends_at(0, 0x2000));
+        assert!(d.ends_at(0x1800, 0x800));
+        assert!(!d.ends_at(0x1800, 0x801));
+    }
+}

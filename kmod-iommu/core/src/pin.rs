@@ -1,0 +1,451 @@
+//! Externally pinned pages (`struct vfio_pfn`) and the mdev pin/unpin/dma_rw paths.
+//!
+//! Emulated-IOMMU devices (mdevs) pin guest pages through
+//! `vfio_pin_pages()`; type1 records each pinned iova in the mapping's
+//! `pfn_list` with a reference count so that repeated pins of the same
+//! iova share one page reference.  The algorithms of
+//! `vfio_iommu_type1_pin_pages()` / `vfio_iommu_type1_unpin_pages()` live
+//! here, with everything that touches struct pages or mm accounting behind
+//! the [`PinOps`] trait.
+
+use super::dirty::bitmap_set;
+use super::dma::{find_dma, DmaEntry, DmaTree, VfioDma};
+use super::errno::{Errno, E2BIG, EACCES, EBUSY, EINVAL, EPERM};
+use super::iommu::{VfioIommu, PAGE_SIZE};
+use super::uapi::{IOMMU_READ, IOMMU_WRITE};
+
+/// `VFIO_PIN_PAGES_MAX_ENTRIES`: `PAGE_SIZE / sizeof(unsigned long)`.
+pub const VFIO_PIN_PAGES_MAX_ENTRIES: i32 = (PAGE_SIZE / 8) as i32;
+
+/// `struct vfio_pfn` without the rbtree node; the iova is the container key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioPfn {
+    /// Host page frame number of the pinned page.
+    pub pfn: u64,
+    /// Number of outstanding pins of this iova (`ref_count`).
+    pub ref_count: u32,
+}
+
+/// A mapping's `pfn_list`: pinned pages keyed by iova.
+///
+/// Kernel implementation over `kernel::rbtree::RBTree<u64, VfioPfn>`: `Slot`
+/// is an `RBTreeNodeReservation<u64, VfioPfn>` obtained before taking the
+/// container lock, and `insert` is `tree.insert(slot.into_node(iova, vpfn))`.
+pub trait PfnStore {
+    /// A preallocated node, so that insertion itself never allocates.
+    type Slot;
+
+    /// `RB_EMPTY_ROOT(&dma->pfn_list)`.
+    fn is_empty(&self) -> bool;
+
+    /// `vfio_find_vpfn()`.
+    fn get(&self, iova: u64) -> Option<&VfioPfn>;
+
+    /// `vfio_find_vpfn()`, mutably.
+    fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn>;
+
+    /// `vfio_link_pfn()` using a preallocated node.
+    fn insert(&mut self, slot: Self::Slot, iova: u64, vpfn: VfioPfn);
+
+    /// `vfio_unlink_pfn()`.
+    fn remove(&mut self, iova: u64) -> Option<VfioPfn>;
+
+    /// Calls `f` with every pinned iova and its entry, in iova order.
+    fn for_each<F: FnMut(u64, &VfioPfn)>(&self, f: F);
+}
+
+/// The kernel services the pin paths need; each method names the C helper it stands for.
+pub trait PinOps<E: DmaEntry> {
+    /// `vfio_pin_page_external()`: pins the single page at `vaddr` in the
+    /// mapping's mm and, if `do_accounting`, charges it to `locked_vm`
+    /// (not for reserved pfns).  Returns the pfn.
+    fn pin_page_external(
+        &mut self,
+        entry: &mut E,
+        vaddr: u64,
+        do_accounting: bool,
+    ) -> Result<u64, Errno>;
+
+    /// `pfn_valid()`.
+    fn pfn_valid(&self, pfn: u64) -> bool;
+
+    /// `put_pfn()`: unpins a page; true if it was a real (non-reserved) page.
+    fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool;
+
+    /// `vfio_lock_acct(dma, npage, async)` for a non-zero `npage`.
+    fn lock_acct(&mut self, entry: &mut E, npage: i64, is_async: bool) -> Result<(), Errno>;
+
+    /// Hands out a preallocated node for `vfio_add_to_pfn_list()`;
+    /// `ENOMEM` stands for the C `kzalloc()` failure.
+    fn take_slot(&mut self) -> Result<<E::Pfns as PfnStore>::Slot, Errno>;
+
+    /// Sets `pinned_page_dirty_scope` on the calling device's group and
+    /// returns true if it was not set before (the C code then decrements
+    /// `num_non_pinned_groups`).
+    fn promote_pinned_scope(&mut self) -> bool;
+}
+
+/// The checks of `vfio_pin_pages()` and `vfio_device_container_pin_pages()`
+/// that run before the type1 callback: `EINVAL` for no page array, zero
+/// pages or a device without `dma_unmap`, then `E2BIG` above
+/// `VFIO_PIN_PAGES_MAX_ENTRIES`.  (The `ENOTTY` for a backend without
+/// `pin_pages` cannot happen with type1.)
+pub fn vfio_pin_pages_check(
+    npage: i32,
+    have_pages: bool,
+    device_has_dma_unmap: bool,
+) -> Result<(), Errno> {
+    if !have_pages || npage == 0 {
+        return Err(EINVAL);
+    }
+    if !device_has_dma_unmap {
+        return Err(EINVAL);
+    }
+    if npage > VFIO_PIN_PAGES_MAX_ENTRIES {
+        return Err(E2BIG);
+    }
+    Ok(())
+}
+
+/// The iova of page `i` of a pin request: `user_iova + PAGE_SIZE * i` in
+/// `dma_addr_t` (wrapping) arithmetic as in C.
+fn page_iova(user_iova: u64, i: i32) -> u64 {
+    user_iova.wrapping_add(PAGE_SIZE.wrapping_mul(i as u64))
+}
+
+/// The mapping used for one page of a pin/unpin request:
+/// `vfio_find_dma(iommu, iova, PAGE_SIZE)`.
+///
+/// Deviation: the C code computes `iova - dma->iova` even if an unaligned
+/// `iova` starts below the selected mapping (it only overlaps it), which
+/// pins a page outside the mapping.  We refuse such a page (`None`, which
+/// the callers turn into the same `EINVAL` as "not mapped").
+fn pin_lookup<T: DmaTree + ?Sized>(tree: &mut T, iova: u64) -> Option<u64> {
+    let k = find_dma(tree, iova, PAGE_SIZE)?;
+    let d = tree.get(k)?.dma();
+    if iova < d.iova {
+        return None;
+    }
+    Some(k)
+}
+
+/// Mirrors `vfio_unpin_page_external()`: drops one pin of `iova` in the
+/// mapping under `key`; returns how many real pages were unpinned (0 or 1).
+fn unpin_page_external<T, O>(
+    tree: &mut T,
+    ops: &mut O,
+    key: u64,
+    iova: u64,
+    do_accounting: bool,
+) -> u32
+where
+    T: DmaTree + ?Sized,
+    O: PinOps<T::Entry> + ?Sized,
+{
+    let Some(entry) = tree.get_mut(key) else {
+        return 0;
+    };
+    let unlocked = {
+        let parts = entry.parts_mut();
+        let prot = parts.dma.prot;
+        match put_vfio_pfn(parts.pfn_list, iova) {
+            PutPfn::NotPinned => return 0,
+            PutPfn::StillPinned => 0,
+            PutPfn::Released(pfn) => u32::from(ops.put_pfn(pfn, prot)),
+        }
+    };
+    if do_accounting && unlocked != 0 {
+        // vfio_lock_acct() returns 0 at once for npage == 0, so the call is
+        // skipped here; its own failure is ignored by the C caller too.
+        let _ = ops.lock_acct(entry, -i64::from(unlocked), true);
+    }
+    unlocked
+}
+
+/// Outcome of dropping one reference of a pinned iova.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutPfn {
+    /// No `vfio_pfn` exists for the iova.
+    NotPinned,
+    /// The reference count dropped but other pins remain.
+    StillPinned,
+    /// The last reference went away; the entry was removed and the page
+    /// must be released with `put_pfn(pfn, dma->prot)`.
+    Released(u64),
+}
+
+/// Mirrors `vfio_iova_put_vfio_pfn()` (after `vfio_find_vpfn()`): decrements the
+/// reference count and removes the entry at zero.
+pub fn put_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> PutPfn {
+    let Some(vpfn) = pfns.get_mut(iova) else {
+        return PutPfn::NotPinned;
+    };
+    vpfn.ref_count = vpfn.ref_count.wrapping_sub(1);
+    if vpfn.ref_count != 0 {
+        return PutPfn::StillPinned;
+    }
+    match pfns.remove(iova) {
+        Some(v) => PutPfn::Released(v.pfn),
+        None => PutPfn::NotPinned,
+    }
+}
+
+/// Mirrors `vfio_iova_get_vfio_pfn()`: takes one more reference on an already
+/// pinned iova and returns its pfn, or `None` if the iova is not pinned.
+pub fn get_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> Option<u64> {
+    let vpfn = pfns.get_mut(iova)?;
+    // The C counter is an unsigned int that wraps; keep the same width.
+    vpfn.ref_count = vpfn.ref_count.wrapping_add(1);
+    Some(vpfn.pfn)
+}
+
+/// Mirrors `vfio_add_to_pfn_list()` with a preallocated node: a new entry with one reference.
+pub fn add_to_pfn_list<P: PfnStore + ?Sized>(pfns: &mut P, slot: P::Slot, iova: u64, pfn: u64) {
+    pfns.insert(slot, iova, VfioPfn { pfn, ref_count: 1 });
+}
+
+/// Mirrors `vfio_iommu_type1_pin_pages()` from the point where the container
+/// lock is held (the caller checks `!iommu || !pages` and takes the lock).
+///
+/// Order of failures: `EACCES` on v1 (checked before the lock in C, which is
+/// not observable), `EBUSY` while any vaddr is invalid, `EINVAL` with no
+/// registered `dma_unmap` device, then per page `EINVAL` if the page is not
+/// mapped, `EPERM` if the mapping lacks `prot`, or the error of the kernel's
+/// pin/slot helpers.  On failure every page pinned so far by this call is
+/// unpinned again and `pages` is zeroed up to the failing index.  A negative
+/// `npage` pins nothing and succeeds with 0, as in C.  `pages` shorter than
+/// `npage` is reported as `EINVAL` before anything is pinned.
+pub fn pin_pages<T, O>(
+    tree: &mut T,
+    iommu: &mut VfioIommu,
+    ops: &mut O,
+    user_iova: u64,
+    npage: i32,
+    prot: u32,
+    pages: &mut [u64],
+) -> Result<i32, Errno>
+where
+    T: DmaTree + ?Sized,
+    O: PinOps<T::Entry> + ?Sized,
+{
+    if !iommu.v2 {
+        return Err(EACCES);
+    }
+    if iommu.vaddr_invalid_count != 0 {
+        return Err(EBUSY);
+    }
+    if !iommu.has_devices {
+        return Err(EINVAL);
+    }
+    if npage > 0 && pages.len() < npage as usize {
+        return Err(EINVAL);
+    }
+    // Accounting is done here only when no IOMMU domain already pinned and
+    // accounted every page of every mapping.
+    let do_accounting = !iommu.has_domains;
+    let pgshift = iommu.pgshift();
+
+    let mut i: i32 = 0;
+    let mut err: Option<Errno> = None;
+    while i < npage {
+        let iova = page_iova(user_iova, i);
+        match pin_one(tree, iommu, ops, iova, prot, do_accounting, pgshift) {
+            Ok(pfn) => {
+                if let Some(slot) = pages.get_mut(i as usize) {
+                    *slot = pfn;
+                }
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+        i += 1;
+    }
+
+    if let Some(e) = err {
+        // pin_unwind: release what this call pinned, in order.
+        if let Some(slot) = pages.get_mut(i as usize) {
+            *slot = 0;
+        }
+        for j in 0..i {
+            let iova = page_iova(user_iova, j);
+            if let Some(key) = pin_lookup(tree, iova) {
+                unpin_page_external(tree, ops, key, iova, do_accounting);
+            }
+            if let Some(slot) = pages.get_mut(j as usize) {
+                *slot = 0;
+            }
+        }
+        return Err(e);
+    }
+
+    if ops.promote_pinned_scope() {
+        iommu.num_non_pinned_groups = iommu.num_non_pinned_groups.saturating_sub(1);
+    }
+    Ok(i)
+}
+
+/// One iteration of the pin loop of `vfio_iommu_type1_pin_pages()`.
+fn pin_one<T, O>(
+    tree: &mut T,
+    iommu: &VfioIommu,
+    ops: &mut O,
+    iova: u64,
+    prot: u32,
+    do_accounting: bool,
+    pgshift: Result<u32, Errno>,
+) -> Result<u64, Errno>
+where
+    T: DmaTree + ?Sized,
+    O: PinOps<T::Entry> + ?Sized,
+{
+    let key = pin_lookup(tree, iova).ok_or(EINVAL)?;
+    let entry = tree.get_mut(key).ok_or(EINVAL)?;
+    let dma: VfioDma = *entry.dma();
+    if (dma.prot & prot) != prot {
+        return Err(EPERM);
+    }
+    if let Some(pfn) = get_vfio_pfn(entry.parts_mut().pfn_list, iova) {
+        return Ok(pfn);
+    }
+
+    let remote_vaddr = dma.vaddr.wrapping_add(iova - dma.iova);
+    let pfn = ops.pin_page_external(entry, remote_vaddr, do_accounting)?;
+    if !ops.pfn_valid(pfn) {
+        return Err(EINVAL);
+    }
+    let slot = match ops.take_slot() {
+        Ok(s) => s,
+        Err(e) => {
+            if ops.put_pfn(pfn, dma.prot) && do_accounting {
+                let _ = ops.lock_acct(entry, -1, true);
+            }
+            return Err(e);
+        }
+    };
+    let parts = entry.parts_mut();
+    add_to_pfn_list(parts.pfn_list, slot, iova, pfn);
+    if iommu.dirty_page_tracking {
+        // The bitmap is kept in units of the smallest supported page size.
+        if let (Some(bitmap), Ok(shift)) = (parts.bitmap, pgshift) {
+            bitmap_set(bitmap, (iova - dma.iova) >> shift, 1);
+        }
+    }
+    Ok(pfn)
+}
+
+/// The check of `vfio_device_container_unpin_pages()`: a request with
+/// `npage <= 0` or above `VFIO_PIN_PAGES_MAX_ENTRIES` is dropped with a WARN.
+pub fn vfio_unpin_pages_check(npage: i32) -> bool {
+    npage > 0 && npage <= VFIO_PIN_PAGES_MAX_ENTRIES
+}
+
+/// Mirrors `vfio_iommu_type1_unpin_pages()`: drops one pin per page until a
+/// page is not mapped.  Returns the number of pages processed; the C code
+/// WARNs when that differs from `npage`, and also WARNs and does nothing on
+/// a v1 container (we return 0 then).
+pub fn unpin_pages<T, O>(
+    tree: &mut T,
+    iommu: &VfioIommu,
+    ops: &mut O,
+    user_iova: u64,
+    npage: i32,
+) -> i32
+where
+    T: DmaTree + ?Sized,
+    O: PinOps<T::Entry> + ?Sized,
+{
+    if !iommu.v2 {
+        return 0;
+    }
+    let do_accounting = !iommu.has_domains;
+    let mut i = 0;
+    while i < npage {
+        let iova = page_iova(user_iova, i);
+        let Some(key) = pin_lookup(tree, iova) else {
+            break;
+        };
+        unpin_page_external(tree, ops, key, iova, do_accounting);
+        i += 1;
+    }
+    i
+}
+
+/// `vfio_dma_rw()` argument check: a NULL buffer or zero length is `EINVAL`.
+pub fn vfio_dma_rw_check(have_data: bool, len: u64) -> Result<(), Errno> {
+    if !have_data || len == 0 {
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+/// `vfio_iommu_type1_dma_rw()` under the lock: refused with `EBUSY` while a
+/// vaddr is invalid.
+pub fn dma_rw_check(iommu: &VfioIommu) -> Result<(), Errno> {
+    if iommu.vaddr_invalid_count != 0 {
+        return Err(EBUSY);
+    }
+    Ok(())
+}
+
+/// One chunk of a `vfio_dma_rw()` copy, confined to a single mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRwChunk {
+    /// Key (iova) of the mapping.
+    pub key: u64,
+    /// Offset of the chunk within the mapping.
+    pub offset: u64,
+    /// User virtual address to copy to/from.
+    pub vaddr: u64,
+    /// Bytes to copy in this chunk.
+    pub count: u64,
+}
+
+/// Mirrors the lookup half of `vfio_iommu_type1_dma_rw_chunk()`: `EINVAL` if
+/// no mapping contains `iova`, `EPERM` if a write hits a read-only mapping or
+/// the mapping is not readable at all (the C test requires `IOMMU_READ`
+/// even for writes).  The kernel then checks the mm (`EPERM` if it is gone),
+/// copies `count` bytes, marks them dirty with [`dma_rw_mark_dirty`] on a
+/// successful write, and returns `EFAULT` if nothing was copied.
+pub fn dma_rw_chunk<T: DmaTree + ?Sized>(
+    tree: &mut T,
+    iova: u64,
+    count: u64,
+    write: bool,
+) -> Result<DmaRwChunk, Errno> {
+    let key = find_dma(tree, iova, 1).ok_or(EINVAL)?;
+    let dma = *tree.get(key).ok_or(EINVAL)?.dma();
+    if (write && dma.prot & IOMMU_WRITE == 0) || dma.prot & IOMMU_READ == 0 {
+        return Err(EPERM);
+    }
+    let offset = iova - dma.iova;
+    let count = count.min(dma.size - offset);
+    Ok(DmaRwChunk {
+        key,
+        offset,
+        vaddr: dma.vaddr.wrapping_add(offset),
+        count,
+    })
+}
+
+/// Marks the pages written by a `vfio_dma_rw()` chunk dirty when tracking is on.
+pub fn dma_rw_mark_dirty<E: DmaEntry + ?Sized>(
+    iommu: &VfioIommu,
+    entry: &mut E,
+    offset: u64,
+    copied: u64,
+) {
+    if copied == 0 || !iommu.dirty_page_tracking {
+        return;
+    }
+    let Ok(shift) = iommu.pgshift() else {
+        return;
+    };
+    let Some(bitmap) = entry.parts_mut().bitmap else {
+        return;
+    };
+    let first = offset >> shift;
+    let last = offset.saturating_add(copied - 1) >> shift;
+    bitmap_set(bitmap, first, last - first + 1);
+}
