@@ -10,6 +10,7 @@
 #include <linux/mmap_lock.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/uaccess.h>
 #include <linux/vfio.h>
 
 #include "helpers.h"
@@ -95,4 +96,45 @@ bool kmod_helper_is_err(const void *ptr)
 long kmod_helper_ptr_err(const void *ptr)
 {
 	return PTR_ERR(ptr);
+}
+
+void kmod_helper_put_task_struct(struct task_struct *task)
+{
+	put_task_struct(task);
+}
+
+void kmod_helper_mmput(struct mm_struct *mm)
+{
+	mmput(mm);
+}
+
+bool kmod_helper_page_reserved(struct page *page)
+{
+	return PageReserved(page);
+}
+
+bool kmod_helper_current_is_kthread(void)
+{
+	return current->mm == NULL;
+}
+
+bool kmod_helper_access_ok(unsigned long addr, unsigned long size)
+{
+	return access_ok((const void __user *)addr, size);
+}
+
+/* Helpers of the mtty module (kmod-common/vfio_device.rs). */
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+
+struct file *kmod_helper_anon_inode_getfile(const char *name,
+					    const struct file_operations *fops,
+					    void *priv, int flags)
+{
+	return anon_inode_getfile(name, fops, priv, flags);
+}
+
+void kmod_helper_get_file(struct file *file)
+{
+	get_file(file);
 }

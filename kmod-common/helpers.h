@@ -6,6 +6,7 @@
 #include <linux/types.h>
 
 struct eventfd_ctx;
+struct list_head;
 struct mm_struct;
 struct page;
 struct task_struct;
@@ -26,5 +27,21 @@ struct task_struct *kmod_helper_current_group_leader(void);
 void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx);
 bool kmod_helper_is_err(const void *ptr);
 long kmod_helper_ptr_err(const void *ptr);
+void kmod_helper_put_task_struct(struct task_struct *task);
+void kmod_helper_mmput(struct mm_struct *mm);
+bool kmod_helper_page_reserved(struct page *page);
+bool kmod_helper_current_is_kthread(void);
+bool kmod_helper_access_ok(unsigned long addr, unsigned long size);
 
+#endif
+
+/* Helpers of the mtty module (kmod-common/vfio_device.rs). */
+#ifndef KMOD_COMMON_HELPERS_MTTY_H
+#define KMOD_COMMON_HELPERS_MTTY_H
+struct file;
+struct file_operations;
+struct file *kmod_helper_anon_inode_getfile(const char *name,
+					    const struct file_operations *fops,
+					    void *priv, int flags);
+void kmod_helper_get_file(struct file *file);
 #endif

@@ -13,11 +13,12 @@
 
 use crate::bindings;
 use core::marker::PhantomData;
-use core::ptr::NonNull;
 use kernel::error::{from_result, to_result};
 use kernel::ffi;
 use kernel::prelude::*;
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::types::{ForeignOwnable, Opaque};
+use core::ptr::NonNull;
 
 /// How the devices of a group reach memory (`enum vfio_group_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,7 @@ impl IommuGroup {
     }
 
     /// The raw pointer, for the C calls of the IOMMU abstraction.
+    #[allow(dead_code)] // For the real-IOMMU path (IOMMU domains).
     pub(crate) fn as_raw(&self) -> *mut bindings::iommu_group {
         self.0.get()
     }
@@ -64,8 +66,13 @@ impl IommuGroup {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct GroupKey(usize);
 
-/// A VFIO device as the backend sees it in `register_device`,
-/// `unregister_device` and the unmap notification.
+impl GroupKey {
+    /// No group: a group's address is never 0.
+    pub(crate) const NONE: GroupKey = GroupKey(0);
+}
+
+/// A VFIO device as the backend sees it in `register_device` and
+/// `unregister_device`.
 ///
 /// # Invariants
 ///
@@ -96,52 +103,128 @@ impl VfioDevice {
         self.ops().is_some_and(|o| o.dma_unmap.is_some())
     }
 
-    /// A handle that can be kept on a device list between `register_device`
-    /// and `unregister_device`.
-    pub(crate) fn registered(&self) -> RegisteredDevice {
-        // INVARIANT: the caller keeps the handle only until the device is
-        // unregistered; see `RegisteredDevice`.
-        RegisteredDevice(NonNull::from(&self.0).cast())
+    /// Tells the device's driver that `[iova, iova + length)` is being
+    /// unmapped: it must stop DMA there and unpin what it pinned in it.
+    fn dma_unmap(&self, iova: u64, length: u64) {
+        if let Some(f) = self.ops().and_then(|o| o.dma_unmap) {
+            // SAFETY: the device is valid (type invariant) and open (it is
+            // registered); the driver's callback accepts any range.
+            unsafe { f(self.0.get(), iova, length) };
+        }
     }
 }
 
-/// A device on a container's device list.
+/// A device being registered: handed to [`IommuDriver::register_device`]
+/// and consumed by [`DeviceList::add`]. Only the trampoline makes one, so
+/// only a device the VFIO core registered can go on a list.
+pub(crate) struct Registering<'a>(&'a VfioDevice);
+
+impl Registering<'_> {
+    /// The device.
+    pub(crate) fn device(&self) -> &VfioDevice {
+        self.0
+    }
+}
+
+/// A device being unregistered: handed to
+/// [`IommuDriver::unregister_device`] and consumed by [`DeviceList::remove`].
+pub(crate) struct Unregistering<'a>(&'a VfioDevice);
+
+impl Unregistering<'_> {
+    /// The device.
+    pub(crate) fn device(&self) -> &VfioDevice {
+        self.0
+    }
+}
+
+/// A device on a [`DeviceList`].
 ///
 /// # Invariants
 ///
-/// Points to a `vfio_device` that was passed to `register_device` and whose
-/// `unregister_device` has not returned: the VFIO core keeps it alive and
-/// open for that long. The holder must remove the handle in
-/// `unregister_device` before returning, and must not call [`Self::dma_unmap`]
-/// concurrently with removing it (the device list lock serialises both).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RegisteredDevice(NonNull<bindings::vfio_device>);
+/// Points to a device that went through `register_device` and whose
+/// `unregister_device` has not yet removed it from the list: the VFIO core
+/// keeps it alive and open until then.
+struct DeviceEntry(NonNull<bindings::vfio_device>);
 
-// SAFETY: the handle is an address; the device it names may be used from any
-// thread (its `dma_unmap` takes the driver's own locks).
-unsafe impl Send for RegisteredDevice {}
-// SAFETY: as above; `&RegisteredDevice` allows nothing more than a copy.
-unsafe impl Sync for RegisteredDevice {}
+/// Memory for one [`DeviceList`] entry, allocated before the list's lock is
+/// taken.
+pub(crate) struct DeviceSlot(RBTreeNodeReservation<usize, DeviceEntry>);
 
-impl RegisteredDevice {
-    /// Whether this is the handle of `dev`.
-    pub(crate) fn is(&self, dev: &VfioDevice) -> bool {
-        self.0.as_ptr() == dev.0.get()
+impl DeviceSlot {
+    /// Allocates a slot.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(DeviceSlot(RBTreeNodeReservation::new(GFP_KERNEL)?))
+    }
+}
+
+/// The devices registered on a container that have a `dma_unmap` op.
+///
+/// Keep it under a lock; it only records devices and calls them.
+pub(crate) struct DeviceList {
+    devices: RBTree<usize, DeviceEntry>,
+    /// Registrations that found no memory for their entry: those devices
+    /// cannot be told about unmaps, so the container must refuse pins.
+    lost: usize,
+}
+
+// SAFETY: the entries are addresses of devices that may be called from any
+// thread; the list itself is plain data.
+unsafe impl Send for DeviceList {}
+
+impl DeviceList {
+    /// An empty list.
+    pub(crate) fn new() -> Self {
+        DeviceList { devices: RBTree::new(), lost: 0 }
     }
 
-    /// Tells the device's driver that `[iova, iova + length)` is being
-    /// unmapped: it must stop DMA there and unpin what it pinned in it.
+    /// Whether no device is registered (counting lost registrations).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lost == 0 && self.devices.iter().next().is_none()
+    }
+
+    /// Whether some registered device is missing from the list.
+    pub(crate) fn has_lost(&self) -> bool {
+        self.lost != 0
+    }
+
+    /// Records a device that is being registered. Without a slot (the
+    /// allocation failed) the registration is counted as lost.
+    pub(crate) fn add(&mut self, dev: Registering<'_>, slot: Option<DeviceSlot>) {
+        let ptr = dev.0 .0.get();
+        match slot {
+            Some(slot) => {
+                // INVARIANT: `Registering` is only made for a device the VFIO
+                // core is registering; `remove` takes it off before the core
+                // finishes unregistering it.
+                let entry = DeviceEntry(NonNull::from(&dev.0 .0).cast());
+                drop(self.devices.insert(slot.0.into_node(ptr as usize, entry)));
+            }
+            None => {
+                pr_err!("no memory to register a VFIO device for unmap notification; pins are refused\n");
+                self.lost += 1;
+            }
+        }
+    }
+
+    /// Forgets a device that is being unregistered.
+    pub(crate) fn remove(&mut self, dev: Unregistering<'_>) {
+        let key = dev.0 .0.get() as usize;
+        if self.devices.remove(&key).is_none() {
+            self.lost = self.lost.saturating_sub(1);
+        }
+    }
+
+    /// Calls every registered device's `dma_unmap` for `[iova, iova+length)`.
     ///
-    /// The caller must hold no lock that the driver's `vfio_unpin_pages`
-    /// path takes (the container lock in particular).
-    pub(crate) fn dma_unmap(&self, iova: u64, length: u64) {
-        let ptr = self.0.as_ptr();
-        // SAFETY: by the type invariant the device is registered, so valid.
-        let dev = unsafe { VfioDevice::from_raw(ptr) };
-        if let Some(f) = dev.ops().and_then(|o| o.dma_unmap) {
-            // SAFETY: `ptr` is a registered, open device; the driver's
-            // callback accepts any range.
-            unsafe { f(ptr, iova, length) };
+    /// The drivers' callbacks unpin through `vfio_unpin_pages`, which takes
+    /// the container lock: the caller must not hold it.
+    pub(crate) fn notify_dma_unmap(&self, iova: u64, length: u64) {
+        for entry in self.devices.values() {
+            // SAFETY: by the invariant of `DeviceEntry` the device is alive
+            // and open while it is on the list, and the list cannot change
+            // while the caller holds its lock.
+            let dev = unsafe { VfioDevice::from_raw(entry.0.as_ptr()) };
+            dev.dma_unmap(iova, length);
         }
     }
 }
@@ -202,12 +285,12 @@ pub(crate) trait IommuDriver: Sized + 'static {
     }
 
     /// A device of the container was opened.
-    fn register_device(_data: &Self::Data, _dev: &VfioDevice) {
+    fn register_device(_data: &Self::Data, _dev: Registering<'_>) {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
     /// A device of the container is being closed.
-    fn unregister_device(_data: &Self::Data, _dev: &VfioDevice) {
+    fn unregister_device(_data: &Self::Data, _dev: Unregistering<'_>) {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
@@ -356,7 +439,7 @@ impl<T: IommuDriver> OpsTable<T> {
     unsafe extern "C" fn register_device(iommu_data: *mut ffi::c_void, vdev: *mut bindings::vfio_device) {
         // SAFETY: see the function's safety section.
         let (data, dev) = unsafe { (Self::data(iommu_data), VfioDevice::from_raw(vdev)) };
-        T::register_device(data, dev);
+        T::register_device(data, Registering(dev));
     }
 
     /// # Safety
@@ -365,7 +448,7 @@ impl<T: IommuDriver> OpsTable<T> {
     unsafe extern "C" fn unregister_device(iommu_data: *mut ffi::c_void, vdev: *mut bindings::vfio_device) {
         // SAFETY: see the function's safety section.
         let (data, dev) = unsafe { (Self::data(iommu_data), VfioDevice::from_raw(vdev)) };
-        T::unregister_device(data, dev);
+        T::unregister_device(data, Unregistering(dev));
     }
 
     /// # Safety

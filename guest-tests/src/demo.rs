@@ -11,7 +11,7 @@ fn say(s: &str) {
 }
 
 /// Runs the demo on an already-loaded backend; returns whether every step worked.
-pub fn run(backend: Backend, _modroot: &Path, _kmods: &Path) -> bool {
+pub fn run(backend: Backend) -> bool {
     match steps(backend) {
         Ok(()) => {
             say("all steps worked.");
@@ -27,10 +27,9 @@ pub fn run(backend: Backend, _modroot: &Path, _kmods: &Path) -> bool {
 fn steps(backend: Backend) -> Result<(), String> {
     let parent = Path::new("/sys/class/mdev_bus/mtty");
     say(&format!(
-        "1. The {} backend is loaded: type1 IOMMU driver `{}`, mdev vendor driver `{}`.",
-        backend.name(),
-        if backend == Backend::C { "vfio_iommu_type1" } else { "vfio_iommu_type1_rs" },
-        if backend == Backend::C { "mtty" } else { "mtty_rs" },
+        "1. Loaded: type1 IOMMU backend `{}`, mdev vendor driver `{}`.",
+        if backend.rust_type1 { "vfio_iommu_type1_rs (ours, Rust)" } else { "vfio_iommu_type1 (the kernel's C reference)" },
+        if backend.rust_mtty { "mtty_rs (ours, Rust)" } else { "mtty (the kernel's C sample)" },
     ));
     let avail = std::fs::read_to_string(parent.join("mdev_supported_types/mtty-1/available_instances"))
         .map_err(|e| format!("mtty parent device missing: {e}"))?;
@@ -49,29 +48,31 @@ fn steps(backend: Backend) -> Result<(), String> {
     say(&format!("6. Got the device fd: a PCI device with {} regions and {} IRQ types.", info.num_regions, info.num_irqs));
     let bar0 = dev.region(VFIO_PCI_BAR0_REGION_INDEX).map_err(|e| e.to_string())?;
     let line = b"hello, serial port\n";
-    for &b in line.iter() {
-        dev.write8(bar0.offset, b).map_err(|e| e.to_string())?;
+    // The FIFO holds 16 bytes: send the line in chunks and drain after each.
+    let mut back = Vec::new();
+    for chunk in line.chunks(8) {
+        for &b in chunk {
+            dev.write8(bar0.offset, b).map_err(|e| e.to_string())?;
+        }
+        while dev.read8(bar0.offset + 5).map_err(|e| e.to_string())? & 1 != 0 {
+            back.push(dev.read8(bar0.offset).map_err(|e| e.to_string())?);
+        }
     }
     say(&format!(
-        "7. Wrote {:?} to the UART's transmit register (BAR0 offset 0) one byte at a time.",
+        "7. Wrote {:?} to the UART's transmit register (BAR0 offset 0), 8 bytes at a time.",
         String::from_utf8_lossy(line)
     ));
-    let mut back = Vec::new();
-    // The FIFO holds 16 bytes: the rest of the line was dropped, as on hardware.
-    while dev.read8(bar0.offset + 5).map_err(|e| e.to_string())? & 1 != 0 {
-        back.push(dev.read8(bar0.offset).map_err(|e| e.to_string())?);
-    }
     say(&format!(
-        "8. Read back {:?} from the receive register while LSR said data was ready (the emulated port loops TX to RX; its FIFO holds 16 bytes).",
+        "8. Read back {:?} from the receive register (offset 0) while the line status register (offset 5) said data was ready: the emulated port loops what it sends into its own receive FIFO.",
         String::from_utf8_lossy(&back)
     ));
-    if back.is_empty() || !line.starts_with(&back) {
+    if back != line {
         return Err("the bytes read back do not match what was written".into());
     }
-    if backend == Backend::C {
+    if !backend.rust_mtty {
         say("9. DMA through pinned pages: skipped. The C sample has no DMA engine; kmod-mtty adds one (docs/mtty-dma.md).");
     } else {
-        say("9. DMA through pinned pages: the Rust mtty's DMA engine is not finished yet (see the open kmod-mtty issue).");
+        say("9. DMA through pinned pages: the Rust mtty's DMA engine is not wired into the demo yet.");
     }
     drop(dev);
     drop(container);

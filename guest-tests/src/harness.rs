@@ -11,62 +11,101 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Which implementations of type1 and mtty are loaded.
+/// Which implementations of type1 and mtty are loaded: C or Rust for each.
+/// The mixed pairs let one module be developed against the other's C
+/// reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The kernel's `vfio_iommu_type1` and `samples/vfio-mdev/mtty`.
-    C,
-    /// Our `vfio_iommu_type1_rs` and `mtty_rs`.
-    Rust,
+pub struct Backend {
+    /// Our `vfio_iommu_type1_rs` instead of the kernel's `vfio_iommu_type1`.
+    pub rust_type1: bool,
+    /// Our `mtty_rs` instead of `samples/vfio-mdev/mtty`.
+    pub rust_mtty: bool,
 }
 
 impl Backend {
+    /// The kernel's C modules.
+    pub const C: Backend = Backend { rust_type1: false, rust_mtty: false };
+    /// Both of ours.
+    pub const RUST: Backend = Backend { rust_type1: true, rust_mtty: true };
+
+    /// `c`, `rust`, `type1-rs` (Rust type1, C mtty) or `mtty-rs` (C type1, Rust mtty).
     pub fn parse(s: &str) -> Option<Backend> {
         match s {
             "c" => Some(Backend::C),
-            "rust" => Some(Backend::Rust),
+            "rust" => Some(Backend::RUST),
+            "type1-rs" => Some(Backend { rust_type1: true, rust_mtty: false }),
+            "mtty-rs" => Some(Backend { rust_type1: false, rust_mtty: true }),
             _ => None,
         }
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Backend::C => "c",
-            Backend::Rust => "rust",
+        match (self.rust_type1, self.rust_mtty) {
+            (false, false) => "c",
+            (true, true) => "rust",
+            (true, false) => "type1-rs",
+            (false, true) => "mtty-rs",
         }
+    }
+
+    fn type1_module(self) -> &'static str {
+        if self.rust_type1 { "vfio_iommu_type1_rs" } else { "vfio_iommu_type1" }
+    }
+
+    fn mtty_module(self) -> &'static str {
+        if self.rust_mtty { "mtty_rs" } else { "mtty" }
     }
 
     /// The modules loaded, in load order, as (module name, how to load it).
     fn modules(self, kmods: &Path) -> Vec<(&'static str, Load)> {
-        match self {
-            Backend::C => vec![
-                ("vfio", Load::Modprobe),
-                ("vfio_iommu_type1", Load::Modprobe),
-                ("mdev", Load::Modprobe),
-                ("mtty", Load::Modprobe),
-            ],
-            Backend::Rust => vec![
-                ("vfio", Load::Modprobe),
-                ("vfio_iommu_type1_rs", Load::Insmod(kmods.join("kmod-iommu/vfio_iommu_type1_rs.ko"))),
-                ("mdev", Load::Modprobe),
-                ("mtty_rs", Load::Insmod(kmods.join("kmod-mtty/mtty_rs.ko"))),
-            ],
-        }
+        let load = |rust: bool, ko: &str| {
+            if rust { Load::Insmod(kmods.join(ko)) } else { Load::Kernel }
+        };
+        vec![
+            ("vfio", Load::Kernel),
+            (self.type1_module(), load(self.rust_type1, "kmod-iommu/vfio_iommu_type1_rs.ko")),
+            ("mdev", Load::Kernel),
+            (self.mtty_module(), load(self.rust_mtty, "kmod-mtty/mtty_rs.ko")),
+        ]
     }
 
     /// Modules that must NOT be loaded while this backend runs: the other
     /// implementation of each piece.
-    fn absent(self) -> &'static [&'static str] {
-        match self {
-            Backend::C => &["vfio_iommu_type1_rs", "mtty_rs"],
-            Backend::Rust => &["vfio_iommu_type1", "mtty"],
-        }
+    fn absent(self) -> [&'static str; 2] {
+        [
+            if self.rust_type1 { "vfio_iommu_type1" } else { "vfio_iommu_type1_rs" },
+            if self.rust_mtty { "mtty" } else { "mtty_rs" },
+        ]
     }
 }
 
+/// How a module is loaded. Everything goes through `insmod` in an explicit
+/// order: `modprobe vfio` would also load `vfio_iommu_type1` (a softdep of
+/// vfio), which must stay out while our type1 runs.
 enum Load {
-    Modprobe,
+    /// A module of the test kernel, found through `modules.dep` in the modroot.
+    Kernel,
+    /// One of our modules, by path.
     Insmod(PathBuf),
+}
+
+/// The path of kernel module `name` under `modroot` (from `modules.dep`).
+fn kernel_module_path(modroot: &Path, name: &str) -> Result<PathBuf, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| format!("kernel release: {e}"))?;
+    let dir = modroot.join("lib/modules").join(release.trim());
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .map_err(|e| format!("{}/modules.dep: {e}", dir.display()))?;
+    // Module names use '_' where file names may use '-'.
+    let stem = |p: &str| -> String {
+        let file = p.rsplit('/').next().unwrap_or(p);
+        file.trim_end_matches(".ko").replace('-', "_")
+    };
+    dep.lines()
+        .filter_map(|l| l.split_once(':').map(|(p, _)| p))
+        .find(|p| stem(p) == name)
+        .map(|p| dir.join(p))
+        .ok_or_else(|| format!("{name}.ko is not in {}/modules.dep", dir.display()))
 }
 
 /// What the runner needs to know about the VM's file layout.
@@ -138,13 +177,15 @@ fn module_loaded(name: &str) -> bool {
 }
 
 pub fn load_backend(cfg: &RunConfig, b: Backend) -> Result<(), String> {
-    let modroot = cfg.modroot.to_string_lossy().into_owned();
     for (name, how) in b.modules(&cfg.kmods) {
         if module_loaded(name) {
             continue;
         }
         match how {
-            Load::Modprobe => sh("modprobe", &["-d", &modroot, name])?,
+            Load::Kernel => {
+                let path = kernel_module_path(&cfg.modroot, name)?;
+                sh("insmod", &[&path.to_string_lossy()])?
+            }
             Load::Insmod(path) => {
                 if !path.exists() {
                     return Err(format!("{} was not built", path.display()));

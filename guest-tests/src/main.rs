@@ -22,7 +22,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest demo --backend c|rust --modroot DIR --kmods DIR\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -118,11 +118,7 @@ fn main() {
         }
         "demo" => {
             let backend = backend_arg(&args);
-            let ok = demo::run(
-                backend,
-                &PathBuf::from(args.required("--modroot")),
-                &PathBuf::from(args.required("--kmods")),
-            );
+            let ok = demo::run(backend);
             std::process::exit(if ok { 0 } else { 1 });
         }
         "list" => {

@@ -30,6 +30,10 @@ pub enum BackendArg {
     Rust,
     /// Each suite twice: C, then Rust, in one VM run.
     Both,
+    /// Our type1 with the C mtty sample (to develop type1 alone).
+    Type1Rs,
+    /// The C type1 with our mtty (to develop mtty alone).
+    MttyRs,
 }
 
 impl BackendArg {
@@ -39,6 +43,8 @@ impl BackendArg {
             BackendArg::C => "c",
             BackendArg::Rust => "rust",
             BackendArg::Both => "c,rust",
+            BackendArg::Type1Rs => "type1-rs",
+            BackendArg::MttyRs => "mtty-rs",
         }
     }
 }

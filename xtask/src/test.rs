@@ -258,7 +258,7 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
         note("the demo runs on the C vfio_iommu_type1 and the C mtty sample (the Rust modules are not complete yet; --backend rust tries ours)");
     }
     let exec = format!(
-        "{g} load --backends {b} {a} && {g} demo --backend {b} {a}",
+        "{g} load --backends {b} {a} && {g} demo --backend {b}",
         g = p.guest.display(),
         b = backend.guest_list(),
         a = guest_args(&p)

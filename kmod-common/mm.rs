@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Another process's memory: long-term page pinning, locked-memory
+//! accounting and user copies on behalf of a recorded `mm_struct`.
+//!
+//! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! [`include/linux/sched/mm.h`](srctree/include/linux/sched/mm.h).
+//!
+//! A VFIO mapping records the mm and the task (thread-group leader) of the
+//! process that made it. Pins and accounting later happen on that mm from
+//! whatever context a device driver calls in: these types make that safe.
+
+use crate::bindings;
+use core::ptr::NonNull;
+use kernel::ffi;
+use kernel::prelude::*;
+
+/// Keeps an `mm_struct` allocated (`mmgrab`), not its address space: pages
+/// can only be reached through [`MmGrab::users`] while the process lives.
+///
+/// # Invariants
+///
+/// `self.0` points to an `mm_struct` on which this value holds one `mmgrab`
+/// reference.
+pub(crate) struct MmGrab(NonNull<bindings::mm_struct>);
+
+// SAFETY: an mmgrab reference may be dropped from any thread.
+unsafe impl Send for MmGrab {}
+// SAFETY: shared access only reads the pointer.
+unsafe impl Sync for MmGrab {}
+
+impl MmGrab {
+    /// The calling process's mm, or `None` in a kernel thread.
+    pub(crate) fn current() -> Option<Self> {
+        // SAFETY: reading `current->mm` has no precondition.
+        let mm = NonNull::new(unsafe { bindings::kmod_helper_current_mm() })?;
+        // SAFETY: `current->mm` stays valid while the current task runs,
+        // which covers taking our own reference.
+        unsafe { bindings::kmod_helper_mmgrab(mm.as_ptr()) };
+        // INVARIANT: we took the mmgrab reference just above.
+        Some(MmGrab(mm))
+    }
+
+    /// Whether this is the calling process's mm.
+    pub(crate) fn is_current(&self) -> bool {
+        // SAFETY: reading `current->mm` has no precondition.
+        self.0.as_ptr() == unsafe { bindings::kmod_helper_current_mm() }
+    }
+
+    /// Takes a user reference (`mmget_not_zero`), or `None` once the process
+    /// has exited and its address space is gone.
+    pub(crate) fn users(&self) -> Option<MmUsers<'_>> {
+        // SAFETY: by the type invariant the mm is allocated.
+        if unsafe { bindings::kmod_helper_mmget_not_zero(self.0.as_ptr()) } {
+            // INVARIANT: mmget_not_zero succeeded.
+            Some(MmUsers(self))
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for MmGrab {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we hold one mmgrab reference.
+        unsafe { bindings::kmod_helper_mmdrop(self.0.as_ptr()) };
+    }
+}
+
+/// A live address space: `mmget` held until drop.
+///
+/// # Invariants
+///
+/// Holds one `mm_users` reference on `self.0`'s mm.
+pub(crate) struct MmUsers<'a>(&'a MmGrab);
+
+impl Drop for MmUsers<'_> {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we hold one mm_users reference.
+        unsafe { bindings::kmod_helper_mmput(self.0 .0.as_ptr()) };
+    }
+}
+
+/// A page frame number as VFIO records pins.
+pub(crate) type Pfn = u64;
+
+impl MmUsers<'_> {
+    fn mm(&self) -> *mut bindings::mm_struct {
+        self.0 .0.as_ptr()
+    }
+
+    /// Pins the page at `vaddr` for long-term device access
+    /// (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus `FOLL_WRITE` when
+    /// the device may write), and returns its pfn. Mappings without struct
+    /// pages (`VM_PFNMAP`) are refused with `EFAULT`.
+    pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<Pfn> {
+        let mut flags = bindings::FOLL_LONGTERM;
+        if write {
+            flags |= bindings::FOLL_WRITE;
+        }
+        let mut page: *mut bindings::page = core::ptr::null_mut();
+        // SAFETY: we hold a user reference, so the mm's address space is live
+        // for the lock/pin/unlock sequence.
+        let ret = unsafe {
+            bindings::kmod_helper_mmap_read_lock(self.mm());
+            let r = bindings::pin_user_pages_remote(
+                self.mm(),
+                vaddr as ffi::c_ulong,
+                1,
+                flags as ffi::c_uint,
+                &mut page,
+                core::ptr::null_mut(),
+            );
+            bindings::kmod_helper_mmap_read_unlock(self.mm());
+            r
+        };
+        match ret {
+            1 if !page.is_null() => {
+                // SAFETY: `page` was just pinned, so it is a valid page.
+                Ok(unsafe { bindings::kmod_helper_page_to_pfn(page) } as Pfn)
+            }
+            r if r < 0 => Err(Error::from_errno(r as i32)),
+            _ => Err(EFAULT),
+        }
+    }
+
+    /// `__account_locked_vm`: adds (`npage > 0`) or removes `npage` pages to
+    /// the mm's `locked_vm`, checking `RLIMIT_MEMLOCK` of `task` on increase
+    /// unless `bypass_rlimit` (the mapping task had `CAP_IPC_LOCK`).
+    pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
+        if npage == 0 {
+            return Ok(());
+        }
+        // SAFETY: the address space is live; mmap_write_lock_killable pairs
+        // with the unlock below only when it returns 0.
+        let ret = unsafe { bindings::kmod_helper_mmap_write_lock_killable(self.mm()) };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        // SAFETY: the mmap lock is held for writing, as required; `task` is
+        // a live task reference.
+        let ret = unsafe {
+            bindings::__account_locked_vm(
+                self.mm(),
+                npage.unsigned_abs() as ffi::c_ulong,
+                npage > 0,
+                task.0.as_ptr(),
+                bypass_rlimit,
+            )
+        };
+        // SAFETY: we took the lock above.
+        unsafe { bindings::kmod_helper_mmap_write_unlock(self.mm()) };
+        kernel::error::to_result(ret)
+    }
+
+    /// Runs `f` with this address space as the user address space, so that
+    /// user copies reach it: directly when it is the caller's own mm, through
+    /// `kthread_use_mm` from a kernel thread. A user thread of another
+    /// process may not reach it (`None`), as in the C type1.
+    pub(crate) fn with_user_access<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        // SAFETY: reading `current->mm` has no precondition.
+        let kthread = unsafe { bindings::kmod_helper_current_is_kthread() };
+        if kthread {
+            // SAFETY: we are a kernel thread without an mm, and we hold a user
+            // reference for the duration of the borrow.
+            unsafe { bindings::kthread_use_mm(self.mm()) };
+            let r = f();
+            // SAFETY: paired with the kthread_use_mm above.
+            unsafe { bindings::kthread_unuse_mm(self.mm()) };
+            Some(r)
+        } else if self.0.is_current() {
+            Some(f())
+        } else {
+            None
+        }
+    }
+}
+
+/// Unpins a page pinned by [`MmUsers::pin_page`], marking it dirty if the
+/// device could write it (`unpin_user_pages_dirty_lock`).
+pub(crate) fn unpin_pfn(pfn: Pfn, dirty: bool) {
+    // SAFETY: `pfn_to_page` only computes an address.
+    let mut page = unsafe { bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong) };
+    // SAFETY: the caller pinned this pfn once and gives that pin back.
+    unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, dirty) };
+}
+
+/// `pfn_valid(pfn) && !PageReserved`: a pin of this pfn is accounted as
+/// locked memory (`!is_invalid_reserved_pfn` in the C type1).
+pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
+    // SAFETY: pure computations on a frame number.
+    unsafe {
+        if !bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) {
+            return false;
+        }
+        !bindings::kmod_helper_page_reserved(bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong))
+    }
+}
+
+/// `pfn_valid(pfn)`.
+pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
+    // SAFETY: a pure computation on a frame number.
+    unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) }
+}
+
+/// The `struct page` of a pinned pfn, as `vfio_pin_pages` returns it.
+pub(crate) fn pfn_to_page(pfn: Pfn) -> *mut bindings::page {
+    // SAFETY: `pfn_to_page` only computes an address.
+    unsafe { bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong) }
+}
+
+/// A counted reference to a task (the mapping process's group leader).
+///
+/// # Invariants
+///
+/// Holds one `get_task_struct` reference on `self.0`.
+pub(crate) struct TaskRef(NonNull<bindings::task_struct>);
+
+// SAFETY: a task reference may be dropped from any thread.
+unsafe impl Send for TaskRef {}
+// SAFETY: shared access only reads the pointer.
+unsafe impl Sync for TaskRef {}
+
+impl TaskRef {
+    /// The calling thread's group leader (never absent in practice).
+    pub(crate) fn current_group_leader() -> Option<Self> {
+        // SAFETY: returns `current->group_leader` with a reference taken.
+        let t = unsafe { bindings::kmod_helper_current_group_leader() };
+        // INVARIANT: the helper took the reference on a non-NULL task.
+        NonNull::new(t).map(TaskRef)
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we hold one reference.
+        unsafe { bindings::kmod_helper_put_task_struct(self.0.as_ptr()) };
+    }
+}
+
+/// `capable(CAP_IPC_LOCK)` for the calling task: pins it makes bypass
+/// `RLIMIT_MEMLOCK`.
+pub(crate) fn capable_ipc_lock() -> bool {
+    // SAFETY: `capable` only inspects the current task's credentials.
+    unsafe { bindings::capable(bindings::CAP_IPC_LOCK as ffi::c_int) }
+}
+
+/// `access_ok(addr, size)`: the range lies in user address space.
+pub(crate) fn access_ok(addr: u64, size: u64) -> bool {
+    // SAFETY: `access_ok` only compares the range with the user address limit.
+    unsafe { bindings::kmod_helper_access_ok(addr as ffi::c_ulong, size as ffi::c_ulong) }
+}

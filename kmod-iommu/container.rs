@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A type1 container: its state, its locks, and the IOMMU-backend callbacks
+//! the VFIO core makes on it.
+//!
+//! # State
+//!
+//! [`State`] holds what the C `struct vfio_iommu` holds: the counters and
+//! flags of `type1_core::iommu::VfioIommu`, the mappings ([`Mappings`]), and
+//! the attached groups. Only emulated-IOMMU (mdev) groups are served so far:
+//! groups behind a real IOMMU are refused with `ENODEV` (that path is the
+//! real-IOMMU issue), so no mapping is ever pinned at `MAP_DMA` time and
+//! pins come only from devices through `vfio_pin_pages`.
+//!
+//! # Locks
+//!
+//! - `devices` (the *device-list lock*, a mutex): the devices that have a
+//!   `dma_unmap` op, registered when they are opened.
+//! - `state` (the *container lock*, a mutex): everything in [`State`].
+//!
+//! Order: device-list lock, then the vendor drivers' own locks (taken inside
+//! their `dma_unmap`), then the container lock. Every path keeps it:
+//!
+//! - `register_device`/`unregister_device`: device-list lock, then the
+//!   container lock (to update `has_devices`, which `pin_pages` tests).
+//! - `UNMAP_DMA` finding pinned pages: drops the container lock, takes the
+//!   device-list lock, calls each device's `dma_unmap` (whose unpin takes
+//!   the container lock), drops the device-list lock, retakes the container
+//!   lock and retries.
+//! - `pin_pages`, `unpin_pages`, `dma_rw` (called by vendor drivers under
+//!   their own locks) and every other ioctl: the container lock alone.
+//!
+//! The C type1 (6.12) takes the container lock and then the device-list lock
+//! in `register_device`, but holds the device-list lock while the callbacks
+//! take the container lock: an inversion that lockdep reports when a device
+//! is opened while another thread unmaps pinned memory. Here nothing takes
+//! the device-list lock while holding the container lock.
+
+use crate::bindings;
+use crate::mm::{self, MmGrab, TaskRef};
+use crate::store::{Dma, Mappings, PfnTree};
+use crate::type1_core::dma::DmaTree;
+use crate::type1_core::errno::{self as cerr, Errno};
+use crate::type1_core::iommu::VfioIommu;
+use crate::type1_core::pin::{self as cpin, PinOps};
+use crate::type1_core::uapi::IOMMU_WRITE;
+use crate::type1_core::{acct, dirty as cdirty};
+use crate::vfio_iommu::{
+    DeviceList, DeviceSlot, DmaRwBuffer, GroupKey, GroupType, IommuGroup, Registering, Unregistering,
+};
+use crate::params;
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
+use kernel::sync::Mutex;
+use kernel::uaccess::UserSlice;
+
+/// Turns a `type1_core` errno into a kernel error.
+pub(crate) fn err(e: Errno) -> Error {
+    Error::from_errno(-e)
+}
+
+/// Everything the container lock protects.
+pub(crate) struct State {
+    pub(crate) iommu: VfioIommu,
+    pub(crate) dmas: Mappings,
+    /// The attached groups (the C `struct vfio_iommu_group`s), each with
+    /// its `pinned_page_dirty_scope`: whether its devices reach memory only
+    /// through pins, so that its dirty pages are exactly the pinned ones.
+    pub(crate) groups: RBTree<GroupKey, bool>,
+    /// Mirrors `DeviceList::has_lost` for the pin path, which may not take
+    /// the device-list lock.
+    pub(crate) registrations_lost: bool,
+}
+
+/// One container using this backend.
+#[pin_data]
+pub(crate) struct Container {
+    /// The device-list lock; see the module documentation for the order.
+    #[pin]
+    devices: Mutex<DeviceList>,
+    /// The container lock.
+    #[pin]
+    pub(crate) state: Mutex<State>,
+}
+
+impl Container {
+    /// `VFIO_SET_IOMMU(kind)` chose this backend.
+    pub(crate) fn open(kind: u64) -> Result<Pin<KBox<Self>>> {
+        let iommu = VfioIommu::open(kind, params::dma_entry_limit()).map_err(err)?;
+        KBox::try_pin_init(
+            try_pin_init!(Container {
+                devices <- new_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
+                state <- new_mutex!(
+                    State { iommu, dmas: Mappings(RBTree::new()), groups: RBTree::new(), registrations_lost: false },
+                    "vfio_iommu_type1_rs::state"
+                ),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// `attach_group`.
+    pub(crate) fn attach_group(&self, group: &IommuGroup, kind: GroupType) -> Result {
+        let key = group.key();
+        let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
+        let mut st = self.state.lock();
+        let attached = st.groups.get(&key).is_some();
+        st.iommu.attach_group_check(attached).map_err(err)?;
+        match kind {
+            GroupType::EmulatedIommu => {
+                // An emulated group reaches memory only through pins, so it
+                // starts in pinned dirty scope.
+                drop(st.groups.insert(node.into_node(key, true)));
+                st.iommu.group_attached(true);
+                Ok(())
+            }
+            GroupType::Iommu => {
+                pr_info!("groups behind a real IOMMU are not supported yet; use vfio_iommu_type1\n");
+                Err(ENODEV)
+            }
+            GroupType::NoIommu => Err(EINVAL),
+        }
+    }
+
+    /// `detach_group`. When the last group leaves, every mapping goes, as
+    /// group ownership is what gave the right to map.
+    pub(crate) fn detach_group(&self, group: &IommuGroup) {
+        let key = group.key();
+        let mut st = self.state.lock();
+        let Some(scope) = st.groups.remove(&key) else {
+            return;
+        };
+        if st.groups.iter().next().is_none() {
+            st.iommu.has_emulated_groups = false;
+            if st.iommu.has_devices {
+                pr_warn!("last group detached while devices are still registered\n");
+            }
+            remove_all(&mut st);
+        }
+        let State { iommu, dmas, .. } = &mut *st;
+        cdirty::group_detached(dmas, iommu, scope);
+    }
+
+    /// `register_device`: devices with `dma_unmap` go on the list.
+    pub(crate) fn register_device(&self, dev: Registering<'_>) {
+        if !dev.device().has_dma_unmap() {
+            return;
+        }
+        let slot = DeviceSlot::new().ok();
+        let mut devices = self.devices.lock();
+        devices.add(dev, slot);
+        let mut st = self.state.lock();
+        st.iommu.has_devices = true;
+        st.registrations_lost = devices.has_lost();
+    }
+
+    /// `unregister_device`. Waits for a running unmap notification, which
+    /// holds the device-list lock, so no `dma_unmap` call can reach the
+    /// device once this returns.
+    pub(crate) fn unregister_device(&self, dev: Unregistering<'_>) {
+        if !dev.device().has_dma_unmap() {
+            return;
+        }
+        let mut devices = self.devices.lock();
+        devices.remove(dev);
+        let mut st = self.state.lock();
+        st.iommu.has_devices = !devices.is_empty();
+        st.registrations_lost = devices.has_lost();
+    }
+
+    /// Tells every registered device that `[iova, iova + size)` goes away.
+    /// Called without the container lock (see the module documentation).
+    pub(crate) fn notify_dma_unmap(&self, iova: u64, size: u64) {
+        self.devices.lock().notify_dma_unmap(iova, size);
+    }
+
+    /// `pin_pages` from a device of `group`.
+    pub(crate) fn pin_pages(
+        &self,
+        group: &IommuGroup,
+        iova: u64,
+        prot: i32,
+        pages: &mut [*mut bindings::page],
+    ) -> Result<usize> {
+        let npage = i32::try_from(pages.len()).map_err(|_| EINVAL)?;
+        let prot = u32::try_from(prot).map_err(|_| EINVAL)?;
+        // Out-parameter for the pfns; single pages (the usual case) stay on the stack.
+        let mut small = [0u64; 16];
+        let mut big;
+        let pfns: &mut [u64] = if pages.len() <= small.len() {
+            &mut small[..pages.len()]
+        } else {
+            big = KVec::from_elem(0u64, pages.len(), GFP_KERNEL)?;
+            &mut big[..]
+        };
+        let mut st = self.state.lock();
+        if st.registrations_lost {
+            // A device missing from the list could not be told to unpin.
+            return Err(ENOMEM);
+        }
+        let State { iommu, dmas, groups, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: group.key() };
+        let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
+        drop(st);
+        for (slot, pfn) in pages.iter_mut().zip(pfns.iter()) {
+            *slot = mm::pfn_to_page(*pfn);
+        }
+        usize::try_from(pinned).map_err(|_| EINVAL)
+    }
+
+    /// `unpin_pages`.
+    pub(crate) fn unpin_pages(&self, iova: u64, npage: usize) {
+        let Ok(npage) = i32::try_from(npage) else { return };
+        let mut st = self.state.lock();
+        let State { iommu, dmas, groups, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: GroupKey::NONE };
+        cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
+    }
+
+    /// `dma_rw`: copies between `buf` and the memory mapped at `iova`,
+    /// chunk by chunk across mappings.
+    pub(crate) fn dma_rw(&self, iova: u64, mut buf: DmaRwBuffer<'_>) -> Result {
+        let total = match &buf {
+            DmaRwBuffer::Read(b) => b.len(),
+            DmaRwBuffer::Write(b) => b.len(),
+        };
+        let write = matches!(buf, DmaRwBuffer::Write(_));
+        cpin::vfio_dma_rw_check(true, total as u64).map_err(err)?;
+        let mut st = self.state.lock();
+        let State { iommu, dmas, .. } = &mut *st;
+        cpin::dma_rw_check(iommu).map_err(err)?;
+        let mut done = 0usize;
+        while done < total {
+            let cur = iova.checked_add(done as u64).ok_or(EINVAL)?;
+            let chunk = cpin::dma_rw_chunk(dmas, cur, (total - done) as u64, write).map_err(err)?;
+            let count = usize::try_from(chunk.count).map_err(|_| EINVAL)?;
+            let entry = dmas.get_mut(chunk.key).ok_or(EINVAL)?;
+            let users = entry.mm.users().ok_or(EPERM)?;
+            let copied = users
+                .with_user_access(|| -> Result {
+                    let user = UserSlice::new(chunk.vaddr as usize, count);
+                    match &mut buf {
+                        DmaRwBuffer::Write(b) => user.writer().write_slice(&b[done..done + count]),
+                        DmaRwBuffer::Read(b) => user.reader().read_slice(&mut b[done..done + count]),
+                    }
+                })
+                .unwrap_or(Err(EFAULT));
+            drop(users);
+            // The C code reports a chunk that did not fully copy as EFAULT.
+            copied.map_err(|_| EFAULT)?;
+            if write {
+                cpin::dma_rw_mark_dirty(iommu, entry, chunk.offset, chunk.count);
+            }
+            done += count;
+        }
+        Ok(())
+    }
+}
+
+/// Removes every mapping (`vfio_iommu_unmap_unpin_all`).
+fn remove_all(st: &mut State) {
+    let State { iommu, dmas, .. } = st;
+    while let Some(k) = crate::type1_core::dma::first_key(dmas) {
+        match crate::type1_core::dma::remove_dma(dmas, iommu, k) {
+            Some(d) => drop(d),
+            None => break,
+        }
+    }
+}
+
+/// Ties the pin paths of `type1_core` to kernel services.
+struct PinContext<'a> {
+    groups: &'a mut RBTree<GroupKey, bool>,
+    /// The group of the device that pins; `GroupKey::NONE` for unpins.
+    group: GroupKey,
+}
+
+impl PinOps<Dma> for PinContext<'_> {
+    fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
+        let users = entry.mm.users().ok_or(cerr::ENODEV)?;
+        let pfn = users
+            .pin_page(vaddr, entry.info.prot & IOMMU_WRITE != 0)
+            .map_err(|e| -e.to_errno())?;
+        if do_accounting && mm::pfn_is_accountable(pfn) {
+            if let Err(e) = users.account_locked(&entry.task, 1, entry.info.lock_cap) {
+                mm::unpin_pfn(pfn, entry.info.prot & IOMMU_WRITE != 0);
+                if e == ENOMEM {
+                    pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
+                }
+                return Err(-e.to_errno());
+            }
+            entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, 1);
+        }
+        Ok(pfn)
+    }
+
+    fn pfn_valid(&self, pfn: u64) -> bool {
+        mm::pfn_valid(pfn)
+    }
+
+    fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool {
+        if !mm::pfn_is_accountable(pfn) {
+            return false;
+        }
+        mm::unpin_pfn(pfn, prot & IOMMU_WRITE != 0);
+        true
+    }
+
+    fn lock_acct(&mut self, entry: &mut Dma, npage: i64, _is_async: bool) -> core::result::Result<(), Errno> {
+        if npage == 0 {
+            return Ok(());
+        }
+        // The process may have exited: its pins are then already gone.
+        let users = entry.mm.users().ok_or(cerr::ESRCH)?;
+        users
+            .account_locked(&entry.task, npage, entry.info.lock_cap)
+            .map_err(|e| -e.to_errno())?;
+        entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, npage);
+        Ok(())
+    }
+
+    fn take_slot(&mut self) -> core::result::Result<RBTreeNodeReservation<u64, cpin::VfioPfn>, Errno> {
+        RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| cerr::ENOMEM)
+    }
+
+    fn promote_pinned_scope(&mut self) -> bool {
+        match self.groups.get_mut(&self.group) {
+            Some(scope) if !*scope => {
+                *scope = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Dma {
+    fn drop(&mut self) {
+        // A device that kept pins past close would leave pinned pages behind:
+        // give them back rather than leak them, and say so.
+        if self.pfns.is_empty_tree() {
+            return;
+        }
+        pr_warn!("mapping at iova {:#x} removed with pages still pinned\n", self.info.iova);
+        let prot = self.info.prot;
+        let mut released = 0i64;
+        while let Some(iova) = self.pfns.0.iter().next().map(|(k, _)| *k) {
+            if let Some(vpfn) = self.pfns.0.remove(&iova) {
+                if mm::pfn_is_accountable(vpfn.pfn) {
+                    mm::unpin_pfn(vpfn.pfn, prot & IOMMU_WRITE != 0);
+                    released += 1;
+                }
+            }
+        }
+        if released > 0 && self.info.locked_vm > 0 {
+            if let Some(users) = self.mm.users() {
+                let _ = users.account_locked(&self.task, -released, self.info.lock_cap);
+            }
+        }
+    }
+}
+
+impl PfnTree {
+    fn is_empty_tree(&self) -> bool {
+        self.0.iter().next().is_none()
+    }
+}
+
+/// A new mapping's owner: the calling process.
+pub(crate) fn new_dma(info: crate::type1_core::dma::VfioDma) -> Result<Dma> {
+    let mm = MmGrab::current().ok_or(ENODEV)?;
+    let task = TaskRef::current_group_leader().ok_or(ESRCH)?;
+    let mut info = info;
+    info.lock_cap = mm::capable_ipc_lock();
+    Ok(Dma { info, pfns: PfnTree(RBTree::new()), bitmap: None, task, mm })
+}
+

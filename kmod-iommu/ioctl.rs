@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The container ioctls of the type1 uAPI (`include/uapi/linux/vfio.h`):
+//! user copies here, rules in `type1_core`, state in [`Container`].
+//!
+//! Every ioctl copies its arguments in before taking the container lock and
+//! copies results out after dropping it, except where the reference copies
+//! dirty bitmaps out under the lock (UNMAP_DMA with GET_DIRTY_BITMAP and
+//! DIRTY_PAGES GET_BITMAP), which we do the same way.
+
+use crate::container::{err, new_dma, Container, State};
+use crate::store::Mappings;
+use crate::type1_core::dirty::{self as cdirty, DirtyOp, UserBitmap};
+use crate::type1_core::dma::{self as cdma, DmaTree};
+use crate::type1_core::errno::{Errno, EFAULT as C_EFAULT};
+use crate::type1_core::map::{self as cmap, MapPlan};
+use crate::type1_core::uapi::{self as u, Type1Ioctl};
+use crate::type1_core::unmap::{self as cunmap, UnmapPlan, UnmapStep};
+use crate::type1_core::{info as cinfo, iommu as ciommu};
+use crate::mm::{self, MmGrab, TaskRef};
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::prelude::*;
+use kernel::rbtree::RBTreeNodeReservation;
+use kernel::uaccess::UserSlice;
+
+/// Dispatches a container ioctl; `c` is `None` before `VFIO_SET_IOMMU`.
+pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize> {
+    let which = u::classify_ioctl(cmd).map_err(err)?;
+    if which == Type1Ioctl::CheckExtension {
+        let state = c.map(|c| {
+            let st = c.state.lock();
+            // With no IOMMU domain every domain enforces coherency, vacuously.
+            (st.iommu.has_emulated_groups, true)
+        });
+        return Ok(ciommu::check_extension(arg as u64, state) as isize);
+    }
+    // The VFIO core passes NULL only for CHECK_EXTENSION.
+    let c = c.ok_or(EINVAL)?;
+    match which {
+        Type1Ioctl::GetInfo => get_info(c, arg),
+        Type1Ioctl::MapDma => map_dma(c, arg),
+        Type1Ioctl::UnmapDma => unmap_dma(c, arg),
+        Type1Ioctl::DirtyPages => dirty_pages(c, arg),
+        Type1Ioctl::CheckExtension => Err(ENOTTY),
+    }
+    .map(|()| 0)
+}
+
+/// Reads `N` bytes of the argument at `offset`; `EFAULT` if they are not readable.
+fn read_arg<const N: usize>(arg: usize, offset: usize) -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let addr = arg.checked_add(offset).ok_or(EFAULT)?;
+    UserSlice::new(addr, N).reader().read_slice(&mut buf)?;
+    Ok(buf)
+}
+
+fn access_ok(addr: u64, size: u64) -> bool {
+    mm::access_ok(addr, size)
+}
+
+fn get_info(c: &Container, arg: usize) -> Result {
+    let raw: [u8; u::IOMMU_INFO_MINSZ as usize] = read_arg(arg, 0)?;
+    let argsz = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    // An emulated-only container has no IOVA ranges to report.
+    let mut out = KVec::from_elem(0u8, cinfo::info_reply_len(0), GFP_KERNEL)?;
+    let n = {
+        let st = c.state.lock();
+        cinfo::build_info(&st.iommu, &[], argsz, &mut out).map_err(err)?
+    };
+    UserSlice::new(arg, n).writer().write_slice(&out[..n])
+}
+
+fn map_dma(c: &Container, arg: usize) -> Result {
+    let raw: [u8; u::DMA_MAP_MINSZ as usize] = read_arg(arg, 0)?;
+    let map = u::DmaMap::from_bytes(&raw).ok_or(EINVAL)?;
+    cmap::check_map_args(&map).map_err(err)?;
+    // Allocate the tree node before taking the lock.
+    let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
+    let mut st = c.state.lock();
+    let State { iommu, dmas, .. } = &mut *st;
+    match cmap::validate_map(dmas, iommu, &[], &map).map_err(err)? {
+        MapPlan::New(new) => {
+            let iova = new.iova;
+            let info = new.commit(iommu);
+            let mut dma = match new_dma(info) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Give back the slot `commit` took.
+                    iommu.dma_avail = iommu.dma_avail.saturating_add(1);
+                    return Err(e);
+                }
+            };
+            // No IOMMU domain: nothing to pin or map, the mapping is whole.
+            dma.info.size = map.size;
+            dmas.0.insert(node.into_node(iova, dma));
+            if iommu.dirty_page_tracking {
+                let entry = dmas.get_mut(iova).ok_or(EINVAL)?;
+                if let Err(e) = cdirty::dma_bitmap_alloc(entry, iommu) {
+                    drop(cdma::remove_dma(dmas, iommu, iova));
+                    return Err(err(e));
+                }
+            }
+            Ok(())
+        }
+        MapPlan::UpdateVaddr { key, vaddr } => {
+            let entry = dmas.get_mut(key).ok_or(EINVAL)?;
+            change_dma_owner(entry)?;
+            cmap::apply_update_vaddr(dmas, iommu, key, vaddr).map_err(err)
+        }
+    }
+}
+
+/// `vfio_change_dma_owner`: a vaddr update from another process moves the
+/// mapping's locked-memory charge and ownership to that process.
+fn change_dma_owner(dma: &mut crate::store::Dma) -> Result {
+    if dma.mm.is_current() {
+        return Ok(());
+    }
+    let new_mm = MmGrab::current().ok_or(ENODEV)?;
+    let new_task = TaskRef::current_group_leader().ok_or(ESRCH)?;
+    let lock_cap = mm::capable_ipc_lock();
+    let npage = dma.info.locked_vm as i64;
+    {
+        let users = new_mm.users().ok_or(ESRCH)?;
+        users.account_locked(&new_task, npage, lock_cap)?;
+    }
+    if let Some(old) = dma.mm.users() {
+        let _ = old.account_locked(&dma.task, -npage, dma.info.lock_cap);
+    }
+    dma.task = new_task;
+    dma.mm = new_mm;
+    dma.info.lock_cap = lock_cap;
+    Ok(())
+}
+
+/// A user-space bitmap at `base`, written in place.
+struct UserBitmapAt(u64);
+
+impl UserBitmap for UserBitmapAt {
+    fn read_word(&mut self, index: u64) -> core::result::Result<u64, Errno> {
+        let addr = index.checked_mul(8).and_then(|o| self.0.checked_add(o)).ok_or(C_EFAULT)?;
+        let mut b = [0u8; 8];
+        UserSlice::new(addr as usize, 8).reader().read_slice(&mut b).map_err(|_| C_EFAULT)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+
+    fn write_words(&mut self, index: u64, words: &[u64]) -> core::result::Result<(), Errno> {
+        let mut addr = index.checked_mul(8).and_then(|o| self.0.checked_add(o)).ok_or(C_EFAULT)?;
+        // Copy out through a stack buffer, 64 words at a time.
+        let mut buf = [0u8; 512];
+        for chunk in words.chunks(64) {
+            for (i, w) in chunk.iter().enumerate() {
+                buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+            }
+            let len = chunk.len() * 8;
+            UserSlice::new(addr as usize, len).writer().write_slice(&buf[..len]).map_err(|_| C_EFAULT)?;
+            addr = addr.checked_add(len as u64).ok_or(C_EFAULT)?;
+        }
+        Ok(())
+    }
+}
+
+/// Warns once that a vendor driver keeps pins after being told to drop them.
+static STUCK_PINS_WARNED: AtomicBool = AtomicBool::new(false);
+
+fn unmap_dma(c: &Container, arg: usize) -> Result {
+    let raw: [u8; u::DMA_UNMAP_MINSZ as usize] = read_arg(arg, 0)?;
+    let mut unmap = u::DmaUnmap::from_bytes(&raw).ok_or(EINVAL)?;
+    cunmap::check_unmap_args(&unmap).map_err(err)?;
+    let mut bitmap = None;
+    if unmap.flags & u::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+        cunmap::check_unmap_bitmap(&unmap, None, true).map_err(err)?;
+        let raw: [u8; u::VFIO_BITMAP_SIZE as usize] = read_arg(arg, u::DMA_UNMAP_MINSZ as usize)?;
+        let bm = u::VfioBitmap::from_bytes(&raw).ok_or(EINVAL)?;
+        cunmap::check_unmap_bitmap(&unmap, Some(&bm), access_ok(bm.data, bm.size)).map_err(err)?;
+        bitmap = Some(bm);
+    }
+    let mut user = bitmap.map(|b| UserBitmapAt(b.data));
+    let mut st = c.state.lock();
+    let mut plan = UnmapPlan::new(&st.iommu, &unmap, bitmap.map_or(0, |b| b.pgsize)).map_err(err)?;
+    loop {
+        let State { iommu, dmas, .. } = &mut *st;
+        match plan.step(dmas, iommu, user.as_mut()) {
+            UnmapStep::Removed(dma) => drop(dma),
+            UnmapStep::NotifyUnmap { iova, size } => {
+                // Devices unpin through the container lock: drop it first.
+                drop(st);
+                c.notify_dma_unmap(iova, size);
+                st = c.state.lock();
+            }
+            UnmapStep::Done => break,
+            UnmapStep::Failed(e) => {
+                if e == cunmap::UNMAP_PINS_STUCK_ERRNO && !STUCK_PINS_WARNED.swap(true, Ordering::Relaxed) {
+                    pr_warn!("a device kept its pins after dma_unmap; failing the unmap with EBUSY\n");
+                }
+                return Err(err(e));
+            }
+        }
+    }
+    drop(st);
+    unmap.size = plan.unmapped();
+    UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write_slice(&unmap.to_bytes())
+}
+
+fn dirty_pages(c: &Container, arg: usize) -> Result {
+    cdirty::dirty_pages_v2_check(&c.state.lock().iommu).map_err(err)?;
+    let raw: [u8; u::DIRTY_BITMAP_MINSZ as usize] = read_arg(arg, 0)?;
+    let d = u::DirtyBitmap::from_bytes(&raw).ok_or(EINVAL)?;
+    match cdirty::check_dirty_args(&d).map_err(err)? {
+        DirtyOp::Start => {
+            let mut st = c.state.lock();
+            let State { iommu, dmas, .. } = &mut *st;
+            cdirty::dirty_pages_start(dmas, iommu).map_err(err)
+        }
+        DirtyOp::Stop => {
+            let mut st = c.state.lock();
+            let State { iommu, dmas, .. } = &mut *st;
+            cdirty::dirty_pages_stop(dmas, iommu);
+            Ok(())
+        }
+        DirtyOp::GetBitmap => {
+            cdirty::check_get_bitmap_unlocked(d.argsz, None, true).map_err(err)?;
+            let raw: [u8; u::DIRTY_BITMAP_GET_SIZE as usize] = read_arg(arg, u::DIRTY_BITMAP_MINSZ as usize)?;
+            let range = u::DirtyBitmapGet::from_bytes(&raw).ok_or(EINVAL)?;
+            let ok = access_ok(range.bitmap.data, range.bitmap.size);
+            cdirty::check_get_bitmap_unlocked(d.argsz, Some(&range), ok).map_err(err)?;
+            let mut user = UserBitmapAt(range.bitmap.data);
+            let mut st = c.state.lock();
+            let State { iommu, dmas, .. } = &mut *st;
+            let dmas: &mut Mappings = dmas;
+            cdirty::iova_dirty_bitmap(dmas, iommu, &mut user, &range).map_err(err)
+        }
+    }
+}
