@@ -33,6 +33,16 @@ pub struct KernelBuild {
 }
 
 impl KernelBuild {
+    /// A kernel built elsewhere (for `cargo xtask modules --kdir`).
+    pub fn external(build: PathBuf, src: Option<PathBuf>) -> Self {
+        KernelBuild {
+            src: src.unwrap_or_else(|| build.clone()),
+            modroot: PathBuf::new(),
+            release: String::new(),
+            build,
+        }
+    }
+
     /// The bootable image.
     pub fn bzimage(&self) -> PathBuf {
         self.build.join("arch/x86/boot/bzImage")

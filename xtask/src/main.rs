@@ -69,8 +69,18 @@ enum Cmd {
     Setup,
     /// Unpack, configure and build the test kernel (cached outside the checkout).
     Kernel,
-    /// Build kmod-iommu and kmod-mtty out of tree against the test kernel.
-    Modules,
+    /// Build kmod-iommu and kmod-mtty out of tree against the test kernel,
+    /// or against another kernel's build tree (`--kdir`).
+    Modules {
+        /// A configured and built 6.12 kernel tree with CONFIG_RUST (the `O=`
+        /// directory if it was built with one), e.g. /lib/modules/$(uname -r)/build.
+        #[arg(long)]
+        kdir: Option<std::path::PathBuf>,
+        /// The kernel's source tree, if not the same as --kdir (the modules
+        /// need its internal drivers/vfio/vfio.h).
+        #[arg(long, requires = "kdir")]
+        ksrc: Option<std::path::PathBuf>,
+    },
     /// Host unit tests, then kernel, modules and guest tests, then the VM suites.
     Test {
         /// Run only the guest cases whose name contains this text.
@@ -119,10 +129,18 @@ fn main() {
     let result: Result<bool> = match cli.command {
         Cmd::Setup => setup::setup(&paths).map(|_| true),
         Cmd::Kernel => setup::setup(&paths).and_then(|_| kernel::kernel(&paths)).map(|_| true),
-        Cmd::Modules => setup::setup(&paths)
+        Cmd::Modules { kdir: None, .. } => setup::setup(&paths)
             .and_then(|_| kernel::kernel(&paths))
             .and_then(|k| modules::modules(&paths, &k))
             .map(|_| true),
+        Cmd::Modules { kdir: Some(kdir), ksrc } => {
+            let k = kernel::KernelBuild::external(kdir, ksrc);
+            modules::modules(&paths, &k).map(|m| {
+                println!("built: {}", m.tree.join("kmod-iommu/vfio_iommu_type1_rs.ko").display());
+                println!("built: {}", m.tree.join("kmod-mtty/mtty_rs.ko").display());
+                true
+            })
+        }
         Cmd::Test { filter, keep_going, backend, no_host, timeout_min, vm } => test::test(
             &paths,
             &test::TestOpts { filter, keep_going, backend, host: !no_host, timeout_min, accel: vm.accel },
