@@ -48,11 +48,11 @@ impl Backend {
         }
     }
 
-    fn type1_module(self) -> &'static str {
+    pub fn type1_module(self) -> &'static str {
         if self.rust_type1 { "vfio_iommu_type1_rs" } else { "vfio_iommu_type1" }
     }
 
-    fn mtty_module(self) -> &'static str {
+    pub fn mtty_module(self) -> &'static str {
         if self.rust_mtty { "mtty_rs" } else { "mtty" }
     }
 

@@ -204,3 +204,283 @@ pub fn unmap_all(ctx: &Ctx) -> CaseResult {
     check_eq!(c.unmap(&all)?, 0, "second UNMAP_ALL");
     Ok(())
 }
+
+/// A type1 (v1) container on an mdev group.
+fn v1_container(ctx: &Ctx) -> Result<super::Setup, super::Fail> {
+    let mdev = crate::vfio::Mdev::create(&ctx.mtty_parent(), "mtty-1")?;
+    let group = crate::vfio::Group::open(mdev.group()?)?;
+    let container = Container::open()?;
+    group.set_container(&container)?;
+    container.set_iommu(VFIO_TYPE1_IOMMU)?;
+    Ok(super::Setup { container, group, mdev })
+}
+
+/// SET_IOMMU is answered by the container core and the backend together:
+/// a type no backend claims in CHECK_EXTENSION is ENODEV, a container
+/// without a group cannot choose (EINVAL), a second SET_IOMMU is EBUSY.
+pub fn set_iommu_errors(ctx: &Ctx) -> CaseResult {
+    let lonely = Container::open()?;
+    check_eq!(lonely.set_iommu(VFIO_TYPE1V2_IOMMU).err(), Some(Errno(libc::EINVAL)), "SET_IOMMU without a group");
+    let mdev = crate::vfio::Mdev::create(&ctx.mtty_parent(), "mtty-1")?;
+    let group = crate::vfio::Group::open(mdev.group()?)?;
+    let c = Container::open()?;
+    group.set_container(&c)?;
+    check_eq!(c.set_iommu(77).err(), Some(Errno(libc::ENODEV)), "SET_IOMMU of an unknown type");
+    check_eq!(c.set_iommu(VFIO_NOIOMMU_IOMMU).err(), Some(Errno(libc::ENODEV)), "SET_IOMMU(NOIOMMU) without the noiommu driver");
+    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    check_eq!(c.set_iommu(VFIO_TYPE1V2_IOMMU).err(), Some(Errno(libc::EBUSY)), "second SET_IOMMU");
+    // The backend's ioctls work; an ioctl it does not know is ENOTTY.
+    check_eq!(
+        crate::vfio::ioctl_raw(c.fd(), VFIO_IOMMU_MAP_DMA + 40, 0).err(),
+        Some(Errno(libc::ENOTTY)),
+        "unknown container ioctl"
+    );
+    Ok(())
+}
+
+/// Every argsz from 0 to past the full reply, in 4-byte steps, as the
+/// iommufd compat selftest walks it: below 16 is EINVAL; from 16 the fixed
+/// part is filled up to argsz and argsz grows to the full size; at the full
+/// size the capability chain is there and argsz is unchanged.
+pub fn get_info_argsz_walk(ctx: &Ctx) -> CaseResult {
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let c = &s.container;
+    let full = u32::from_ne_bytes(c.get_info_raw(argsz::<Type1Info>())?[0..4].try_into().unwrap());
+    let mut argsz = 0;
+    while argsz <= full + 8 {
+        let r = c.get_info_raw(argsz);
+        if argsz < 16 {
+            check_eq!(r.err(), Some(Errno(libc::EINVAL)), "GET_INFO argsz {argsz}");
+        } else {
+            let buf = r.map_err(|e| fail(format!("GET_INFO argsz {argsz}: {e}")))?;
+            let back = u32::from_ne_bytes(buf[0..4].try_into().unwrap());
+            let flags = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
+            check_eq!(flags, VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS, "flags at argsz {argsz}");
+            if argsz < full {
+                check_eq!(back, full, "argsz written back for argsz {argsz}");
+            } else {
+                check_eq!(back, argsz, "argsz kept for argsz {argsz}");
+                check!(caps(&buf)?.len() == 2, "two caps at argsz {argsz}");
+            }
+        }
+        argsz += 4;
+    }
+    Ok(())
+}
+
+/// 512 single-page mappings at scattered IOVAs, unmapped page by page in a
+/// shuffled order: each unmap reports exactly one page, then nothing is left.
+pub fn map_many_unmap_shuffled(ctx: &Ctx) -> CaseResult {
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let c = &s.container;
+    let n = 512u64;
+    let mem = Buffer::new((n * PAGE) as usize);
+    // A fixed permutation (multiplicative hash) keeps the case reproducible.
+    let iova = |i: u64| 0x10_0000_0000 + ((i * 2654435761) % 4093) * 2 * PAGE;
+    for i in 0..n {
+        c.map_rw(mem.vaddr() + i * PAGE, iova(i), PAGE)
+            .map_err(|e| fail(format!("map {i} at {:#x}: {e}", iova(i))))?;
+    }
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut x = 12345u64;
+    for i in (1..order.len()).rev() {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        order.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    for i in order {
+        check_eq!(c.unmap_range(iova(i), PAGE)?, PAGE, "unmap of page {i}");
+    }
+    check_eq!(c.unmap_range(0, u64::MAX - PAGE + 1)?, 0, "left after unmapping all");
+    Ok(())
+}
+
+/// Type1 v1 keeps the old unmap rules: a request starting inside a mapping
+/// unmaps nothing and succeeds with size 0, one covering a mapping's first
+/// IOVA unmaps all of it; DIRTY_PAGES is v2-only (EACCES).
+pub fn v1_semantics(ctx: &Ctx) -> CaseResult {
+    let s = v1_container(ctx)?;
+    let c = &s.container;
+    let mem = Buffer::new(8 * PAGE as usize);
+    c.map_rw(mem.vaddr(), 0x40_0000, 8 * PAGE)?;
+    check_eq!(c.unmap_range(0x40_0000 + PAGE, PAGE)?, 0, "v1 unmap inside a mapping");
+    check_eq!(c.unmap_range(0x40_0000, PAGE)?, 8 * PAGE, "v1 unmap of the first page");
+    let mut d = [0u32; 2];
+    d[0] = 8;
+    d[1] = VFIO_IOMMU_DIRTY_PAGES_FLAG_START;
+    check_eq!(
+        crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).err(),
+        Some(Errno(libc::EACCES)),
+        "DIRTY_PAGES on v1"
+    );
+    Ok(())
+}
+
+/// `/sys/module/<type1>/parameters/dma_entry_limit` bounds the mappings of
+/// containers opened after it is set (ENOSPC beyond), as dma_avail shows.
+pub fn dma_entry_limit(ctx: &Ctx) -> CaseResult {
+    let param = std::path::PathBuf::from("/sys/module")
+        .join(ctx.backend.type1_module())
+        .join("parameters/dma_entry_limit");
+    let old = std::fs::read_to_string(&param).map_err(|e| fail(format!("{}: {e}", param.display())))?;
+    check_eq!(old.trim(), "65535", "default dma_entry_limit");
+    std::fs::write(&param, "3").map_err(|e| fail(format!("set {}: {e}", param.display())))?;
+    let result = (|| -> CaseResult {
+        let s = ctx.container_with_mdev("mtty-1")?;
+        let c = &s.container;
+        let mem = Buffer::new(4 * PAGE as usize);
+        for i in 0..3 {
+            c.map_rw(mem.vaddr() + i * PAGE, 0x100_0000 + i * PAGE * 2, PAGE)?;
+        }
+        check_eq!(c.map_rw(mem.vaddr() + 3 * PAGE, 0x200_0000, PAGE).err(), Some(Errno(libc::ENOSPC)), "fourth map");
+        c.unmap_range(0x100_0000, PAGE)?;
+        c.map_rw(mem.vaddr() + 3 * PAGE, 0x200_0000, PAGE)?;
+        Ok(())
+    })();
+    std::fs::write(&param, old.trim()).map_err(|e| fail(format!("restore {}: {e}", param.display())))?;
+    result
+}
+
+/// `struct vfio_iommu_type1_dirty_bitmap` with a GET_BITMAP range behind it.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct DirtyGet {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+    pgsize: u64,
+    bitmap_size: u64,
+    data: u64,
+}
+
+fn dirty(c: &Container, flags: u32) -> Result<(), Errno> {
+    let mut d = [8u32, flags];
+    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).map(|_| ())
+}
+
+/// Dirty tracking with an mdev that pins nothing: START/STOP are idempotent,
+/// GET_BITMAP reports no page dirty (emulated groups dirty only what they
+/// pin), every invalid GET_BITMAP and flag combination has its errno, and
+/// UNMAP with GET_DIRTY_BITMAP works only while tracking.
+pub fn dirty_pages(ctx: &Ctx) -> CaseResult {
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let c = &s.container;
+    let mem = Buffer::new(64 * PAGE as usize);
+    let base = 0x800_0000u64;
+    c.map_rw(mem.vaddr(), base, 32 * PAGE)?;
+    c.map_rw(mem.vaddr() + 32 * PAGE, base + 32 * PAGE, 32 * PAGE)?;
+    // Dirty what the CPU can: the device did not write, so nothing is reported.
+    unsafe { std::ptr::write_bytes(mem.addr, 0xa5, mem.len) };
+
+    check_eq!(dirty(c, 0).err(), Some(Errno(libc::EINVAL)), "no flag");
+    check_eq!(dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).err(), Some(Errno(libc::EINVAL)), "two flags");
+    check_eq!(dirty(c, 1 << 3).err(), Some(Errno(libc::EINVAL)), "unknown flag");
+    let mut short = [4u32, VFIO_IOMMU_DIRTY_PAGES_FLAG_START];
+    check_eq!(crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut short).err(), Some(Errno(libc::EINVAL)), "argsz 4");
+
+    let mut bits = vec![0xffu8; 16];
+    let good = DirtyGet {
+        argsz: std::mem::size_of::<DirtyGet>() as u32,
+        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+        iova: base,
+        size: 64 * PAGE,
+        pgsize: PAGE,
+        bitmap_size: 8,
+        data: bits.as_mut_ptr() as u64,
+    };
+    let get = |g: DirtyGet| -> Result<(), Errno> {
+        let mut g = g;
+        crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut g).map(|_| ())
+    };
+    check_eq!(get(good).err(), Some(Errno(libc::EINVAL)), "GET_BITMAP before START");
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
+    for (what, g) in [
+        ("argsz without the range", DirtyGet { argsz: 8, ..good }),
+        ("bitmap pgsize 8K", DirtyGet { pgsize: 2 * PAGE, ..good }),
+        ("unaligned iova", DirtyGet { iova: base + 1, ..good }),
+        ("size 0", DirtyGet { size: 0, ..good }),
+        ("bitmap too small", DirtyGet { bitmap_size: 4, ..good }),
+        ("range bisecting a mapping", DirtyGet { size: 16 * PAGE, ..good }),
+        ("wrapping range", DirtyGet { iova: u64::MAX - PAGE + 1, size: 2 * PAGE, ..good }),
+    ] {
+        check_eq!(get(g).err(), Some(Errno(libc::EINVAL)), "GET_BITMAP with {what}");
+    }
+    get(good)?;
+    check_eq!(&bits[..8], &[0u8; 8][..], "dirty bitmap of pages only the CPU wrote");
+    check_eq!(&bits[8..], &[0xffu8; 8][..], "bytes past bitmap_size untouched");
+
+    // Unmap with the bitmap: allowed while tracking, bitmap pgsize must match.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct UnmapBitmap {
+        unmap: DmaUnmap,
+        bitmap: Bitmap,
+    }
+    let mut ub = UnmapBitmap {
+        unmap: DmaUnmap {
+            argsz: std::mem::size_of::<UnmapBitmap>() as u32,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            iova: base,
+            size: 32 * PAGE,
+        },
+        bitmap: Bitmap { pgsize: 2 * PAGE, size: 8, data: bits.as_mut_ptr() as u64 },
+    };
+    let mut bad = ub;
+    check_eq!(crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut bad).err(), Some(Errno(libc::EINVAL)), "unmap bitmap pgsize 8K");
+    ub.bitmap.pgsize = PAGE;
+    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut ub)?;
+    check_eq!(ub.unmap.size, 32 * PAGE, "size unmapped with the bitmap");
+
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
+    check_eq!(get(DirtyGet { iova: base + 32 * PAGE, size: 32 * PAGE, ..good }).err(), Some(Errno(libc::EINVAL)), "GET_BITMAP after STOP");
+    let mut after = ub;
+    after.unmap.iova = base + 32 * PAGE;
+    check_eq!(crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut after).err(), Some(Errno(libc::EINVAL)), "unmap with bitmap, tracking off");
+    Ok(())
+}
+
+/// Processes that exit with live mappings, and with the container still
+/// set, leave nothing behind: the group can be used again at once, and the
+/// end-of-run kmemleak scan must stay clean.
+pub fn process_exit_with_mappings(ctx: &Ctx) -> CaseResult {
+    let mdev = crate::vfio::Mdev::create(&ctx.mtty_parent(), "mtty-1")?;
+    let gid = mdev.group()?;
+    for round in 0..3 {
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(fail("fork failed"));
+        }
+        if pid == 0 {
+            let ok = (|| -> Result<(), Errno> {
+                let group = crate::vfio::Group::open(gid)?;
+                let c = Container::open()?;
+                group.set_container(&c)?;
+                c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+                let mem = Buffer::new(64 * PAGE as usize);
+                for i in 0..64 {
+                    c.map_rw(mem.vaddr() + i * PAGE, 0x1000_0000 + i * 4 * PAGE, PAGE)?;
+                }
+                std::mem::forget(mem);
+                std::mem::forget(c);
+                std::mem::forget(group);
+                Ok(())
+            })();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok.is_ok() { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child created above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        check!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child of round {round} failed: status {status:#x}");
+    }
+    // The group is free again: a new container can take it.
+    let group = crate::vfio::Group::open(gid)?;
+    let c = Container::open()?;
+    group.set_container(&c)?;
+    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    check_eq!(c.unmap_range(0, 1 << 40)?, 0, "mappings visible in a new container");
+    Ok(())
+}
