@@ -361,7 +361,7 @@ impl<T: IommuDriver> OpsTable<T> {
             // SAFETY: non-NULL `iommu_data` is a live container of this backend.
             Some(unsafe { Self::data(iommu_data) })
         };
-        from_result(|| T::ioctl(data, cmd, arg as usize).map(|v| v as ffi::c_long))
+        from_result(|| T::ioctl(data, cmd, arg).map(|v| v as ffi::c_long))
     }
 
     /// # Safety

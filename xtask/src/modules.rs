@@ -50,18 +50,56 @@ pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
     for (dir, ko) in MODULES {
         let mdir = tree.join(dir);
         let mut make = Command::new("make");
+        // CLIPPY=1 runs the kernel's Rust lints (undocumented_unsafe_blocks,
+        // missing_docs, ...) as part of the build; warnings fail it below.
         make.arg("-C")
             .arg(&kernel.build)
             .arg(format!("M={}", mdir.display()))
-            .args(["LLVM=1", "modules"]);
+            .args(["LLVM=1", "CLIPPY=1", "modules"]);
         let log = paths.kmod_build().join(format!("{dir}.log"));
         cmd::run_with_progress(make, &log, &format!("{dir} build"))
             .with_context(|| format!("building {dir} failed; the compiler's messages are above and in {}", log.display()))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let warnings = compiler_warnings(&text);
+        if !warnings.is_empty() {
+            // Remove the objects, or the next run, with nothing to rebuild,
+            // would not see the warnings again and pass.
+            for entry in std::fs::read_dir(&mdir)?.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".o") || name.ends_with(".ko") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            for w in &warnings {
+                eprintln!("    | {w}");
+            }
+            bail!(
+                "{dir} built with {} compiler/clippy warning(s); the modules must build clean. Full messages: {}",
+                warnings.len(),
+                log.display()
+            );
+        }
         if !mdir.join(ko).exists() {
             bail!("{dir} built but {ko} is missing: check {dir}/Kbuild");
         }
     }
     Ok(BuiltModules { tree })
+}
+
+/// The first line of each rustc/clippy or C compiler warning in a build log.
+/// Kbuild only recompiles what changed, so a warning shows up once; the
+/// failure it causes makes sure it is fixed before it scrolls away.
+pub fn compiler_warnings(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let rust = t.starts_with("warning:") && !t.ends_with("warning emitted") && !t.ends_with("warnings emitted");
+            let c = t.contains(": warning:");
+            rust || c
+        })
+        .map(|l| l.trim().to_owned())
+        .collect()
 }
 
 /// Copies `src` into `dst` recursively, writing only files whose content
@@ -172,4 +210,31 @@ fn generate_bindings(kernel: &KernelBuild, tree: &Path) -> Result<()> {
         std::fs::remove_file(&tmp)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compiler_warnings;
+
+    #[test]
+    fn rustc_clippy_and_c_warnings_are_found_summaries_are_not() {
+        let log = "\
+  RUSTC [M] /t/kmod-iommu/type1.o
+warning: casting to the same type is unnecessary (`usize` -> `usize`)
+   --> /t/kmod-common/vfio_iommu.rs:364:44
+warning: 1 warning emitted
+
+/t/kmod-iommu/helpers.c:12:5: warning: unused variable 'x' [-Wunused-variable]
+  LD [M]  /t/kmod-iommu/vfio_iommu_type1_rs.ko
+";
+        let w = compiler_warnings(log);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("warning: casting"));
+        assert!(w[1].contains("helpers.c:12:5: warning: unused variable"));
+    }
+
+    #[test]
+    fn clean_log_has_no_warnings() {
+        assert!(compiler_warnings("  RUSTC [M] a.o\n  LD [M]  a.ko\n").is_empty());
+    }
 }
