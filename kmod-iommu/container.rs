@@ -215,7 +215,12 @@ impl Container {
         let mut st = self.state.lock();
         let State { iommu, dmas, groups, .. } = &mut *st;
         let mut ops = PinContext { groups, group: GroupKey::NONE };
-        cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
+        let done = cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
+        if iommu.v2 && done != npage {
+            // The C type1 WARNs here: a driver unpinned memory that is not
+            // mapped. A warning without a stack trace says the same.
+            pr_warn!("unpin of {npage} pages at {iova:#x} stopped at an unmapped page after {done}\n");
+        }
     }
 
     /// `dma_rw`: copies between `buf` and the memory mapped at `iova`,

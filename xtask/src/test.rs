@@ -235,14 +235,31 @@ fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tal
 /// `cargo xtask shell`.
 pub fn shell(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Result<bool> {
     let p = prepare(paths, accel)?;
-    let exec = format!(
-        "{} load --backends {} {}; echo 'modules loaded; mdev parent: /sys/class/mdev_bus/mtty'; exec bash -i",
-        p.guest.display(),
-        backend.guest_list(),
-        guest_args(&p)
-    );
+    // vng runs this as the guest's login shell: load, then hand over to bash.
+    let script = paths.vm_results().join("shell-init.sh");
+    std::fs::create_dir_all(paths.vm_results())?;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{} load --backends {} {} && echo 'modules loaded ({}); mdev parent: /sys/class/mdev_bus/mtty; guest tools: {}'\nexec bash -i\n",
+            p.guest.display(),
+            backend.guest_list(),
+            guest_args(&p),
+            backend.guest_list(),
+            p.guest.display(),
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     step("VM: interactive shell (exit with Ctrl-D)");
-    let boot = Boot { accel: p.accel, exec, results: None, timeout: Duration::MAX, interactive: true, echo: true };
+    let boot = Boot {
+        accel: p.accel,
+        exec: script.display().to_string(),
+        results: None,
+        timeout: Duration::MAX,
+        interactive: true,
+        echo: true,
+    };
     let run = boot.run(paths, &p.kernel, &paths.vm_results().join("shell.log"))?;
     Ok(run.success)
 }

@@ -77,7 +77,8 @@ pub struct Boot {
     pub results: Option<PathBuf>,
     /// The VM is killed after this long.
     pub timeout: Duration,
-    /// Give the guest the terminal (for `cargo xtask shell`).
+    /// Give the guest the terminal (for `cargo xtask shell`); `exec` then
+    /// names a script that vng runs as the login shell.
     pub interactive: bool,
     /// Print program output lines as they arrive.
     pub echo: bool,
@@ -114,7 +115,10 @@ impl Boot {
             c.arg(format!("--rwdir={}", r.display()));
         }
         c.arg("--cwd").arg(paths.root());
-        if !self.interactive {
+        if self.interactive {
+            // `--exec` does not connect the terminal; a custom shell does.
+            c.arg("--shell").arg(&self.exec);
+        } else {
             c.arg("--exec").arg(&self.exec);
         }
         c
