@@ -3,6 +3,7 @@
 
 pub mod mtty;
 pub mod type1;
+pub mod type1_stress;
 
 use crate::harness::Backend;
 use crate::vfio::{Container, Errno, Group, Mdev};
@@ -112,6 +113,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.dma_entry_limit", run: type1::dma_entry_limit },
     Case { name: "type1.dirty_pages", run: type1::dirty_pages },
     Case { name: "type1.process_exit_with_mappings", run: type1::process_exit_with_mappings },
+    Case { name: "type1.device_list_stress", run: type1_stress::device_list_stress },
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },
