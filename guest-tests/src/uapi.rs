@@ -170,3 +170,74 @@ pub struct IrqSet1 {
 pub const fn argsz<T>() -> u32 {
     core::mem::size_of::<T>() as u32
 }
+
+// ---- mtty suites: interrupts, migration (appended) ----
+
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+pub const VFIO_PCI_ERR_IRQ_INDEX: u32 = 3;
+pub const VFIO_PCI_VGA_REGION_INDEX: u32 = 8;
+pub const VFIO_IRQ_INFO_EVENTFD: u32 = 1 << 0;
+pub const VFIO_IRQ_INFO_MASKABLE: u32 = 1 << 1;
+pub const VFIO_IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
+pub const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
+
+pub const VFIO_DEVICE_FEATURE: u64 = vfio_io(17);
+pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
+pub const VFIO_DEVICE_FEATURE_SET: u32 = 1 << 17;
+pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
+pub const VFIO_DEVICE_FEATURE_MIGRATION: u32 = 1;
+pub const VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: u32 = 2;
+pub const VFIO_MIGRATION_STOP_COPY: u64 = 1 << 0;
+pub const VFIO_MIGRATION_P2P: u64 = 1 << 1;
+pub const VFIO_MIGRATION_PRE_COPY: u64 = 1 << 2;
+pub const VFIO_MIG_GET_PRECOPY_INFO: u64 = vfio_io(21);
+
+pub const VFIO_DEVICE_STATE_ERROR: u32 = 0;
+pub const VFIO_DEVICE_STATE_STOP: u32 = 1;
+pub const VFIO_DEVICE_STATE_RUNNING: u32 = 2;
+pub const VFIO_DEVICE_STATE_STOP_COPY: u32 = 3;
+pub const VFIO_DEVICE_STATE_RESUMING: u32 = 4;
+pub const VFIO_DEVICE_STATE_RUNNING_P2P: u32 = 5;
+pub const VFIO_DEVICE_STATE_PRE_COPY: u32 = 6;
+pub const VFIO_DEVICE_STATE_PRE_COPY_P2P: u32 = 7;
+
+/// `struct vfio_irq_set` with one byte of `DATA_BOOL` payload.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct IrqSetBool {
+    pub argsz: u32,
+    pub flags: u32,
+    pub index: u32,
+    pub start: u32,
+    pub count: u32,
+    pub data: u8,
+}
+
+/// `struct vfio_device_feature` followed by `struct vfio_device_feature_mig_state`.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct FeatureMigState {
+    pub argsz: u32,
+    pub flags: u32,
+    pub device_state: u32,
+    pub data_fd: i32,
+}
+
+/// `struct vfio_device_feature` followed by `struct vfio_device_feature_migration`.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct FeatureMigration {
+    pub argsz: u32,
+    pub flags: u32,
+    pub migration_flags: u64,
+}
+
+/// `struct vfio_precopy_info`.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct PrecopyInfo {
+    pub argsz: u32,
+    pub flags: u32,
+    pub initial_bytes: u64,
+    pub dirty_bytes: u64,
+}

@@ -304,3 +304,163 @@ pub fn new_uuid() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".to_owned())
 }
+
+// ---- mtty suites: eventfds, IRQ setup, migration, locked memory (appended) ----
+
+/// A non-blocking eventfd, closed on drop.
+pub struct EventFd {
+    pub fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> VResult<Self> {
+        // SAFETY: eventfd(2) with valid flags returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: `fd` is a new descriptor we own.
+        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads and resets the counter; 0 when nothing was signalled.
+    pub fn take(&self) -> u64 {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into `v`.
+        let r = unsafe { libc::read(self.raw(), (&mut v as *mut u64).cast(), 8) };
+        if r == 8 {
+            v
+        } else {
+            0
+        }
+    }
+}
+
+impl Device {
+    /// `VFIO_DEVICE_SET_IRQS` with one eventfd (or -1) for `index`, action TRIGGER.
+    pub fn set_irq_eventfd(&self, index: u32, fd: i32) -> VResult<()> {
+        let mut s = IrqSet1 {
+            argsz: argsz::<IrqSet1>(),
+            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index,
+            start: 0,
+            count: 1,
+            data: fd,
+        };
+        ioctl_ptr(self.raw(), VFIO_DEVICE_SET_IRQS, &mut s).map(|_| ())
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` with `DATA_NONE` and the given action/start/count.
+    pub fn set_irq_none(&self, index: u32, action: u32, start: u32, count: u32) -> VResult<()> {
+        let mut s = IrqSet1 {
+            argsz: 20,
+            flags: VFIO_IRQ_SET_DATA_NONE | action,
+            index,
+            start,
+            count,
+            data: 0,
+        };
+        ioctl_ptr(self.raw(), VFIO_DEVICE_SET_IRQS, &mut s).map(|_| ())
+    }
+
+    /// `VFIO_DEVICE_FEATURE` SET of `MIG_DEVICE_STATE`; returns the data fd, if any.
+    pub fn set_mig_state(&self, state: u32) -> VResult<Option<OwnedFd>> {
+        let mut f = FeatureMigState {
+            argsz: argsz::<FeatureMigState>(),
+            flags: VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            device_state: state,
+            data_fd: -1,
+        };
+        ioctl_ptr(self.raw(), VFIO_DEVICE_FEATURE, &mut f)?;
+        if f.data_fd >= 0 {
+            // SAFETY: the kernel installed a new descriptor for us.
+            Ok(Some(unsafe { OwnedFd::from_raw_fd(f.data_fd) }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// `VFIO_DEVICE_FEATURE` GET of `MIG_DEVICE_STATE`.
+    pub fn mig_state(&self) -> VResult<u32> {
+        let mut f = FeatureMigState {
+            argsz: argsz::<FeatureMigState>(),
+            flags: VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            device_state: 0,
+            data_fd: -1,
+        };
+        ioctl_ptr(self.raw(), VFIO_DEVICE_FEATURE, &mut f)?;
+        Ok(f.device_state)
+    }
+
+    /// `VFIO_DEVICE_FEATURE` GET of `MIGRATION` (the migration flags).
+    pub fn migration_flags(&self) -> VResult<u64> {
+        let mut f = FeatureMigration {
+            argsz: argsz::<FeatureMigration>(),
+            flags: VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION,
+            migration_flags: 0,
+        };
+        ioctl_ptr(self.raw(), VFIO_DEVICE_FEATURE, &mut f)?;
+        Ok(f.migration_flags)
+    }
+
+    pub fn read32(&self, offset: u64) -> VResult<u32> {
+        let mut b = [0u8; 4];
+        self.pread(&mut b, offset)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    pub fn write32(&self, offset: u64, v: u32) -> VResult<()> {
+        self.pwrite(&v.to_le_bytes(), offset).map(|_| ())
+    }
+
+    pub fn write16(&self, offset: u64, v: u16) -> VResult<()> {
+        self.pwrite(&v.to_le_bytes(), offset).map(|_| ())
+    }
+}
+
+/// Reads everything from `fd` until end of stream.
+pub fn read_all_fd(fd: &OwnedFd) -> VResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        // SAFETY: reads at most `buf.len()` bytes into `buf`.
+        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 {
+            return Err(last_errno());
+        }
+        if r == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..r as usize]);
+    }
+}
+
+/// Writes all of `data` to `fd`.
+pub fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> VResult<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writes from the valid slice `data[done..]`.
+        let r = unsafe { libc::write(fd.as_raw_fd(), data[done..].as_ptr().cast(), data.len() - done) };
+        if r < 0 {
+            return Err(last_errno());
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
+/// `VmLck` of this process in kB (`/proc/self/status`).
+pub fn vm_locked_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmLck:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}

@@ -2,6 +2,8 @@
 //! backend is loaded, and must give the same results on both.
 
 pub mod mtty;
+pub mod mtty_dma;
+pub mod mtty_ext;
 pub mod type1;
 pub mod type1_stress;
 
@@ -117,4 +119,26 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },
+    Case { name: "mtty.uart_registers", run: mtty::uart_registers },
+    Case { name: "mtty.fifo_behaviour", run: mtty::fifo_behaviour },
+    Case { name: "mtty.interrupts_intx", run: mtty::interrupts_intx },
+    Case { name: "mtty.interrupts_msi", run: mtty::interrupts_msi },
+    Case { name: "mtty.interrupt_controls", run: mtty::interrupt_controls },
+    Case { name: "mtty.bad_input_errno", run: mtty::bad_input_errno },
+    Case { name: "mtty.reset", run: mtty::reset },
+    Case { name: "mtty.remove_while_open", run: mtty::remove_while_open },
+    Case { name: "mtty.migration_round_trip", run: mtty::migration_round_trip },
+    Case { name: "mtty.migration_wrong_type", run: mtty::migration_wrong_type },
+    Case { name: "mtty.migration_precopy", run: mtty::migration_precopy },
+    Case { name: "mtty.config_space", run: mtty_ext::config_space },
+    Case { name: "mtty.ext.type_description", run: mtty_ext::type_description },
+    Case { name: "mtty.ext.level_intx_unmask", run: mtty_ext::level_intx_unmask },
+    Case { name: "mtty.ext.level_ier_enable", run: mtty_ext::level_ier_enable },
+    Case { name: "mtty.ext.full_fifo", run: mtty_ext::full_fifo },
+    Case { name: "mtty.ext.reset_clears_state", run: mtty_ext::reset_clears_state },
+    Case { name: "mtty.dma.loopback_and_pins", run: mtty_dma::loopback_and_pins },
+    Case { name: "mtty.dma.unmap_while_running", run: mtty_dma::unmap_while_running },
+    Case { name: "mtty.dma.reset_releases_pins", run: mtty_dma::reset_releases_pins },
+    Case { name: "mtty.dma.close_releases_pins", run: mtty_dma::close_releases_pins },
+    Case { name: "mtty.dma.unmap_reaches_second_device", run: mtty_dma::unmap_reaches_second_device },
 ];
