@@ -4,8 +4,11 @@
 //!   `cargo xtask test`.
 //! - `vfio-guest case <name> --backend c|rust`: one case, in its own process.
 //! - `vfio-guest demo --backend c|rust`: the walk-through of `cargo xtask demo`.
+//! - `vfio-guest bench ...`: the benchmark rounds of `cargo xtask bench`
+//!   (`bench.rs`); `vfio-guest bench-one <workload>` runs one workload.
 //! - `vfio-guest list`: the case names.
 
+mod bench;
 mod demo;
 mod harness;
 mod suites;
@@ -22,7 +25,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -115,6 +118,42 @@ fn main() {
                     std::process::exit(1);
                 }
             }
+        }
+        "bench" => {
+            // The guest half of `cargo xtask bench` (see bench.rs).
+            let pair: Vec<Backend> = args
+                .required("--backends")
+                .split(',')
+                .map(|b| Backend::parse(b).unwrap_or_else(|| usage()))
+                .collect();
+            let [c_side, rust_side] = pair[..] else { usage() };
+            let results = PathBuf::from(args.required("--results"));
+            let cfg = bench::BenchConfig {
+                run: RunConfig {
+                    results: results.clone(),
+                    modroot: PathBuf::from(args.required("--modroot")),
+                    kmods: PathBuf::from(args.required("--kmods")),
+                    backends: vec![c_side, rust_side],
+                    filter: args.value("--filter"),
+                    keep_going: true,
+                    case_timeout: Duration::from_secs(0),
+                },
+                pair: (c_side, rust_side),
+                rounds: args.value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3),
+                scale: args.value("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
+                timeout: Duration::from_secs(args.value("--timeout").and_then(|s| s.parse().ok()).unwrap_or(600)),
+            };
+            let ok = bench::run(&cfg);
+            bench::finish(&results);
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        "bench-one" => {
+            let Some(name) = args.0.first().cloned() else { usage() };
+            let env = bench::Env {
+                backend: backend_arg(&args),
+                scale: args.value("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
+            };
+            std::process::exit(bench::run_one(&name, &env));
         }
         "demo" => {
             let backend = backend_arg(&args);

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds the kernel, the modules and the guest tests, boots
 //! the test VM and runs the suites. See the README for the commands.
 
+mod bench;
 mod cmd;
 mod kernel;
 mod modules;
@@ -115,6 +116,37 @@ enum Cmd {
         #[command(flatten)]
         vm: VmOpts,
     },
+    /// Benchmark the Rust type1 against the C one in one VM: every workload
+    /// on each backend, alternating for several rounds; prints medians,
+    /// spreads and Rust/C ratios and writes target/bench/results.{json,md}
+    /// and chart.svg (docs/bench.md).
+    Bench {
+        /// Rounds; each runs every workload on both backends (the order
+        /// alternates, so an even count puts each side first equally often).
+        #[arg(long, default_value_t = 4)]
+        rounds: u32,
+        /// Only workloads whose name contains one of these comma-separated
+        /// texts: map.1g, map.2m, map.64k, map.4k, scale, pin.single,
+        /// pin.run2, pin.same, dma_rw.16b, unmap_pinned.1dev, unmap_pinned.8dev.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Which pair is compared: `mtty` = C type1 vs Rust type1, both with
+        /// the Rust mtty (all workloads); `sample` = the same with the C
+        /// mtty sample (map/unmap workloads only: it has no DMA engine).
+        #[arg(long, value_enum, default_value = "mtty")]
+        pair: bench::PairArg,
+        /// Multiplies iteration counts (not sizes), e.g. 0.2 for a quick look.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Minutes before the VM is killed as hung.
+        #[arg(long, default_value_t = 60)]
+        timeout_min: u64,
+        /// Recompute the tables from an earlier run's samples.jsonl, without a VM.
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
     /// Remove the cache outside the checkout (kernel builds, virtme-ng venv).
     CleanCache {
         /// Remove only kernel builds that no longer match the config and toolchain.
@@ -147,6 +179,10 @@ fn main() {
         ),
         Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
         Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),
+        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, vm } => bench::bench(
+            &paths,
+            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from },
+        ),
         Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
     };
     match result {

@@ -99,14 +99,14 @@ fn build_guest(paths: &Paths) -> Result<PathBuf> {
     Ok(paths.target().join("release/vfio-guest"))
 }
 
-struct Prepared {
-    kernel: KernelBuild,
-    kmods: BuiltModules,
-    guest: PathBuf,
-    accel: Accel,
+pub struct Prepared {
+    pub kernel: KernelBuild,
+    pub kmods: BuiltModules,
+    pub guest: PathBuf,
+    pub accel: Accel,
 }
 
-fn prepare(paths: &Paths, accel: Option<AccelArg>) -> Result<Prepared> {
+pub fn prepare(paths: &Paths, accel: Option<AccelArg>) -> Result<Prepared> {
     setup::setup(paths)?;
     let kernel = kernel::kernel(paths)?;
     let kmods = modules::modules(paths, &kernel)?;
@@ -120,7 +120,7 @@ fn prepare(paths: &Paths, accel: Option<AccelArg>) -> Result<Prepared> {
     Ok(Prepared { kernel, kmods, guest, accel })
 }
 
-fn guest_args(p: &Prepared) -> String {
+pub fn guest_args(p: &Prepared) -> String {
     format!(
         "--modroot {} --kmods {}",
         p.kernel.modroot.display(),
