@@ -74,12 +74,14 @@ fn map_dma(c: &Container, arg: usize) -> Result {
     let raw: [u8; u::DMA_MAP_MINSZ as usize] = read_arg(arg, 0)?;
     let map = u::DmaMap::from_bytes(&raw).ok_or(EINVAL)?;
     cmap::check_map_args(&map).map_err(err)?;
-    // Allocate the tree node before taking the lock.
-    let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
     let mut st = c.state.lock();
     let State { iommu, dmas, .. } = &mut *st;
     match cmap::validate_map(dmas, iommu, &[], &map).map_err(err)? {
         MapPlan::New(new) => {
+            // Allocated only for a map that passed every check (as the C
+            // kzalloc): refused maps, such as an EEXIST lookup, allocate
+            // nothing. The container lock is a mutex, so this may sleep.
+            let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
             let iova = new.iova;
             let info = new.commit(iommu);
             let mut dma = match new_dma(info) {

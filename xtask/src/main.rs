@@ -91,7 +91,7 @@ enum Cmd {
         #[arg(long)]
         keep_going: bool,
         /// Which type1 and mtty the suites run against.
-        #[arg(long, value_enum, default_value = "c")]
+        #[arg(long, value_enum, default_value = "both")]
         backend: BackendArg,
         /// Skip the host unit tests (`cargo test`).
         #[arg(long)]
@@ -104,14 +104,14 @@ enum Cmd {
     },
     /// Boot the VM with the modules loaded and give you a shell.
     Shell {
-        #[arg(long, value_enum, default_value = "c")]
+        #[arg(long, value_enum, default_value = "rust")]
         backend: BackendArg,
         #[command(flatten)]
         vm: VmOpts,
     },
     /// The walk-through for newcomers: an mtty instance driven through VFIO, step by step.
     Demo {
-        #[arg(long, value_enum, default_value = "c")]
+        #[arg(long, value_enum, default_value = "rust")]
         backend: BackendArg,
         #[command(flatten)]
         vm: VmOpts,

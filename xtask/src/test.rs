@@ -272,7 +272,7 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
     };
     let p = prepare(paths, accel)?;
     if backend == BackendArg::C {
-        note("the demo runs on the C vfio_iommu_type1 and the C mtty sample (the Rust modules are not complete yet; --backend rust tries ours)");
+        note("the demo runs on the C vfio_iommu_type1 and the C mtty sample; without --backend c it runs on ours");
     }
     let exec = format!(
         "{g} load --backends {b} {a} && {g} demo --backend {b}",
