@@ -436,21 +436,7 @@ pub fn svg(rows: &[Row], title: &str) -> String {
 
 /// The kernel reports in the console and the guest's dumps, deduplicated.
 fn splats(console: &str, results: &Path) -> Vec<report::Splat> {
-    let mut texts = vec![console.to_owned()];
-    for f in ["dmesg.txt", "kmemleak.txt"] {
-        texts.push(std::fs::read_to_string(results.join(f)).unwrap_or_default());
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for t in &texts {
-        for s in report::find_splats(t) {
-            let key = report::kernel_message(&s.line).unwrap_or(&s.line).to_owned();
-            if seen.insert(key) {
-                out.push(s);
-            }
-        }
-    }
-    out
+    report::run_splats(console, results)
 }
 
 /// The `[module]` names in the 60 console lines from `line` on: which

@@ -28,15 +28,6 @@ pub struct BuiltModules {
     pub tree: PathBuf,
 }
 
-impl BuiltModules {
-    /// Path of a built `.ko` by file name.
-    pub fn ko(&self, name: &str) -> Option<PathBuf> {
-        MODULES
-            .iter()
-            .find(|(_, ko)| *ko == name)
-            .map(|(dir, ko)| self.tree.join(dir).join(ko))
-    }
-}
 
 /// Mirrors, generates bindings and runs Kbuild for every module.
 pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {

@@ -171,6 +171,27 @@ pub fn find_splats(log: &str) -> Vec<Splat> {
     out
 }
 
+/// The kernel reports of a VM run: in its console (which survives a panic)
+/// and in the runner's `dmesg.txt` and `kmemleak.txt` under `results`. The
+/// console and dmesg show the same report: it is counted once.
+pub fn run_splats(console: &str, results: &std::path::Path) -> Vec<Splat> {
+    let mut texts = vec![console.to_owned()];
+    for f in ["dmesg.txt", "kmemleak.txt"] {
+        texts.push(std::fs::read_to_string(results.join(f)).unwrap_or_default());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for text in &texts {
+        for s in find_splats(text) {
+            let key = kernel_message(&s.line).unwrap_or(&s.line).to_owned();
+            if seen.insert(key) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

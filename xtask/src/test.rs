@@ -203,22 +203,7 @@ fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tal
         let why = if run.timed_out { "the VM timed out (hung guest?)" } else { "the guest runner did not finish (kernel panic or crash?)" };
         println!("FAIL vm.finished: {why}; console log: {}", log.display());
     }
-    // Splats: the console (survives panics), then the runner's dumps.
-    let mut texts = vec![run.console.clone()];
-    for f in ["dmesg.txt", "kmemleak.txt"] {
-        texts.push(std::fs::read_to_string(results.join(f)).unwrap_or_default());
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut splats = Vec::new();
-    for text in &texts {
-        for s in report::find_splats(text) {
-            // The console and dmesg show the same report: count it once.
-            let key = report::kernel_message(&s.line).unwrap_or(&s.line).to_owned();
-            if seen.insert(key) {
-                splats.push(s);
-            }
-        }
-    }
+    let splats = report::run_splats(&run.console, results);
     if splats.is_empty() && finished {
         t.passed += 1;
         println!("PASS kernel.log_clean (no warnings, lockdep, KASAN, kmemleak or other reports)");
