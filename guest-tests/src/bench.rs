@@ -13,6 +13,7 @@
 //! instances, programming rings, touching memory) is outside the timed part.
 
 use crate::harness::{self, Backend, RunConfig};
+use crate::mtty_dma_regs::*;
 use crate::uapi::*;
 use crate::vfio::{Buffer, Container, Device, Errno, Group, Mdev};
 use std::io::Write;
@@ -257,23 +258,6 @@ fn scale(env: &Env) -> Result<(), String> {
 
 // ---- the DMA engine of the Rust mtty (docs/mtty-dma.md) ----
 
-const ID: u64 = 0x00;
-const CTRL: u64 = 0x08;
-const STATUS: u64 = 0x0c;
-const ERROR_CODE: u64 = 0x10;
-const DOORBELL: u64 = 0x14;
-const ERROR_IOVA: u64 = 0x18;
-const TX: u64 = 0x40;
-const RX: u64 = 0x60;
-const RING_BASE: u64 = 0x00;
-const RING_SIZE: u64 = 0x08;
-const RING_HEAD: u64 = 0x10;
-const RING_TAIL: u64 = 0x14;
-const CTRL_ENABLE: u32 = 1;
-const CTRL_RESET: u32 = 2;
-const STATUS_RUNNING: u32 = 1;
-const STATUS_BUSY: u32 = 2;
-const STATUS_ERROR: u32 = 4;
 
 /// One device's engine and the user memory its rings and buffers live in.
 struct Engine<'a> {
@@ -290,7 +274,7 @@ impl<'a> Engine<'a> {
         d.write16(cfg + 0x04, 0x0007).map_err(e("PCI command"))?;
         let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX).map_err(e("BAR2 region"))?.offset;
         let id = d.read32(bar + ID).map_err(e("engine ID"))?;
-        if id != 0x414D_446D {
+        if id != ID_VALUE {
             return Err(format!("BAR2 ID {id:#x}: not the mtty DMA engine (is mtty_rs loaded?)"));
         }
         Ok(Engine { d, bar, mem, iova })

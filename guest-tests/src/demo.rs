@@ -2,6 +2,7 @@
 //! says in plain words what it does and what came back.
 
 use crate::harness::Backend;
+use crate::mtty_dma_regs::*;
 use crate::uapi::*;
 use crate::vfio::{Container, Group, Mdev};
 use std::path::Path;
@@ -121,16 +122,24 @@ fn dma_steps(dev: &crate::vfio::Device, container: &Container) -> Result<(), Str
     unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), page(2), msg.len()) };
     post(0, IOVA + 2 * PAGE, msg.len() as u32);
     post(1, IOVA + 3 * PAGE, 64);
-    for (off, v) in [(0x40, IOVA as u32), (0x44, 0), (0x48, 16), (0x60, (IOVA + PAGE) as u32), (0x64, 0), (0x68, 16), (0x08, 1)] {
+    for (off, v) in [
+        (TX + RING_BASE, IOVA as u32),
+        (TX + RING_BASE + 4, 0),
+        (TX + RING_SIZE, 16),
+        (RX + RING_BASE, (IOVA + PAGE) as u32),
+        (RX + RING_BASE + 4, 0),
+        (RX + RING_SIZE, 16),
+        (CTRL, CTRL_ENABLE),
+    ] {
         dev.write32(bar + off, v).map_err(e)?;
     }
     let ring_kb = locked_kb();
     say(&format!(
         "10. Programmed the engine's TX and RX rings (BAR2) and enabled it: the device pinned both ring pages with vfio_pin_pages, so VmLck went from {base_kb} to {ring_kb} kB."
     ));
-    dev.write32(bar + 0x74, 1).map_err(e)?; // RX_TAIL
-    dev.write32(bar + 0x54, 1).map_err(e)?; // TX_TAIL
-    dev.write32(bar + 0x14, 3).map_err(e)?; // DOORBELL TX|RX
+    dev.write32(bar + RX + RING_TAIL, 1).map_err(e)?;
+    dev.write32(bar + TX + RING_TAIL, 1).map_err(e)?;
+    dev.write32(bar + DOORBELL, DOORBELL_TX | DOORBELL_RX).map_err(e)?;
     let mut got = vec![0u8; msg.len()];
     // SAFETY: inside the RX buffer page.
     unsafe { std::ptr::copy_nonoverlapping(page(3), got.as_mut_ptr(), msg.len()) };
@@ -143,15 +152,15 @@ fn dma_steps(dev: &crate::vfio::Device, container: &Container) -> Result<(), Str
         return Err("the DMA transfer did not deliver the bytes".into());
     }
     let unmapped = container.unmap_range(IOVA, 8 * PAGE).map_err(e)?;
-    let status = dev.read32(bar + 0x0c).map_err(e)?;
-    let code = dev.read32(bar + 0x10).map_err(e)?;
+    let status = dev.read32(bar + STATUS).map_err(e)?;
+    let code = dev.read32(bar + ERROR_CODE).map_err(e)?;
     let after_kb = locked_kb();
     say(&format!(
         "12. Unmapped the {unmapped} bytes while the engine ran: the type1 backend called the device's dma_unmap, the device stopped (STATUS {status:#x}, ERROR_CODE {code} = UNMAPPED) and unpinned its pages, and VmLck is back to {after_kb} kB."
     ));
-    if after_kb != base_kb || code != 1 {
+    if after_kb != base_kb || code != ERR_UNMAPPED {
         return Err("the device did not release its pins on unmap".into());
     }
-    dev.write32(bar + 0x08, 2).map_err(e)?; // CTRL.RESET clears the error
+    dev.write32(bar + CTRL, CTRL_RESET).map_err(e)?; // clears the error
     Ok(())
 }

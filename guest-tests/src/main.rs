@@ -11,6 +11,7 @@
 mod bench;
 mod demo;
 mod harness;
+mod mtty_dma_regs;
 mod suites;
 mod uapi;
 mod vfio;

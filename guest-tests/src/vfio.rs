@@ -115,7 +115,6 @@ impl Container {
 /// `/dev/vfio/<group>`.
 pub struct Group {
     pub file: File,
-    pub id: u32,
 }
 
 impl Group {
@@ -125,26 +124,16 @@ impl Group {
             .write(true)
             .open(format!("/dev/vfio/{id}"))
             .map_err(|e| Errno(e.raw_os_error().unwrap_or(0)))?;
-        Ok(Group { file, id })
+        Ok(Group { file })
     }
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
-    pub fn status(&self) -> VResult<GroupStatus> {
-        let mut s = GroupStatus { argsz: argsz::<GroupStatus>(), flags: 0 };
-        ioctl_ptr(self.fd(), VFIO_GROUP_GET_STATUS, &mut s)?;
-        Ok(s)
-    }
-
     pub fn set_container(&self, c: &Container) -> VResult<()> {
         let mut fd: i32 = c.fd();
         ioctl_ptr(self.fd(), VFIO_GROUP_SET_CONTAINER, &mut fd).map(|_| ())
-    }
-
-    pub fn unset_container(&self) -> VResult<()> {
-        ioctl_raw(self.fd(), VFIO_GROUP_UNSET_CONTAINER, 0).map(|_| ())
     }
 
     pub fn device(&self, name: &str) -> VResult<Device> {

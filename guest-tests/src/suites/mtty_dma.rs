@@ -5,31 +5,12 @@
 
 use super::mtty::{open_device, Open};
 use super::{fail, CaseResult, Ctx, Fail};
+use crate::mtty_dma_regs::*;
 use crate::uapi::*;
 use crate::vfio::{vm_locked_kb, Buffer, Container, Device, Group, Mdev};
 use crate::{check, check_eq};
 
-const ID: u64 = 0x00;
-const CTRL: u64 = 0x08;
-const STATUS: u64 = 0x0c;
-const ERROR_CODE: u64 = 0x10;
-const DOORBELL: u64 = 0x14;
-const ERROR_IOVA: u64 = 0x18;
-const INT_STATUS: u64 = 0x20;
-const INT_ENABLE: u64 = 0x24;
-const TX: u64 = 0x40;
-const RX: u64 = 0x60;
-const RING_BASE: u64 = 0x00;
-const RING_SIZE: u64 = 0x08;
-const RING_HEAD: u64 = 0x10;
-const RING_TAIL: u64 = 0x14;
 
-const CTRL_ENABLE: u32 = 1;
-const STATUS_RUNNING: u32 = 1;
-const STATUS_BUSY: u32 = 2;
-const STATUS_ERROR: u32 = 4;
-const ERR_UNMAPPED: u32 = 1;
-const DESC_DONE: u32 = 1;
 
 const PAGE: u64 = 4096;
 /// IOVA of the mapping every case uses; the pages inside it:
@@ -61,7 +42,7 @@ impl Dma {
         let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
         d.write16(cfg + 0x04, 0x0007)?;
         let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
-        check_eq!(d.read32(bar + ID)?, 0x414D_446D, "engine ID");
+        check_eq!(d.read32(bar + ID)?, ID_VALUE, "engine ID");
         Ok(Dma { bar, mem })
     }
 

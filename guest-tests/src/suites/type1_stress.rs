@@ -10,6 +10,7 @@
 //! silent: our type1 with our mtty (the only mdev here that pins).
 
 use super::{fail, CaseResult, Ctx, Fail};
+use crate::mtty_dma_regs::*;
 use crate::uapi::*;
 use crate::vfio::{Buffer, Container, Device, Errno, Group, Mdev};
 use crate::{check, check_eq};
@@ -18,26 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PAGE: u64 = 4096;
-// DMA engine registers (docs/mtty-dma.md).
-const CTRL: u64 = 0x08;
-const STATUS: u64 = 0x0c;
-const ERROR_CODE: u64 = 0x10;
-const TX_RING_BASE: u64 = 0x40;
-const TX_RING_SIZE: u64 = 0x48;
-const CTRL_ENABLE: u32 = 1;
-const CTRL_RESET: u32 = 2;
-const STATUS_RUNNING: u32 = 1;
-const ERR_UNMAPPED: u32 = 1;
-
-fn write32(d: &Device, off: u64, v: u32) -> Result<(), Errno> {
-    d.pwrite(&v.to_le_bytes(), off).map(|_| ())
-}
-
-fn read32(d: &Device, off: u64) -> Result<u32, Errno> {
-    let mut b = [0u8; 4];
-    d.pread(&mut b, off)?;
-    Ok(u32::from_le_bytes(b))
-}
 
 /// Maps a ring page, starts the engine on it (which pins the page), unmaps
 /// it (which must make the device unpin and halt with UNMAPPED), resets the
@@ -45,22 +26,22 @@ fn read32(d: &Device, off: u64) -> Result<u32, Errno> {
 fn pin_and_unmap(c: &Container, d: &Device, bar2: u64, mem: &Buffer, iova: u64) -> Result<u64, String> {
     c.map_rw(mem.vaddr(), iova, PAGE).map_err(|e| format!("map: {e}"))?;
     let step = || -> Result<(), Errno> {
-        write32(d, bar2 + TX_RING_BASE, iova as u32)?;
-        write32(d, bar2 + TX_RING_BASE + 4, (iova >> 32) as u32)?;
-        write32(d, bar2 + TX_RING_SIZE, 16)?;
-        write32(d, bar2 + CTRL, CTRL_ENABLE)
+        d.write32(bar2 + TX + RING_BASE, iova as u32)?;
+        d.write32(bar2 + TX + RING_BASE + 4, (iova >> 32) as u32)?;
+        d.write32(bar2 + TX + RING_SIZE, 16)?;
+        d.write32(bar2 + CTRL, CTRL_ENABLE)
     };
     step().map_err(|e| format!("program engine: {e}"))?;
-    let status = read32(d, bar2 + STATUS).map_err(|e| e.to_string())?;
+    let status = d.read32(bar2 + STATUS).map_err(|e| e.to_string())?;
     if status & STATUS_RUNNING == 0 {
         return Err(format!("engine not running after enable: status {status:#x}"));
     }
     let size = c.unmap_range(iova, PAGE).map_err(|e| format!("unmap of a pinned page: {e}"))?;
-    let code = read32(d, bar2 + ERROR_CODE).map_err(|e| e.to_string())?;
+    let code = d.read32(bar2 + ERROR_CODE).map_err(|e| e.to_string())?;
     if code != ERR_UNMAPPED {
         return Err(format!("error code after unmap: {code}, wanted UNMAPPED"));
     }
-    write32(d, bar2 + CTRL, CTRL_RESET).map_err(|e| format!("reset engine: {e}"))?;
+    d.write32(bar2 + CTRL, CTRL_RESET).map_err(|e| format!("reset engine: {e}"))?;
     Ok(size)
 }
 

@@ -1,0 +1,35 @@
+//! Register offsets and bits of the Rust mtty's DMA engine on BAR2, as
+//! `docs/mtty-dma.md` documents them. One copy for every program that
+//! drives the engine (the DMA cases, the device-list stress case, the bench
+//! and the demo).
+
+/// "mDMA": the engine's ID register value.
+pub const ID_VALUE: u32 = 0x414D_446D;
+
+pub const ID: u64 = 0x00;
+pub const CTRL: u64 = 0x08;
+pub const STATUS: u64 = 0x0c;
+pub const ERROR_CODE: u64 = 0x10;
+pub const DOORBELL: u64 = 0x14;
+pub const ERROR_IOVA: u64 = 0x18;
+pub const INT_STATUS: u64 = 0x20;
+pub const INT_ENABLE: u64 = 0x24;
+/// The TX ring's register block; ring registers are offsets inside it.
+pub const TX: u64 = 0x40;
+/// The RX ring's register block.
+pub const RX: u64 = 0x60;
+pub const RING_BASE: u64 = 0x00;
+pub const RING_SIZE: u64 = 0x08;
+pub const RING_HEAD: u64 = 0x10;
+pub const RING_TAIL: u64 = 0x14;
+
+pub const CTRL_ENABLE: u32 = 1;
+pub const CTRL_RESET: u32 = 2;
+pub const STATUS_RUNNING: u32 = 1;
+pub const STATUS_BUSY: u32 = 2;
+pub const STATUS_ERROR: u32 = 4;
+pub const DOORBELL_TX: u32 = 1;
+pub const DOORBELL_RX: u32 = 2;
+pub const ERR_UNMAPPED: u32 = 1;
+/// The DONE flag the device writes back into a descriptor.
+pub const DESC_DONE: u32 = 1;
