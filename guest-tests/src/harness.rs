@@ -64,6 +64,11 @@ impl Backend {
         vec![
             ("vfio", Load::Kernel),
             (self.type1_module(), load(self.rust_type1, "kmod-iommu/vfio_iommu_type1_rs.ko")),
+            // vfio-pci serves the emulated PCI devices behind the VT-d
+            // (crate::pci binds them); vfio-pci-core needs irqbypass.
+            ("irqbypass", Load::Kernel),
+            ("vfio_pci_core", Load::Kernel),
+            ("vfio_pci", Load::Kernel),
             ("mdev", Load::Kernel),
             (self.mtty_module(), load(self.rust_mtty, "kmod-mtty/mtty_rs.ko")),
         ]
@@ -202,7 +207,7 @@ pub fn load_backend(cfg: &RunConfig, b: Backend) -> Result<(), String> {
             return Err(format!("{other} is loaded while testing the {} backend", b.name()));
         }
     }
-    Ok(())
+    crate::pci::bind_test_devices()
 }
 
 pub fn unload_backend(cfg: &RunConfig, b: Backend) -> Result<(), String> {

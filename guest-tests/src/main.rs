@@ -12,6 +12,7 @@ mod bench;
 mod demo;
 mod harness;
 mod mtty_dma_regs;
+mod pci;
 mod suites;
 mod uapi;
 mod vfio;

@@ -284,6 +284,21 @@ ok 2 type1.map_unmap [c]
         assert_eq!(find_splats(CLEAN_BOOT), vec![]);
     }
 
+    /// The real-IOMMU cases provoke IOMMU faults on purpose (a DMA after
+    /// the unmap): the VT-d fault report is expected output, not a splat.
+    /// A warning in the middle of such output still is one.
+    #[test]
+    fn dmar_fault_reports_are_not_splats() {
+        let log = "\
+[   76.979302] DMAR: DRHD: handling fault status reg 2
+[   76.979979] DMAR: [DMA Write NO_PASID] Request device [00:0a.0] fault addr 0x101000 [fault reason 0x05] PTE Write access is not set
+[   77.000000] vfio-pci 0000:00:0a.0: resetting
+";
+        assert_eq!(find_splats(log), vec![]);
+        let with_warning = format!("{log}[   78.000000] WARNING: CPU: 1 PID: 9 at drivers/iommu/intel/iommu.c:100 x+0x1/0x2\n");
+        assert_eq!(find_splats(&with_warning).len(), 1);
+    }
+
     #[test]
     fn splat_tearing_a_program_line_is_found() {
         let log = "ok 3 type1.unmap_a[   40.000001] BUG: kernel NULL pointer dereference, address: 0000000000000008\n";

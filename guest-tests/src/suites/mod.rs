@@ -6,6 +6,7 @@ pub mod mtty_dma;
 pub mod mtty_ext;
 pub mod type1;
 pub mod type1_stress;
+pub mod type1_iommu;
 
 use crate::harness::Backend;
 use crate::vfio::{Container, Errno, Group, Mdev};
@@ -141,4 +142,13 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.reset_releases_pins", run: mtty_dma::reset_releases_pins },
     Case { name: "mtty.dma.close_releases_pins", run: mtty_dma::close_releases_pins },
     Case { name: "mtty.dma.unmap_reaches_second_device", run: mtty_dma::unmap_reaches_second_device },
+    Case { name: "type1_iommu.edu_dma_and_fault_after_unmap", run: type1_iommu::edu_dma_and_fault_after_unmap },
+    Case { name: "type1_iommu.get_info", run: type1_iommu::iommu_get_info },
+    Case { name: "type1_iommu.check_extension", run: type1_iommu::iommu_check_extension },
+    Case { name: "type1_iommu.large_small_pages", run: type1_iommu::large_small_pages },
+    Case { name: "type1_iommu.large_thp", run: type1_iommu::large_thp },
+    Case { name: "type1_iommu.large_hugetlb", run: type1_iommu::large_hugetlb },
+    Case { name: "type1_iommu.second_group_sees_live_mappings", run: type1_iommu::second_group_sees_live_mappings },
+    Case { name: "type1_iommu.mixed_mdev_and_pci", run: type1_iommu::mixed_mdev_and_pci },
+    Case { name: "type1_iommu.disable_hugepages", run: type1_iommu::disable_hugepages },
 ];
