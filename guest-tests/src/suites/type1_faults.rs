@@ -144,6 +144,21 @@ fn get_bitmap(c: &Container, iova: u64, size: u64) -> VResult<Vec<u8>> {
     Ok(bits)
 }
 
+/// Sweeps a MAP_DMA of `[iova, iova+size)`: a failed one leaves no
+/// mapping there. The clean run's mapping is left in place.
+fn sweep_map(nth: &FailNth, what: &str, c: &Container, vaddr: u64, iova: u64, size: u64) -> CaseResult {
+    let mut map = || c.map_rw(vaddr, iova, size);
+    let mut nothing_there = || -> CaseResult {
+        check!(!is_mapped(c, iova, size)?, "{what}: a failed MAP_DMA left a mapping");
+        Ok(())
+    };
+    let mut unmap = |_: &()| -> CaseResult {
+        check_eq!(c.unmap_range(iova, size)?, size, "{what}: unmap after an absorbed failure");
+        Ok(())
+    };
+    sweep(nth, what, &mut map, &mut nothing_there, &mut unmap).map(|_| ())
+}
+
 /// MAP_DMA, GET_INFO, dirty tracking, UNMAP_DMA and (where a device pins)
 /// pinning and unmapping pinned pages, each with every allocation failed
 /// in turn.
@@ -160,16 +175,7 @@ pub fn fault_injection(ctx: &Ctx) -> CaseResult {
     const IOVA: u64 = 0x2000_0000;
     let size = 32 * PAGE;
 
-    let mut map = || c.map_rw(mem.vaddr(), IOVA, size);
-    let mut nothing_at_iova = || -> CaseResult {
-        check!(!is_mapped(c, IOVA, size)?, "a failed MAP_DMA left a mapping");
-        Ok(())
-    };
-    let mut unmap_it = |_: &()| -> CaseResult {
-        check_eq!(c.unmap_range(IOVA, size)?, size, "unmap after an absorbed failure");
-        Ok(())
-    };
-    sweep(&nth, "MAP_DMA", &mut map, &mut nothing_at_iova, &mut unmap_it)?;
+    sweep_map(&nth, "MAP_DMA", c, mem.vaddr(), IOVA, size)?;
     check_eq!(c.unmap_range(IOVA, size)?, size, "unmap of the mapping made without injection");
 
     let mut info = || c.get_info_raw(512);
@@ -185,17 +191,8 @@ pub fn fault_injection(ctx: &Ctx) -> CaseResult {
     sweep(&nth, "DIRTY_PAGES START", &mut start, &mut not_tracking, &mut stop)?;
 
     // MAP_DMA while tracking also allocates the new mapping's bitmap.
-    let mut map = || c.map_rw(mem.vaddr(), IOVA, size);
-    let mut nothing_at_iova = || -> CaseResult {
-        check!(!is_mapped(c, IOVA, size)?, "a failed MAP_DMA left a mapping");
-        Ok(())
-    };
-    let mut unmap_it = |_: &()| -> CaseResult {
-        check_eq!(c.unmap_range(IOVA, size)?, size, "unmap after an absorbed failure");
-        Ok(())
-    };
     // The clean run's mapping stays for GET_BITMAP and UNMAP_DMA below.
-    sweep(&nth, "MAP_DMA while tracking", &mut map, &mut nothing_at_iova, &mut unmap_it)?;
+    sweep_map(&nth, "MAP_DMA while tracking", c, mem.vaddr(), IOVA, size)?;
     let mut bitmap = || get_bitmap(c, IOVA, size);
     sweep(&nth, "GET_BITMAP", &mut bitmap, &mut || Ok(()), &mut |_| Ok(()))?;
     dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
