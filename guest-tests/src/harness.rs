@@ -292,7 +292,7 @@ pub fn run(cfg: &RunConfig) -> bool {
 
     let cases: Vec<&suites::Case> = suites::ALL
         .iter()
-        .filter(|c| cfg.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .filter(|c| cfg.filter.as_deref().is_none_or(|f| f.split(',').any(|part| c.name.contains(part))))
         .collect();
     k.line("KTAP version 1");
     k.line(&format!("1..{}", (cases.len() + 2) * cfg.backends.len()));

@@ -444,7 +444,12 @@ pub fn write_all_fd(fd: &OwnedFd, data: &[u8]) -> VResult<()> {
 
 /// `VmLck` of this process in kB (`/proc/self/status`).
 pub fn vm_locked_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    vm_locked_kb_of("self")
+}
+
+/// `VmLck` in kB of the process `pid` ("self" or a number); 0 when it is gone.
+pub fn vm_locked_kb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

@@ -5,6 +5,8 @@ pub mod mtty;
 pub mod mtty_dma;
 pub mod mtty_ext;
 pub mod type1;
+pub mod type1_faults;
+pub mod type1_multi;
 pub mod type1_stress;
 pub mod type1_iommu;
 
@@ -117,6 +119,9 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.dirty_pages", run: type1::dirty_pages },
     Case { name: "type1.process_exit_with_mappings", run: type1::process_exit_with_mappings },
     Case { name: "type1.device_list_stress", run: type1_stress::device_list_stress },
+    Case { name: "type1.two_processes", run: type1_multi::two_processes },
+    Case { name: "type1.pin_unpin_vs_map_threads", run: type1_multi::pin_unpin_vs_map_threads },
+    Case { name: "type1.fault_injection", run: type1_faults::fault_injection },
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },

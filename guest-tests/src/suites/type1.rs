@@ -344,17 +344,18 @@ pub fn dma_entry_limit(ctx: &Ctx) -> CaseResult {
 /// `struct vfio_iommu_type1_dirty_bitmap` with a GET_BITMAP range behind it.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
-struct DirtyGet {
-    argsz: u32,
-    flags: u32,
-    iova: u64,
-    size: u64,
-    pgsize: u64,
-    bitmap_size: u64,
-    data: u64,
+pub(super) struct DirtyGet {
+    pub argsz: u32,
+    pub flags: u32,
+    pub iova: u64,
+    pub size: u64,
+    pub pgsize: u64,
+    pub bitmap_size: u64,
+    pub data: u64,
 }
 
-fn dirty(c: &Container, flags: u32) -> Result<(), Errno> {
+/// `VFIO_IOMMU_DIRTY_PAGES` with `flags` and no range (START, STOP).
+pub(super) fn dirty(c: &Container, flags: u32) -> Result<(), Errno> {
     let mut d = [8u32, flags];
     crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).map(|_| ())
 }
