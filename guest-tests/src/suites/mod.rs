@@ -8,6 +8,7 @@ pub mod type1;
 pub mod type1_faults;
 pub mod type1_multi;
 pub mod type1_stress;
+pub mod type1_vaddr;
 pub mod type1_iommu;
 
 use crate::harness::Backend;
@@ -156,4 +157,5 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.second_group_sees_live_mappings", run: type1_iommu::second_group_sees_live_mappings },
     Case { name: "type1_iommu.mixed_mdev_and_pci", run: type1_iommu::mixed_mdev_and_pci },
     Case { name: "type1_iommu.disable_hugepages", run: type1_iommu::disable_hugepages },
+    Case { name: "type1_iommu.update_vaddr", run: type1_vaddr::update_vaddr },
 ];
