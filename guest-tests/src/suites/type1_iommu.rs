@@ -534,3 +534,120 @@ pub fn update_vaddr_keeps_pins(_ctx: &Ctx) -> CaseResult {
     unsafe { libc::close(fd) };
     Ok(())
 }
+
+/// The `e1000e` (another device type behind the same IOMMU) joins a
+/// container with an edu and live mappings: both groups share one domain.
+/// Either group may leave first: the mappings stay while a group remains
+/// (the edu keeps DMAing after the e1000e left; after the edu left, a new
+/// edu attach sees them at once) and go with the last one.
+pub fn two_device_types_share_a_domain(_ctx: &Ctx) -> CaseResult {
+    let nic = pci::find(pci::E1000E_ID)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Fail::Skip("no e1000e behind an IOMMU (needs the VM's VT-d)".into()))?;
+    let s = edu_setup(0)?;
+    let dev0 = edu(0)?;
+    let c = &s.container;
+    let buf = Mem::anon(8 * PAGE)?;
+    let iova = 0x70_0000;
+    let base = vm_locked_kb();
+    c.map_rw(buf.vaddr(), iova, 8 * PAGE)?;
+    let ranges_before = iova_ranges(c)?;
+    let gn = pci::open_group(&nic, c)?;
+    let nicdev = gn.device(&nic.bdf).map_err(|e| fail(format!("GET_DEVICE_FD {}: {e}", nic.bdf)))?;
+    check_eq!(iova_ranges(c)?, ranges_before, "IOVA ranges after the e1000e joined");
+    check_eq!(vm_locked_kb(), base + 32, "VmLck: the shared domain pins once");
+    round_trip(&s.edu, &buf, iova, 0, 4 * PAGE, 700, 51)?;
+    drop(nicdev);
+    drop(gn);
+    round_trip(&s.edu, &buf, iova, PAGE, 5 * PAGE, 700, 52)?;
+    check_eq!(vm_locked_kb(), base + 32, "VmLck after the e1000e left");
+
+    // Now the edu leaves first: the e1000e keeps the container's mappings.
+    let gn = pci::open_group(&nic, c)?;
+    let EduSetup { edu, _group, container } = s;
+    drop(edu);
+    drop(_group);
+    check_eq!(vm_locked_kb(), base + 32, "VmLck after the edu left (the e1000e keeps the mappings)");
+    let g0 = pci::open_group(&dev0, &container)?;
+    let e0 = Edu::open(&g0, &dev0.bdf)?;
+    round_trip(&e0, &buf, iova, 2 * PAGE, 6 * PAGE, 700, 53)?;
+    drop(e0);
+    drop(g0);
+    drop(gn);
+    check_eq!(vm_locked_kb(), base, "VmLck after the last group left");
+    check_eq!(container.unmap_range(0, 1 << 39).err(), Some(crate::vfio::Errno(libc::EINVAL)), "unmap with no IOMMU set");
+    Ok(())
+}
+
+/// `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`: a child that dropped root
+/// (keeping its open VFIO files) may pin up to its limit; a map past it
+/// fails with `ENOMEM` and leaves nothing pinned; one within it works.
+pub fn memlock_limit(_ctx: &Ctx) -> CaseResult {
+    edu(0)?;
+    // SAFETY: the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(fail("fork failed"));
+    }
+    if pid == 0 {
+        let code = (|| -> Result<i32, Fail> {
+            let s = edu_setup(0)?;
+            let c = &s.container;
+            let buf = Mem::anon(4 * MIB)?;
+            let lim = libc::rlimit { rlim_cur: MIB, rlim_max: MIB };
+            // SAFETY: plain system calls; the child then runs as `nobody`
+            // without capabilities, with its VFIO files still open.
+            unsafe {
+                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Ok(10);
+                }
+            }
+            if c.map_rw(buf.vaddr(), 0x100_0000, 2 * MIB).err() != Some(crate::vfio::Errno(libc::ENOMEM)) {
+                return Ok(11);
+            }
+            if vm_locked_kb() != 0 {
+                return Ok(12);
+            }
+            if c.map_rw(buf.vaddr(), 0x100_0000, MIB / 2).is_err() {
+                return Ok(13);
+            }
+            if vm_locked_kb() != 512 {
+                return Ok(14);
+            }
+            // Another 512 KiB reaches the limit exactly; one more page is too much.
+            if c.map_rw(buf.vaddr() + MIB / 2, 0x108_0000, MIB / 2).is_err() {
+                return Ok(15);
+            }
+            if c.map_rw(buf.vaddr() + MIB, 0x110_0000, PAGE).err() != Some(crate::vfio::Errno(libc::ENOMEM)) {
+                return Ok(16);
+            }
+            round_trip(&s.edu, &buf, 0x100_0000, 0, MIB / 2 + 100, 300, 61)?;
+            if c.unmap_range(0x100_0000, MIB).ok() != Some(MIB) || vm_locked_kb() != 0 {
+                return Ok(17);
+            }
+            Ok(0)
+        })()
+        .unwrap_or(3);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child created above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let why = match code {
+        0 => return Ok(()),
+        3 => "setup or DMA failed",
+        10 => "could not drop root",
+        11 => "a 2 MiB map past a 1 MiB limit was not ENOMEM",
+        12 => "the refused map left pages locked",
+        13 => "a 512 KiB map within the limit failed",
+        14 => "VmLck is not 512 kB after the 512 KiB map",
+        15 => "a map reaching the limit exactly failed",
+        16 => "one page past the limit was not ENOMEM",
+        17 => "unmap or VmLck after it",
+        _ => "child died",
+    };
+    Err(fail(format!("memlock child: {why} (status {status:#x})")))
+}
