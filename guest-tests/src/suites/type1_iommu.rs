@@ -260,13 +260,19 @@ fn large_range(kind: Backing) -> CaseResult {
     let base = vm_locked_kb();
     let iova = 0x400_0000; // 64 MiB: 2 MiB aligned and below the edu's 28-bit limit.
     check!(iova + size <= EDU_DMA_LIMIT, "iova range beyond the edu DMA mask");
+    let t = std::time::Instant::now();
     c.map_rw(buf.vaddr(), iova, size)?;
+    let map_time = t.elapsed();
     check_eq!(vm_locked_kb(), base + size / 1024, "VmLck after mapping {size:#x} bytes ({kind:?})");
     // DMA at the start, across a 2 MiB boundary, and at the very end.
     round_trip(&s.edu, &buf, iova, 0, 3 * PAGE, 512, 7)?;
     round_trip(&s.edu, &buf, iova, 2 * MIB - 200, 34 * MIB - 100, 400, 8)?;
     round_trip(&s.edu, &buf, iova, size - 2 * PAGE, size - 512, 512, 9)?;
+    let t = std::time::Instant::now();
     check_eq!(c.unmap_range(iova, size)?, size, "unmapped size");
+    let unmap_time = t.elapsed();
+    // For comparing the backends by eye (TCG times, one sample).
+    println!("{kind:?}: MAP_DMA of {} MiB took {map_time:?}, UNMAP_DMA {unmap_time:?}", size / MIB);
     check_eq!(vm_locked_kb(), base, "VmLck back to the baseline after the unmap ({kind:?})");
     let before = pci::dmar_faults_at(iova + size - PAGE);
     fill(&buf, size - PAGE, &[0xa5; 64]);
