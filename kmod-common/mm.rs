@@ -250,3 +250,66 @@ pub(crate) fn access_ok(addr: u64, size: u64) -> bool {
     // SAFETY: `access_ok` only compares the range with the user address limit.
     unsafe { bindings::kmod_helper_access_ok(addr as ffi::c_ulong, size as ffi::c_ulong) }
 }
+
+// ---- The real-IOMMU path: pinning whole mappings in batches ----
+
+impl MmUsers<'_> {
+    /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
+    /// device access (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus
+    /// `FOLL_WRITE` when the device may write) and stores their `struct
+    /// page`s; returns how many were pinned (at least one). Ranges without
+    /// struct pages (`VM_PFNMAP`) are refused with `EFAULT`.
+    pub(crate) fn pin_pages(&self, vaddr: u64, pages: &mut [*mut bindings::page], write: bool) -> Result<usize> {
+        if pages.is_empty() {
+            return Err(EINVAL);
+        }
+        let mut flags = bindings::FOLL_LONGTERM;
+        if write {
+            flags |= bindings::FOLL_WRITE;
+        }
+        let n = ffi::c_ulong::try_from(pages.len()).map_err(|_| EINVAL)?;
+        // SAFETY: we hold a user reference, so the address space is live for
+        // the lock/pin/unlock sequence; `pages` has room for `n` pointers.
+        let ret = unsafe {
+            bindings::kmod_helper_mmap_read_lock(self.mm());
+            let r = bindings::pin_user_pages_remote(
+                self.mm(),
+                vaddr as ffi::c_ulong,
+                n,
+                flags as ffi::c_uint,
+                pages.as_mut_ptr(),
+                core::ptr::null_mut(),
+            );
+            bindings::kmod_helper_mmap_read_unlock(self.mm());
+            r
+        };
+        match ret {
+            r if r < 0 => Err(Error::from_errno(r as i32)),
+            0 => Err(EFAULT),
+            r => Ok((r as usize).min(pages.len())),
+        }
+    }
+}
+
+/// The pfn of a page pinned by [`MmUsers::pin_pages`].
+pub(crate) fn page_to_pfn(page: *mut bindings::page) -> Pfn {
+    // SAFETY: `page_to_pfn` only computes a frame number from the address.
+    unsafe { bindings::kmod_helper_page_to_pfn(page) as Pfn }
+}
+
+/// Gives back one pin of each of `npage` pages from `pfn`, a physically
+/// contiguous run of pages pinned by [`MmUsers::pin_pages`], marking them
+/// dirty if the device could write them.
+pub(crate) fn unpin_pfn_range(pfn: Pfn, npage: u64, dirty: bool) {
+    if npage == 0 {
+        return;
+    }
+    // SAFETY: the caller pinned each page of the run once and gives that pin back.
+    unsafe { bindings::kmod_helper_unpin_pfn_range(pfn as ffi::c_ulong, npage as ffi::c_ulong, dirty) };
+}
+
+/// Yields the CPU if the scheduler wants it (long pin and map loops).
+pub(crate) fn cond_resched() {
+    // SAFETY: called from process context without spinlocks held.
+    unsafe { bindings::kmod_helper_cond_resched() };
+}

@@ -56,9 +56,20 @@ impl IommuGroup {
     }
 
     /// The raw pointer, for the C calls of the IOMMU abstraction.
-    #[allow(dead_code)] // For the real-IOMMU path (IOMMU domains).
+    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
     pub(crate) fn as_raw(&self) -> *mut bindings::iommu_group {
         self.0.get()
+    }
+
+    /// A group the IOMMU abstraction recorded as attached to a domain.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `iommu_group` that outlives `'a`.
+    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
+    pub(crate) unsafe fn from_raw_group<'a>(ptr: *mut bindings::iommu_group) -> &'a Self {
+        // SAFETY: the caller's contract is that of `from_raw`.
+        unsafe { Self::from_raw(ptr) }
     }
 }
 
@@ -69,6 +80,12 @@ pub(crate) struct GroupKey(usize);
 impl GroupKey {
     /// No group: a group's address is never 0.
     pub(crate) const NONE: GroupKey = GroupKey(0);
+
+    /// The key of the group at `ptr` (compared, never dereferenced).
+    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
+    pub(crate) fn of_raw(ptr: *mut bindings::iommu_group) -> GroupKey {
+        GroupKey(ptr as usize)
+    }
 }
 
 /// A VFIO device as the backend sees it in `register_device` and

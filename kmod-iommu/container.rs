@@ -6,11 +6,12 @@
 //! # State
 //!
 //! [`State`] holds what the C `struct vfio_iommu` holds: the counters and
-//! flags of `type1_core::iommu::VfioIommu`, the mappings ([`Mappings`]), and
-//! the attached groups. Only emulated-IOMMU (mdev) groups are served so far:
-//! groups behind a real IOMMU are refused with `ENODEV` (that path is the
-//! real-IOMMU issue), so no mapping is ever pinned at `MAP_DMA` time and
-//! pins come only from devices through `vfio_pin_pages`.
+//! flags of `type1_core::iommu::VfioIommu`, the mappings ([`Mappings`]), the
+//! attached groups, and the IOMMU domains with the valid IOVA ranges
+//! ([`Domains`], see `domain.rs`). Emulated-IOMMU (mdev) groups reach memory
+//! through pins devices make with `vfio_pin_pages`; groups behind a real
+//! IOMMU get a domain, and while one exists every mapping is pinned and
+//! mapped into the IOMMU page tables at `MAP_DMA` time.
 //!
 //! # Locks
 //!
@@ -29,6 +30,10 @@
 //!   lock and retries.
 //! - `pin_pages`, `unpin_pages`, `dma_rw` (called by vendor drivers under
 //!   their own locks) and every other ioctl: the container lock alone.
+//! - Below the container lock, the real-IOMMU path (`domain.rs`) takes the
+//!   mapping process's mmap lock (pinning, `locked_vm`), the IOMMU group
+//!   mutex (attach, detach) and the IOMMU driver's page-table locks, one at
+//!   a time; none of them is held while taking the container lock.
 //!
 //! The C type1 (6.12) takes the container lock and then the device-list lock
 //! in `register_device`, but holds the device-list lock while the callbacks
@@ -37,6 +42,7 @@
 //! the device-list lock while holding the container lock.
 
 use crate::bindings;
+use crate::domain::{self, Domains};
 use crate::mm::{self, MmGrab, TaskRef};
 use crate::store::{Dma, Mappings, PfnTree};
 use crate::type1_core::dma::DmaTree;
@@ -71,6 +77,9 @@ pub(crate) struct State {
     /// Mirrors `DeviceList::has_lost` for the pin path, which may not take
     /// the device-list lock.
     pub(crate) registrations_lost: bool,
+    /// The IOMMU domains of groups behind a real IOMMU, and the valid IOVA
+    /// ranges (`domain.rs`).
+    pub(crate) domains: Domains,
 }
 
 /// One container using this backend.
@@ -92,7 +101,13 @@ impl Container {
             try_pin_init!(Container {
                 devices <- new_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
                 state <- new_mutex!(
-                    State { iommu, dmas: Mappings(RBTree::new()), groups: RBTree::new(), registrations_lost: false },
+                    State {
+                        iommu,
+                        dmas: Mappings(RBTree::new()),
+                        groups: RBTree::new(),
+                        registrations_lost: false,
+                        domains: Domains::new(),
+                    },
                     "vfio_iommu_type1_rs::state"
                 ),
             }),
@@ -115,10 +130,7 @@ impl Container {
                 st.iommu.group_attached(true);
                 Ok(())
             }
-            GroupType::Iommu => {
-                pr_info!("groups behind a real IOMMU are not supported yet; use vfio_iommu_type1\n");
-                Err(ENODEV)
-            }
+            GroupType::Iommu => domain::attach(&mut st, group, node),
             GroupType::NoIommu => Err(EINVAL),
         }
     }
@@ -131,13 +143,18 @@ impl Container {
         let Some(scope) = st.groups.remove(&key) else {
             return;
         };
+        // A group behind a real IOMMU leaves its domain (and with the last
+        // domain the mappings may go: see `domain::detach`).
+        let iommu_backed = domain::detach(&mut st, key);
         if st.groups.iter().next().is_none() {
-            st.iommu.has_emulated_groups = false;
             if st.iommu.has_devices {
                 pr_warn!("last group detached while devices are still registered\n");
             }
-            remove_all(&mut st);
+            if !iommu_backed {
+                remove_all(&mut st);
+            }
         }
+        st.iommu.has_emulated_groups = st.groups.iter().count() > st.domains.group_count();
         let State { iommu, dmas, .. } = &mut *st;
         cdirty::group_detached(dmas, iommu, scope);
     }
@@ -265,10 +282,10 @@ impl Container {
 
 /// Removes every mapping (`vfio_iommu_unmap_unpin_all`).
 fn remove_all(st: &mut State) {
-    let State { iommu, dmas, .. } = st;
+    let State { iommu, dmas, domains, .. } = st;
     while let Some(k) = crate::type1_core::dma::first_key(dmas) {
         match crate::type1_core::dma::remove_dma(dmas, iommu, k) {
-            Some(d) => drop(d),
+            Some(d) => domain::remove_dma(domains, d),
             None => break,
         }
     }

@@ -30,7 +30,7 @@ pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize
         let state = c.map(|c| {
             let st = c.state.lock();
             // With no IOMMU domain every domain enforces coherency, vacuously.
-            (st.iommu.has_emulated_groups, true)
+            (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
         });
         return Ok(ciommu::check_extension(arg as u64, state) as isize);
     }
@@ -61,11 +61,14 @@ fn access_ok(addr: u64, size: u64) -> bool {
 fn get_info(c: &Container, arg: usize) -> Result {
     let raw: [u8; u::IOMMU_INFO_MINSZ as usize] = read_arg(arg, 0)?;
     let argsz = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
-    // An emulated-only container has no IOVA ranges to report.
-    let mut out = KVec::from_elem(0u8, cinfo::info_reply_len(0), GFP_KERNEL)?;
-    let n = {
+    // An emulated-only container has no IOVA ranges to report. The reply
+    // is built under the lock, which is a mutex: allocating there may sleep.
+    let (out, n) = {
         let st = c.state.lock();
-        cinfo::build_info(&st.iommu, &[], argsz, &mut out).map_err(err)?
+        let iovas = st.domains.iovas();
+        let mut out = KVec::from_elem(0u8, cinfo::info_reply_len(iovas.len()), GFP_KERNEL)?;
+        let n = cinfo::build_info(&st.iommu, iovas, argsz, &mut out).map_err(err)?;
+        (out, n)
     };
     UserSlice::new(arg, n).writer().write_slice(&out[..n])
 }
@@ -75,8 +78,8 @@ fn map_dma(c: &Container, arg: usize) -> Result {
     let map = u::DmaMap::from_bytes(&raw).ok_or(EINVAL)?;
     cmap::check_map_args(&map).map_err(err)?;
     let mut st = c.state.lock();
-    let State { iommu, dmas, .. } = &mut *st;
-    match cmap::validate_map(dmas, iommu, &[], &map).map_err(err)? {
+    let State { iommu, dmas, domains, .. } = &mut *st;
+    match cmap::validate_map(dmas, iommu, domains.iovas(), &map).map_err(err)? {
         MapPlan::New(new) => {
             // Allocated only for a map that passed every check (as the C
             // kzalloc): refused maps, such as an EEXIST lookup, allocate
@@ -92,13 +95,21 @@ fn map_dma(c: &Container, arg: usize) -> Result {
                     return Err(e);
                 }
             };
-            // No IOMMU domain: nothing to pin or map, the mapping is whole.
-            dma.info.size = map.size;
-            dmas.0.insert(node.into_node(iova, dma));
+            if domains.is_empty() {
+                // No IOMMU domain: nothing to pin or map, the mapping is whole.
+                dma.info.size = map.size;
+                dmas.0.insert(node.into_node(iova, dma));
+            } else {
+                // Linked with size 0, it grows as it is pinned and mapped.
+                dmas.0.insert(node.into_node(iova, dma));
+                crate::domain::map_new(iommu, dmas, domains, iova, map.size)?;
+            }
             if iommu.dirty_page_tracking {
                 let entry = dmas.get_mut(iova).ok_or(EINVAL)?;
                 if let Err(e) = cdirty::dma_bitmap_alloc(entry, iommu) {
-                    drop(cdma::remove_dma(dmas, iommu, iova));
+                    if let Some(d) = cdma::remove_dma(dmas, iommu, iova) {
+                        crate::domain::remove_dma(domains, d);
+                    }
                     return Err(err(e));
                 }
             }
@@ -181,9 +192,9 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     let mut st = c.state.lock();
     let mut plan = UnmapPlan::new(&st.iommu, &unmap, bitmap.map_or(0, |b| b.pgsize)).map_err(err)?;
     loop {
-        let State { iommu, dmas, .. } = &mut *st;
+        let State { iommu, dmas, domains, .. } = &mut *st;
         match plan.step(dmas, iommu, user.as_mut()) {
-            UnmapStep::Removed(dma) => drop(dma),
+            UnmapStep::Removed(dma) => crate::domain::remove_dma(domains, dma),
             UnmapStep::NotifyUnmap { iova, size } => {
                 // Devices unpin through the container lock: drop it first.
                 drop(st);

@@ -20,16 +20,12 @@ pub(crate) fn dma_entry_limit() -> u32 {
 }
 
 /// `disable_hugepages`: map only `PAGE_SIZE` pages into IOMMU domains.
-// Read once groups behind a real IOMMU are served (they get IOMMU domains).
-#[expect(dead_code)]
 pub(crate) fn disable_hugepages() -> bool {
     // SAFETY: as for `dma_entry_limit`; the kernel's bool params are 0 or 1.
     unsafe { core::ptr::read_volatile(addr_of!(type1_rs_disable_hugepages)) }
 }
 
 /// `allow_unsafe_interrupts`: accept groups without interrupt remapping.
-// Read once groups behind a real IOMMU are served.
-#[expect(dead_code)]
 pub(crate) fn allow_unsafe_interrupts() -> bool {
     // SAFETY: as for `disable_hugepages`.
     unsafe { core::ptr::read_volatile(addr_of!(type1_rs_allow_unsafe_interrupts)) }

@@ -9,7 +9,8 @@
 //! beside it: the VFIO core would offer containers to both.
 //!
 //! Files: `container.rs` (state, locks, callbacks; the lock order is written
-//! there), `ioctl.rs` (the uAPI), `store.rs` (mappings in rbtrees),
+//! there), `domain.rs` (groups behind a real IOMMU: domains, pinning and
+//! IOMMU page tables), `ioctl.rs` (the uAPI), `store.rs` (mappings in rbtrees),
 //! `params.rs` (module parameters); the rules live in the `no_std` crate
 //! `core/` (`type1_core`), the FFI in `../kmod-common/`.
 
@@ -17,12 +18,15 @@ use kernel::{c_str, prelude::*};
 
 #[path = "../kmod-common/bindings.rs"]
 mod bindings;
+#[path = "../kmod-common/iommu.rs"]
+mod iommu;
 #[path = "../kmod-common/mm.rs"]
 mod mm;
 #[path = "../kmod-common/vfio_iommu.rs"]
 mod vfio_iommu;
 
 mod container;
+mod domain;
 mod ioctl;
 mod params;
 mod store;
@@ -103,9 +107,9 @@ impl IommuDriver for Type1 {
         c.dma_rw(iova, buf)
     }
 
-    fn group_iommu_domain(_c: &Container, _group: &IommuGroup) -> Result<*mut bindings::iommu_domain> {
-        // No IOMMU domains yet: emulated groups have none.
-        Err(ENODEV)
+    fn group_iommu_domain(c: &Container, group: &IommuGroup) -> Result<*mut bindings::iommu_domain> {
+        // Emulated groups have none (`ENODEV`, as in C).
+        c.state.lock().domains.group_domain(group.key()).ok_or(ENODEV)
     }
 }
 

@@ -196,6 +196,15 @@ pub fn dmar_faults_at(iova: u64) -> usize {
         .unwrap_or(0)
 }
 
+/// How many IOMMU fault events (interrupts) the guest has handled
+/// (`DMAR: DRHD: handling fault status reg ...`).
+pub fn dmar_fault_events() -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("DRHD: handling fault status")).count())
+        .unwrap_or(0)
+}
+
 /// Waits up to `wait` for more than `before` fault reports at `iova` (the
 /// IOMMU reports faults from an interrupt); true if one came.
 pub fn wait_dmar_fault(iova: u64, before: usize, wait: Duration) -> bool {

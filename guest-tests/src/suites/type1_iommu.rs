@@ -134,28 +134,10 @@ pub fn iommu_get_info(_ctx: &Ctx) -> CaseResult {
     let s = edu_setup(0)?;
     let c = &s.container;
     let head = c.get_info_raw(argsz::<Type1Info>())?;
-    let want = u32::from_ne_bytes(head[0..4].try_into().unwrap());
     let pgsizes = u64::from_ne_bytes(head[8..16].try_into().unwrap());
     check!(pgsizes & PAGE != 0 && pgsizes & (PAGE - 1) == 0, "iova_pgsizes {pgsizes:#x} must start at 4 KiB");
     check!(pgsizes != !(PAGE - 1), "iova_pgsizes {pgsizes:#x} is the emulated-only PAGE_MASK, not the domain's");
-    let full = c.get_info_raw(want)?;
-    let mut off = u32::from_ne_bytes(full[16..20].try_into().unwrap()) as usize;
-    let mut ranges = None;
-    while off != 0 && off + 8 <= full.len() {
-        let id = u16::from_ne_bytes(full[off..off + 2].try_into().unwrap());
-        if id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
-            let n = u32::from_ne_bytes(full[off + 8..off + 12].try_into().unwrap()) as usize;
-            let mut v = Vec::new();
-            for i in 0..n {
-                let at = off + 16 + i * 16;
-                let start = u64::from_ne_bytes(full[at..at + 8].try_into().unwrap());
-                let end = u64::from_ne_bytes(full[at + 8..at + 16].try_into().unwrap());
-                v.push((start, end));
-            }
-            ranges = Some(v);
-        }
-        off = u32::from_ne_bytes(full[off + 4..off + 8].try_into().unwrap()) as usize;
-    }
+    let ranges = iova_ranges(c)?;
     let Some(ranges) = ranges else { return Err(fail("no IOVA range capability with an IOMMU domain")) };
     check!(!ranges.is_empty(), "no IOVA ranges");
     check_eq!(ranges[0].0, 0, "first IOVA range start");
@@ -172,6 +154,36 @@ pub fn iommu_get_info(_ctx: &Ctx) -> CaseResult {
     let buf = Mem::anon(PAGE)?;
     check_eq!(c.map_rw(buf.vaddr(), msi.0, PAGE).err(), Some(crate::vfio::Errno(libc::EINVAL)), "map in the MSI hole");
     Ok(())
+}
+
+/// The IOVA ranges GET_INFO reports, `None` without the capability.
+fn iova_ranges(c: &Container) -> Result<Option<Vec<(u64, u64)>>, Fail> {
+    let head = c.get_info_raw(argsz::<Type1Info>())?;
+    let want = u32::from_ne_bytes(head[0..4].try_into().unwrap());
+    let full = c.get_info_raw(want)?;
+    let mut off = u32::from_ne_bytes(full[16..20].try_into().unwrap()) as usize;
+    let mut ranges = None;
+    let mut hops = 0;
+    while off != 0 && off + 8 <= full.len() && hops < 16 {
+        let id = u16::from_ne_bytes(full[off..off + 2].try_into().unwrap());
+        if id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
+            let n = u32::from_ne_bytes(full[off + 8..off + 12].try_into().unwrap()) as usize;
+            let mut v = Vec::new();
+            for i in 0..n {
+                let at = off + 16 + i * 16;
+                if at + 16 > full.len() {
+                    return Err(fail(format!("IOVA range {i} of {n} lies past the {}-byte reply", full.len())));
+                }
+                let start = u64::from_ne_bytes(full[at..at + 8].try_into().unwrap());
+                let end = u64::from_ne_bytes(full[at + 8..at + 16].try_into().unwrap());
+                v.push((start, end));
+            }
+            ranges = Some(v);
+        }
+        off = u32::from_ne_bytes(full[off + 4..off + 8].try_into().unwrap()) as usize;
+        hops += 1;
+    }
+    Ok(ranges)
 }
 
 /// CHECK_EXTENSION with a VT-d domain: UPDATE_VADDR is offered (no mdev),
@@ -248,13 +260,19 @@ fn large_range(kind: Backing) -> CaseResult {
     let base = vm_locked_kb();
     let iova = 0x400_0000; // 64 MiB: 2 MiB aligned and below the edu's 28-bit limit.
     check!(iova + size <= EDU_DMA_LIMIT, "iova range beyond the edu DMA mask");
+    let t = std::time::Instant::now();
     c.map_rw(buf.vaddr(), iova, size)?;
+    let map_time = t.elapsed();
     check_eq!(vm_locked_kb(), base + size / 1024, "VmLck after mapping {size:#x} bytes ({kind:?})");
     // DMA at the start, across a 2 MiB boundary, and at the very end.
     round_trip(&s.edu, &buf, iova, 0, 3 * PAGE, 512, 7)?;
     round_trip(&s.edu, &buf, iova, 2 * MIB - 200, 34 * MIB - 100, 400, 8)?;
     round_trip(&s.edu, &buf, iova, size - 2 * PAGE, size - 512, 512, 9)?;
+    let t = std::time::Instant::now();
     check_eq!(c.unmap_range(iova, size)?, size, "unmapped size");
+    let unmap_time = t.elapsed();
+    // For comparing the backends by eye (TCG times, one sample).
+    println!("{kind:?}: MAP_DMA of {} MiB took {map_time:?}, UNMAP_DMA {unmap_time:?}", size / MIB);
     check_eq!(vm_locked_kb(), base, "VmLck back to the baseline after the unmap ({kind:?})");
     let before = pci::dmar_faults_at(iova + size - PAGE);
     fill(&buf, size - PAGE, &[0xa5; 64]);
@@ -301,9 +319,17 @@ pub fn second_group_sees_live_mappings(_ctx: &Ctx) -> CaseResult {
     for (e, name) in [(&s.edu, "first"), (&e1, "second")] {
         fill(&buf, 3 * PAGE, &[0x3c; 128]);
         let before = pci::dmar_faults_at(target);
+        let events = pci::dmar_fault_events();
         e.dma_to_ram(0, target, 128)?;
         check!(bytes(&buf, 3 * PAGE, 128).iter().all(|&b| b == 0x3c), "{name} device wrote after the unmap");
-        check!(pci::wait_dmar_fault(target, before, Duration::from_secs(5)), "no IOMMU fault for the {name} device");
+        // QEMU 7.2's VT-d sometimes drops the record of a second device's
+        // fault soon after another's ("New fault is not recorded due to
+        // compression of faults"); it still raises the fault event, which
+        // the guest logs. Either shows the IOMMU blocked the write.
+        check!(
+            pci::wait_dmar_fault(target, before, Duration::from_secs(5)) || pci::dmar_fault_events() > events,
+            "no IOMMU fault for the {name} device"
+        );
     }
     drop(e1);
     drop(g1);
@@ -330,6 +356,9 @@ pub fn mixed_mdev_and_pci(ctx: &Ctx) -> CaseResult {
     drop(e);
     drop(g);
     check_eq!(vm_locked_kb(), base, "VmLck after the vfio-pci group left");
+    // The IOVA ranges widen back to the whole space (the reference keeps a
+    // one-range list rather than none once a domain has existed).
+    check_eq!(iova_ranges(c)?, Some(vec![(0, u64::MAX)]), "IOVA ranges after the last domain went");
     check_eq!(c.unmap_range(iova, 4 * PAGE)?, 4 * PAGE, "unmap in the mdev-only container");
     Ok(())
 }
@@ -342,4 +371,289 @@ pub fn disable_hugepages(ctx: &Ctx) -> CaseResult {
     let r = large_range(Backing::Thp);
     let _ = std::fs::write(&param, "0");
     r
+}
+
+/// `VFIO_IOMMU_DIRTY_PAGES` GET_BITMAP argument (`struct
+/// vfio_iommu_type1_dirty_bitmap` followed by its `_get` range).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirtyGet {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+    pgsize: u64,
+    bitmap_size: u64,
+    data: u64,
+}
+
+fn dirty_flag(c: &Container, flags: u32) -> Result<(), crate::vfio::Errno> {
+    let mut d = [8u32, flags];
+    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).map(|_| ())
+}
+
+/// Dirty tracking with a vfio-pci group: its device writes through the
+/// IOMMU without telling anyone, so every page of every mapping counts as
+/// dirty, for mappings made before and during tracking alike.
+pub fn dirty_tracking_whole_mapping(_ctx: &Ctx) -> CaseResult {
+    let s = edu_setup(0)?;
+    let c = &s.container;
+    let buf = Mem::anon(16 * PAGE)?;
+    let iova = 0x50_0000;
+    c.map_rw(buf.vaddr(), iova, 8 * PAGE)?;
+    dirty_flag(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
+    c.map_rw(buf.vaddr() + 8 * PAGE, iova + 8 * PAGE, 8 * PAGE)?;
+    let mut bits = [0u8; 16];
+    let mut g = DirtyGet {
+        argsz: std::mem::size_of::<DirtyGet>() as u32,
+        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+        iova,
+        size: 16 * PAGE,
+        pgsize: PAGE,
+        bitmap_size: 8,
+        data: bits.as_mut_ptr() as u64,
+    };
+    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut g)?;
+    check_eq!(&bits[..2], &[0xffu8, 0xff][..], "dirty bits of 16 pages a vfio-pci device could write");
+    check_eq!(&bits[2..8], &[0u8; 6][..], "bits beyond the range");
+    dirty_flag(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
+    check_eq!(c.unmap_range(iova, 16 * PAGE)?, 16 * PAGE, "unmapped size");
+    Ok(())
+}
+
+/// A process that exits with its container, group, device and mappings
+/// (pinned for the IOMMU) still open leaves nothing behind: the group can
+/// be used again at once, its device DMAs through the new container only,
+/// and the end-of-run kmemleak scan stays clean.
+pub fn process_exit_with_pinned_mappings(_ctx: &Ctx) -> CaseResult {
+    let dev = edu(0)?;
+    for round in 0..2 {
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(fail("fork failed"));
+        }
+        if pid == 0 {
+            let ok = (|| -> Result<(), Fail> {
+                let s = edu_setup(0)?;
+                let buf = Mem::anon(8 * MIB)?;
+                s.container.map_rw(buf.vaddr(), 0x100_0000, 4 * MIB)?;
+                s.container.map_rw(buf.vaddr() + 4 * MIB, 0x140_0000, 4 * MIB)?;
+                round_trip(&s.edu, &buf, 0x100_0000, 0, 5 * MIB, 256, 31)?;
+                std::mem::forget(buf);
+                std::mem::forget(s);
+                Ok(())
+            })();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok.is_ok() { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child created above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        check!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child of round {round} failed: status {status:#x}");
+    }
+    // The group is free again, and the child's mappings are gone.
+    let s = edu_setup(0)?;
+    check_eq!(s.container.unmap_range(0, 1 << 39)?, 0, "mappings visible in a new container");
+    let buf = Mem::anon(4 * PAGE)?;
+    s.container.map_rw(buf.vaddr(), 0x100_0000, 4 * PAGE)?;
+    round_trip(&s.edu, &buf, 0x100_0000, 0, 2 * PAGE, 128, 32)?;
+    drop(dev);
+    Ok(())
+}
+
+/// Attaching a vfio-pci group to a container whose mappings (made while
+/// only an mdev group was attached) its IOMMU cannot serve is refused, and
+/// the container keeps working for the mdev: a mapping over a reserved
+/// region (the interrupt range) is `EINVAL`; one beyond the aperture passes
+/// the aperture check (an mdev-only container has no IOVA list to
+/// conflict with) and fails when it is replayed into the new domain, where
+/// VT-d refuses an address wider than its 39 bits (`EFAULT`).
+pub fn attach_refused_over_reserved_or_aperture(ctx: &Ctx) -> CaseResult {
+    let dev = edu(0)?;
+    let buf = Mem::anon(PAGE)?;
+    for (iova, errno, what) in [
+        (0xfee0_0000u64, libc::EINVAL, "the MSI range"),
+        (1u64 << 48, libc::EFAULT, "beyond the 39-bit aperture"),
+    ] {
+        let m = ctx.container_with_mdev("mtty-1")?;
+        let c = &m.container;
+        c.map_rw(buf.vaddr(), iova, PAGE)?;
+        let g = crate::vfio::Group::open(dev.group).map_err(|e| fail(format!("open group: {e}")))?;
+        check_eq!(
+            g.set_container(c).err(),
+            Some(crate::vfio::Errno(errno)),
+            "GROUP_SET_CONTAINER with a mapping in {what}"
+        );
+        check_eq!(iova_ranges(c)?, None, "IOVA ranges after the refused attach ({what})");
+        check_eq!(c.unmap_range(iova, PAGE)?, PAGE, "unmap after the refused attach ({what})");
+        check_eq!(vm_locked_kb(), 0, "VmLck after the refused attach ({what})");
+    }
+    // With a domain, a map beyond the aperture is refused.
+    let s = edu_setup(0)?;
+    check_eq!(
+        s.container.map_rw(buf.vaddr(), 1 << 48, PAGE).err(),
+        Some(crate::vfio::Errno(libc::EINVAL)),
+        "map beyond the aperture"
+    );
+    Ok(())
+}
+
+/// `VFIO_UPDATE_VADDR` with a domain: the vaddr is invalidated and replaced
+/// (the same memory mapped at another address), the IOMMU keeps the pages
+/// pinned throughout, and DMA reaches the memory through either address.
+pub fn update_vaddr_keeps_pins(_ctx: &Ctx) -> CaseResult {
+    let s = edu_setup(0)?;
+    let c = &s.container;
+    let len = 4 * PAGE as usize;
+    // SAFETY: plain system calls on our own fd and mappings.
+    let (fd, a, b) = unsafe {
+        let fd = libc::memfd_create(c"type1-iommu".as_ptr(), 0);
+        if fd < 0 || libc::ftruncate(fd, len as i64) != 0 {
+            return Err(fail("memfd"));
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let a = libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED | libc::MAP_POPULATE, fd, 0);
+        let b = libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED | libc::MAP_POPULATE, fd, 0);
+        if a == libc::MAP_FAILED || b == libc::MAP_FAILED {
+            return Err(fail("mmap of the memfd"));
+        }
+        (fd, a as u64, b as u64)
+    };
+    let ma = Mem { map: a as *mut u8, map_len: len, addr: a as *mut u8, len };
+    let mb = Mem { map: b as *mut u8, map_len: len, addr: b as *mut u8, len };
+    let iova = 0x60_0000;
+    let base = vm_locked_kb();
+    c.map_rw(a, iova, len as u64)?;
+    check_eq!(vm_locked_kb(), base + 16, "VmLck after mapping 4 pages");
+    let inval = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_VADDR, iova, size: len as u64 };
+    check_eq!(c.unmap(&inval)?, len as u64, "size invalidated");
+    check_eq!(vm_locked_kb(), base + 16, "VmLck while the vaddr is invalid (pins stay)");
+    c.map(&DmaMap { argsz: argsz::<DmaMap>(), flags: VFIO_DMA_MAP_FLAG_VADDR, vaddr: b, iova, size: len as u64 })?;
+    round_trip(&s.edu, &mb, iova, 0, 2 * PAGE, 512, 41)?;
+    check!(bytes(&ma, 2 * PAGE, 512) == bytes(&mb, 2 * PAGE, 512), "the two views of the memfd differ");
+    check_eq!(c.unmap_range(iova, len as u64)?, len as u64, "unmapped size");
+    check_eq!(vm_locked_kb(), base, "VmLck after the unmap");
+    drop(ma);
+    drop(mb);
+    // SAFETY: closing our own memfd.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// The `e1000e` (another device type behind the same IOMMU) joins a
+/// container with an edu and live mappings: both groups share one domain.
+/// Either group may leave first: the mappings stay while a group remains
+/// (the edu keeps DMAing after the e1000e left; after the edu left, a new
+/// edu attach sees them at once) and go with the last one.
+pub fn two_device_types_share_a_domain(_ctx: &Ctx) -> CaseResult {
+    let nic = pci::find(pci::E1000E_ID)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Fail::Skip("no e1000e behind an IOMMU (needs the VM's VT-d)".into()))?;
+    let s = edu_setup(0)?;
+    let dev0 = edu(0)?;
+    let c = &s.container;
+    let buf = Mem::anon(8 * PAGE)?;
+    let iova = 0x70_0000;
+    let base = vm_locked_kb();
+    c.map_rw(buf.vaddr(), iova, 8 * PAGE)?;
+    let ranges_before = iova_ranges(c)?;
+    let gn = pci::open_group(&nic, c)?;
+    let nicdev = gn.device(&nic.bdf).map_err(|e| fail(format!("GET_DEVICE_FD {}: {e}", nic.bdf)))?;
+    check_eq!(iova_ranges(c)?, ranges_before, "IOVA ranges after the e1000e joined");
+    check_eq!(vm_locked_kb(), base + 32, "VmLck: the shared domain pins once");
+    round_trip(&s.edu, &buf, iova, 0, 4 * PAGE, 700, 51)?;
+    drop(nicdev);
+    drop(gn);
+    round_trip(&s.edu, &buf, iova, PAGE, 5 * PAGE, 700, 52)?;
+    check_eq!(vm_locked_kb(), base + 32, "VmLck after the e1000e left");
+
+    // Now the edu leaves first: the e1000e keeps the container's mappings.
+    let gn = pci::open_group(&nic, c)?;
+    let EduSetup { edu, _group, container } = s;
+    drop(edu);
+    drop(_group);
+    check_eq!(vm_locked_kb(), base + 32, "VmLck after the edu left (the e1000e keeps the mappings)");
+    let g0 = pci::open_group(&dev0, &container)?;
+    let e0 = Edu::open(&g0, &dev0.bdf)?;
+    round_trip(&e0, &buf, iova, 2 * PAGE, 6 * PAGE, 700, 53)?;
+    drop(e0);
+    drop(g0);
+    drop(gn);
+    check_eq!(vm_locked_kb(), base, "VmLck after the last group left");
+    check_eq!(container.unmap_range(0, 1 << 39).err(), Some(crate::vfio::Errno(libc::EINVAL)), "unmap with no IOMMU set");
+    Ok(())
+}
+
+/// `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`: a child that dropped root
+/// (keeping its open VFIO files) may pin up to its limit; a map past it
+/// fails with `ENOMEM` and leaves nothing pinned; one within it works.
+pub fn memlock_limit(_ctx: &Ctx) -> CaseResult {
+    edu(0)?;
+    // SAFETY: the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(fail("fork failed"));
+    }
+    if pid == 0 {
+        let code = (|| -> Result<i32, Fail> {
+            let s = edu_setup(0)?;
+            let c = &s.container;
+            let buf = Mem::anon(4 * MIB)?;
+            let lim = libc::rlimit { rlim_cur: MIB, rlim_max: MIB };
+            // SAFETY: plain system calls; the child then runs as `nobody`
+            // without capabilities, with its VFIO files still open.
+            unsafe {
+                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Ok(10);
+                }
+            }
+            if c.map_rw(buf.vaddr(), 0x100_0000, 2 * MIB).err() != Some(crate::vfio::Errno(libc::ENOMEM)) {
+                return Ok(11);
+            }
+            if vm_locked_kb() != 0 {
+                return Ok(12);
+            }
+            if c.map_rw(buf.vaddr(), 0x100_0000, MIB / 2).is_err() {
+                return Ok(13);
+            }
+            if vm_locked_kb() != 512 {
+                return Ok(14);
+            }
+            // Another 512 KiB reaches the limit exactly; one more page is too much.
+            if c.map_rw(buf.vaddr() + MIB / 2, 0x108_0000, MIB / 2).is_err() {
+                return Ok(15);
+            }
+            if c.map_rw(buf.vaddr() + MIB, 0x110_0000, PAGE).err() != Some(crate::vfio::Errno(libc::ENOMEM)) {
+                return Ok(16);
+            }
+            round_trip(&s.edu, &buf, 0x100_0000, 0, MIB / 2 + 100, 300, 61)?;
+            if c.unmap_range(0x100_0000, MIB).ok() != Some(MIB) || vm_locked_kb() != 0 {
+                return Ok(17);
+            }
+            Ok(0)
+        })()
+        .unwrap_or(3);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child created above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let why = match code {
+        0 => return Ok(()),
+        3 => "setup or DMA failed",
+        10 => "could not drop root",
+        11 => "a 2 MiB map past a 1 MiB limit was not ENOMEM",
+        12 => "the refused map left pages locked",
+        13 => "a 512 KiB map within the limit failed",
+        14 => "VmLck is not 512 kB after the 512 KiB map",
+        15 => "a map reaching the limit exactly failed",
+        16 => "one page past the limit was not ENOMEM",
+        17 => "unmap or VmLck after it",
+        _ => "child died",
+    };
+    Err(fail(format!("memlock child: {why} (status {status:#x})")))
 }
