@@ -359,6 +359,13 @@ impl PinOps<Dma> for PinContext<'_> {
 
 impl Drop for Dma {
     fn drop(&mut self) {
+        // Mappings in IOMMU domains are torn down by `domain::remove_dma`,
+        // and the VFIO core detaches every group (so every domain goes, with
+        // the mappings) before it releases a container. Should that ever not
+        // hold, the IOMMU pins cannot be found any more: say so.
+        if self.info.iommu_mapped && self.info.size != 0 {
+            pr_warn!("mapping at iova {:#x} dropped while mapped in an IOMMU domain; its pins leak\n", self.info.iova);
+        }
         // A device that kept pins past close would leave pinned pages behind:
         // give them back rather than leak them, and say so.
         if self.pfns.is_empty_tree() {

@@ -500,6 +500,9 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
     let single = params::disable_hugepages();
     let batch_len = if single { 1 } else { PIN_BATCH };
     let mut batch = KVec::from_elem(core::ptr::null_mut(), batch_len, GFP_KERNEL)?;
+    // The batch's pfns and whether each is reserved, looked up once per page.
+    let mut pfns = KVec::from_elem((0u64, false), batch_len, GFP_KERNEL)?;
+    let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
     let prot = cx.info.prot;
     let mut run: Option<Run> = None;
@@ -522,7 +525,9 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
         let mut charge = 0i64;
         for (i, page) in batch[..got].iter().enumerate() {
             let pfn = mm::page_to_pfn(*page);
-            if mm::pfn_is_accountable(pfn) && !cx.charged_by_device(first_iova + ((i as u64) << PAGE_SHIFT)) {
+            let rsvd = !mm::pfn_is_accountable(pfn);
+            pfns[i] = (pfn, rsvd);
+            if !rsvd && (!device_pins || !cx.charged_by_device(first_iova + ((i as u64) << PAGE_SHIFT))) {
                 charge += 1;
             }
         }
@@ -530,9 +535,8 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded while pinning a mapping at iova {:#x}\n", cx.info.iova);
             }
-            for page in batch[..got].iter() {
-                let pfn = mm::page_to_pfn(*page);
-                if mm::pfn_is_accountable(pfn) {
+            for &(pfn, rsvd) in pfns[..got].iter() {
+                if !rsvd {
                     mm::unpin_pfn(pfn, write);
                 }
             }
@@ -542,8 +546,7 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             return Err(e);
         }
         for i in 0..got {
-            let pfn = mm::page_to_pfn(batch[i]);
-            let rsvd = !mm::pfn_is_accountable(pfn);
+            let (pfn, rsvd) = pfns[i];
             let iova = first_iova + ((i as u64) << PAGE_SHIFT);
             if let Some(r) = run.as_mut() {
                 if !single && pfn == r.pfn + r.npage && rsvd == r.rsvd {
@@ -554,8 +557,7 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             if let Some(r) = run.take() {
                 if let Err(e) = targets.map(r.iova, r.pfn, r.npage, prot) {
                     cx.give_back(r.iova, r.pfn, r.npage);
-                    for (j, page) in batch[i..got].iter().enumerate() {
-                        let p = mm::page_to_pfn(*page);
+                    for (j, &(p, _)) in pfns[i..got].iter().enumerate() {
                         cx.give_back(iova + ((j as u64) << PAGE_SHIFT), p, 1);
                     }
                     return Err(e);
