@@ -161,7 +161,6 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.dirty_tracking_whole_mapping", run: type1_iommu::dirty_tracking_whole_mapping },
     Case { name: "type1_iommu.process_exit_with_pinned_mappings", run: type1_iommu::process_exit_with_pinned_mappings },
     Case { name: "type1_iommu.attach_refused_over_reserved_or_aperture", run: type1_iommu::attach_refused_over_reserved_or_aperture },
-    Case { name: "type1_iommu.update_vaddr_keeps_pins", run: type1_iommu::update_vaddr_keeps_pins },
     Case { name: "type1_iommu.two_device_types_share_a_domain", run: type1_iommu::two_device_types_share_a_domain },
     Case { name: "type1_iommu.memlock_limit", run: type1_iommu::memlock_limit },
 ];

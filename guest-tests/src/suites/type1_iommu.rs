@@ -499,48 +499,6 @@ pub fn attach_refused_over_reserved_or_aperture(ctx: &Ctx) -> CaseResult {
     Ok(())
 }
 
-/// `VFIO_UPDATE_VADDR` with a domain: the vaddr is invalidated and replaced
-/// (the same memory mapped at another address), the IOMMU keeps the pages
-/// pinned throughout, and DMA reaches the memory through either address.
-pub fn update_vaddr_keeps_pins(_ctx: &Ctx) -> CaseResult {
-    let s = edu_setup(0)?;
-    let c = &s.container;
-    let len = 4 * PAGE as usize;
-    // SAFETY: plain system calls on our own fd and mappings.
-    let (fd, a, b) = unsafe {
-        let fd = libc::memfd_create(c"type1-iommu".as_ptr(), 0);
-        if fd < 0 || libc::ftruncate(fd, len as i64) != 0 {
-            return Err(fail("memfd"));
-        }
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let a = libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED | libc::MAP_POPULATE, fd, 0);
-        let b = libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED | libc::MAP_POPULATE, fd, 0);
-        if a == libc::MAP_FAILED || b == libc::MAP_FAILED {
-            return Err(fail("mmap of the memfd"));
-        }
-        (fd, a as u64, b as u64)
-    };
-    let ma = Mem { map: a as *mut u8, map_len: len, addr: a as *mut u8, len };
-    let mb = Mem { map: b as *mut u8, map_len: len, addr: b as *mut u8, len };
-    let iova = 0x60_0000;
-    let base = vm_locked_kb();
-    c.map_rw(a, iova, len as u64)?;
-    check_eq!(vm_locked_kb(), base + 16, "VmLck after mapping 4 pages");
-    let inval = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_VADDR, iova, size: len as u64 };
-    check_eq!(c.unmap(&inval)?, len as u64, "size invalidated");
-    check_eq!(vm_locked_kb(), base + 16, "VmLck while the vaddr is invalid (pins stay)");
-    c.map(&DmaMap { argsz: argsz::<DmaMap>(), flags: VFIO_DMA_MAP_FLAG_VADDR, vaddr: b, iova, size: len as u64 })?;
-    round_trip(&s.edu, &mb, iova, 0, 2 * PAGE, 512, 41)?;
-    check!(bytes(&ma, 2 * PAGE, 512) == bytes(&mb, 2 * PAGE, 512), "the two views of the memfd differ");
-    check_eq!(c.unmap_range(iova, len as u64)?, len as u64, "unmapped size");
-    check_eq!(vm_locked_kb(), base, "VmLck after the unmap");
-    drop(ma);
-    drop(mb);
-    // SAFETY: closing our own memfd.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
 /// The `e1000e` (another device type behind the same IOMMU) joins a
 /// container with an edu and live mappings: both groups share one domain.
 /// Either group may leave first: the mappings stay while a group remains

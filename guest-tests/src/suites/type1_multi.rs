@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 const PAGE: u64 = 4096;
 
 /// A one-byte message channel between parent and child (a pipe).
-struct Pipe {
+pub(super) struct Pipe {
     rx: OwnedFd,
     tx: OwnedFd,
 }
 
 impl Pipe {
-    fn new() -> Result<Self, Fail> {
+    pub(super) fn new() -> Result<Self, Fail> {
         let mut fds = [0i32; 2];
         // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
         if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -44,13 +44,13 @@ impl Pipe {
         Ok(unsafe { Pipe { rx: OwnedFd::from_raw_fd(fds[0]), tx: OwnedFd::from_raw_fd(fds[1]) } })
     }
 
-    fn send(&self, b: u8) {
+    pub(super) fn send(&self, b: u8) {
         // SAFETY: writes one byte from a live local.
         unsafe { libc::write(self.tx.as_raw_fd(), (&b as *const u8).cast(), 1) };
     }
 
     /// The next byte, or `None` when the other end is closed.
-    fn recv(&self) -> Option<u8> {
+    pub(super) fn recv(&self) -> Option<u8> {
         let mut b = 0u8;
         // SAFETY: reads at most one byte into a live local.
         let n = unsafe { libc::read(self.rx.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };

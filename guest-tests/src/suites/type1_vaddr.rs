@@ -5,6 +5,7 @@
 //! here an `edu` behind VT-d does the DMA, so the IOMMU keeps translating
 //! while no vaddr is valid.
 
+use super::type1_multi::Pipe;
 use super::{fail, CaseResult, Ctx, Fail};
 use crate::pci::{self, Edu, EDU_DMA_LIMIT};
 use crate::uapi::*;
@@ -159,7 +160,7 @@ pub fn update_vaddr(_ctx: &Ctx) -> CaseResult {
 
     // A successor (here a child) maps the same memory and takes the
     // mapping over: the locked memory moves to it.
-    let (up, down) = (pipe()?, pipe()?);
+    let (up, down) = (Pipe::new()?, Pipe::new()?);
     // SAFETY: the case is single-threaded; the child makes system calls
     // and `_exit`s.
     let pid = unsafe { libc::fork() };
@@ -172,18 +173,18 @@ pub fn update_vaddr(_ctx: &Ctx) -> CaseResult {
             std::mem::forget(v);
             ok
         });
-        send(&up, if ok { b'u' } else { b'e' });
-        let _ = recv(&down);
+        up.send(if ok { b'u' } else { b'e' });
+        let _ = down.recv();
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { libc::_exit(0) };
     }
-    check_eq!(recv(&up), Some(b'u'), "the child's VADDR update");
+    check_eq!(up.recv(), Some(b'u'), "the child's VADDR update");
     check_eq!(vm_locked_kb_of(&pid.to_string()), size / 1024, "the successor is charged");
     check_eq!(vm_locked_kb(), base, "the predecessor is not any more");
     a.write(2 * PAGE, &[0x7e; 200]);
     copy(&edu, IOVA + 2 * PAGE, IOVA + 3 * PAGE)?;
     check_eq!(b.read(3 * PAGE, 200), vec![0x7e; 200], "DMA after the update");
-    send(&down, b'x');
+    down.send(b'x');
     let mut status = 0;
     // SAFETY: waits for the child created above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -212,26 +213,4 @@ pub fn update_vaddr(_ctx: &Ctx) -> CaseResult {
     let (c, _g, _edu) = edu_container(0)?;
     check_eq!(c.unmap_range(0, 1 << 40)?, 0, "mappings in a new container");
     Ok(())
-}
-
-fn pipe() -> Result<[OwnedFd; 2], Fail> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(fail(format!("pipe: {}", std::io::Error::last_os_error())));
-    }
-    // SAFETY: pipe(2) just returned these descriptors, owned by nobody else.
-    Ok(unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] })
-}
-
-fn send(p: &[OwnedFd; 2], b: u8) {
-    // SAFETY: writes one byte from a live local.
-    unsafe { libc::write(p[1].as_raw_fd(), (&b as *const u8).cast(), 1) };
-}
-
-fn recv(p: &[OwnedFd; 2]) -> Option<u8> {
-    let mut b = 0u8;
-    // SAFETY: reads at most one byte into a live local.
-    let n = unsafe { libc::read(p[0].as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
-    (n == 1).then_some(b)
 }
