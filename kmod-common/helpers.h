@@ -45,3 +45,13 @@ struct file *kmod_helper_anon_inode_getfile(const char *name,
 					    void *priv, int flags);
 void kmod_helper_get_file(struct file *file);
 #endif
+
+/* Delayed work (kmod-common/delayed_work.rs). */
+#ifndef KMOD_COMMON_HELPERS_DELAYED_WORK_H
+#define KMOD_COMMON_HELPERS_DELAYED_WORK_H
+struct delayed_work;
+struct work_struct;
+void kmod_helper_init_delayed_work(struct delayed_work *dwork,
+				   void (*func)(struct work_struct *work));
+bool kmod_helper_mod_delayed_work_us(struct delayed_work *dwork, u64 delay_us);
+#endif

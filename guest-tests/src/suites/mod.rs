@@ -4,6 +4,7 @@
 pub mod mtty;
 pub mod mtty_dma;
 pub mod mtty_ext;
+pub mod mtty_timeout;
 pub mod type1;
 pub mod type1_stress;
 
@@ -141,4 +142,8 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.reset_releases_pins", run: mtty_dma::reset_releases_pins },
     Case { name: "mtty.dma.close_releases_pins", run: mtty_dma::close_releases_pins },
     Case { name: "mtty.dma.unmap_reaches_second_device", run: mtty_dma::unmap_reaches_second_device },
+    Case { name: "mtty.ext.char_timeout_fires_below_trigger", run: mtty_timeout::fires_below_trigger },
+    Case { name: "mtty.ext.char_timeout_waits_four_characters", run: mtty_timeout::waits_four_characters },
+    Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },
 ];
+
