@@ -74,3 +74,13 @@ int kmod_helper_group_resv_regions(struct iommu_group *group,
 void kmod_helper_unpin_pfn_range(unsigned long pfn, unsigned long npage, bool dirty);
 void kmod_helper_cond_resched(void);
 #endif
+
+/* Delayed work (kmod-common/delayed_work.rs). */
+#ifndef KMOD_COMMON_HELPERS_DELAYED_WORK_H
+#define KMOD_COMMON_HELPERS_DELAYED_WORK_H
+struct delayed_work;
+struct work_struct;
+void kmod_helper_init_delayed_work(struct delayed_work *dwork,
+				   void (*func)(struct work_struct *work));
+bool kmod_helper_mod_delayed_work_us(struct delayed_work *dwork, u64 delay_us);
+#endif

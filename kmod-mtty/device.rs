@@ -36,14 +36,21 @@
 //! flight, take the pins out of the table under `state`, and unpin after
 //! dropping it. No user copy happens under `state` either: register values
 //! are copied from and to userspace outside it.
+//!
+//! The character-timeout timer ([`Mtty::rx_work`], `rx_timer.rs`) is armed
+//! and cancelled under `state` without waiting; its callback takes `state`,
+//! so `close_device` cancels it synchronously before taking `state`.
 #![deny(unsafe_code)]
 
+use crate::delayed_work::DelayedWork;
 use crate::dma;
+use crate::rx_timer;
 use crate::irq::Irq;
 use crate::migration::MigCtl;
 use crate::model::dma_engine::MAX_PINS;
 use crate::model::migration::MttyState;
 use crate::model::pci_config::{PortCount, CONFIG_SIZE, DMA_BAR, IO_BAR_SIZE};
+use crate::model::rx_timeout::RxTimeouts;
 use crate::model::uart::IrqChange;
 use crate::vfio_device::uapi::*;
 use crate::vfio_device::{self as vd, Device, DeviceOps, MigState, MigrationFile, PinnedPages};
@@ -103,6 +110,10 @@ pub(crate) struct State {
     pub(crate) ffi_in_flight: bool,
     /// Number of `dma_unmap` calls waiting for `ffi_in_flight` to clear.
     pub(crate) unmap_waiting: u32,
+    /// Character-timeout deadlines and what the timer is armed for.
+    pub(crate) rx_timer: RxTimeouts,
+    /// The device is open: the character-timeout timer may be armed.
+    pub(crate) timer_enabled: bool,
 }
 
 impl State {
@@ -128,6 +139,10 @@ pub(crate) struct Mtty {
     /// Signalled when `State::ffi_in_flight` clears.
     #[pin]
     pub(crate) ffi_done: CondVar,
+    /// The character-timeout timer (`rx_timer.rs`); its callback takes
+    /// `state`.
+    #[pin]
+    pub(crate) rx_work: DelayedWork<Device<Mtty>>,
 }
 
 impl Mtty {
@@ -145,8 +160,11 @@ impl Mtty {
                 engine_active: false,
                 ffi_in_flight: false,
                 unmap_waiting: 0,
+                rx_timer: RxTimeouts::new(),
+                timer_enabled: false,
             }, "Mtty::state"),
             ffi_done <- new_condvar!("Mtty::ffi_done"),
+            rx_work <- DelayedWork::new(),
         }? Error)
     }
 
@@ -161,6 +179,8 @@ impl Mtty {
         let mut st = dev.state.lock();
         let pins = dma::take_all(dev, &mut st);
         st.model.reset();
+        // Empty FIFOs want no timeout: this cancels a pending timer.
+        rx_timer::update(dev, &mut st);
         drop(st);
         dma::unpin_all(dev, pins);
     }
@@ -261,6 +281,7 @@ impl Mtty {
             }
         };
         st.irq_update(before);
+        rx_timer::update(dev, &mut st);
         drop(st);
         if matches!(region, Region::Port(0, _)) {
             dma::run(dev);
@@ -312,6 +333,7 @@ impl Mtty {
             Region::NoBar => Ok(()),
         };
         st.irq_update(before);
+        rx_timer::update(dev, &mut st);
         drop(st);
         // Port 0 data, the DMA registers or bus mastering may have changed.
         if matches!(region, Region::Port(0, _) | Region::Dma(_) | Region::Config(_)) {
@@ -367,8 +389,15 @@ impl DeviceOps for Mtty {
     const NAME: &'static CStr = c_str!("vfio-mtty");
     const MIGRATION_FLAGS: u32 = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
 
+    fn open_device(dev: &Device<Self>) -> Result {
+        rx_timer::start(dev);
+        Ok(())
+    }
+
     fn close_device(dev: &Device<Self>) {
         crate::migration::disable_files(&mut dev.mig.lock());
+        // Before taking `state`: waits for a running timer callback.
+        rx_timer::stop(dev);
         let mut st = dev.state.lock();
         st.irq.disable();
         let pins = dma::take_all(dev, &mut st);

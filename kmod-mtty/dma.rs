@@ -134,6 +134,8 @@ pub(crate) fn run(dev: &Device<Mtty>) {
             }
         }
     }
+    // Transfers moved bytes through port 0's FIFO.
+    crate::rx_timer::update(dev, &mut st);
     st.engine_active = false;
 }
 

@@ -136,6 +136,7 @@ fn load(dev: &Device<Mtty>, f: &ResumeFile) -> Result {
     let mut st = dev.state.lock();
     let pins = crate::dma::take_all(dev, &mut st);
     st.model = new;
+    crate::rx_timer::update(dev, &mut st);
     drop(st);
     crate::dma::unpin_all(dev, pins);
     Ok(())

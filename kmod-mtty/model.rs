@@ -18,6 +18,8 @@ pub(crate) mod dma_engine;
 pub(crate) mod migration;
 #[path = "core/src/pci_config.rs"]
 pub(crate) mod pci_config;
+#[path = "core/src/rx_timeout.rs"]
+pub(crate) mod rx_timeout;
 #[path = "core/src/uart.rs"]
 pub(crate) mod uart;
 #[path = "core/src/wire.rs"]

@@ -9,6 +9,7 @@
 //! - [`irq`]: INTx/MSI through eventfds, as a level.
 //! - [`dma`]: runs the DMA engine with pinned pages.
 //! - [`migration`]: VFIO migration v2.
+//! - [`rx_timer`]: the UART character-timeout timer.
 //! - [`model`]: the kernel-independent device model (`core/`).
 //!
 //! Design, lock order and differences from the sample: `docs/mtty.md`.
@@ -17,6 +18,8 @@ use kernel::prelude::*;
 
 #[path = "../kmod-common/bindings.rs"]
 mod bindings;
+#[path = "../kmod-common/delayed_work.rs"]
+mod delayed_work;
 #[path = "../kmod-common/eventfd.rs"]
 mod eventfd;
 #[path = "../kmod-common/mdev.rs"]
@@ -30,6 +33,7 @@ mod irq;
 mod migration;
 mod model;
 mod parent;
+mod rx_timer;
 
 module! {
     type: MttyModule,

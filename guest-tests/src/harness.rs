@@ -239,10 +239,11 @@ fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
         Err(e) => return (Verdict::Fail(format!("cannot start case process: {e}")), vec![]),
     };
     let start = Instant::now();
+    let limit = suites::case_timeout(name).map_or(cfg.case_timeout, |t| t.max(cfg.case_timeout));
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
-            Ok(None) if start.elapsed() > cfg.case_timeout => {
+            Ok(None) if start.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -261,7 +262,7 @@ fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
     }
     let mut diags: Vec<String> = out.lines().map(str::to_owned).collect();
     let verdict = match status {
-        None => Verdict::Fail(format!("timed out after {} s", cfg.case_timeout.as_secs())),
+        None => Verdict::Fail(format!("timed out after {} s", limit.as_secs())),
         Some(s) if s.success() => Verdict::Pass,
         Some(s) if s.code() == Some(crate::EXIT_SKIP) => {
             let why = diags.pop().unwrap_or_default();

@@ -218,9 +218,11 @@ pub fn clean_cache(paths: &Paths, stale: bool) -> Result<()> {
         return Ok(());
     }
     let current = current_dir(paths)?;
+    // The QEMU case's tiny kernel (crate::inner) for the current key stays too.
+    let inner = crate::inner::current_dir(paths, &KernelBuild::external(PathBuf::new(), Some(current.join("src"))))?;
     let Ok(entries) = std::fs::read_dir(paths.kernels()) else { return Ok(()) };
     for e in entries.flatten() {
-        if e.path() != current {
+        if e.path() != current && e.path() != inner {
             step(&format!("removing stale kernel build {}", e.path().display()));
             std::fs::remove_dir_all(e.path())?;
         }
@@ -234,6 +236,7 @@ fn report_other_caches(paths: &Paths, current: &Path) {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p != current)
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tiny-")))
         .collect();
     if !others.is_empty() {
         note(&format!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod inner;
 mod kernel;
 mod modules;
 mod paths;

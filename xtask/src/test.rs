@@ -1,6 +1,7 @@
 //! `cargo xtask test`, `shell` and `demo`: everything that boots the VM.
 
 use crate::cmd::{self, note, step};
+use crate::inner;
 use crate::kernel::{self, KernelBuild};
 use crate::modules::{self, BuiltModules};
 use crate::paths::Paths;
@@ -12,6 +13,9 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// The guest case that needs the inner guest kernel (`crate::inner`).
+const QEMU_CASE: &str = "mtty.qemu.guest_8250";
 
 /// Options of `cargo xtask test`.
 pub struct TestOpts {
@@ -144,8 +148,15 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     let results = paths.vm_results().join("results");
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
+    // The QEMU case boots a tiny kernel of its own: build it only when that
+    // case is selected.
+    let mut env = String::new();
+    if o.filter.as_deref().is_none_or(|f| QEMU_CASE.contains(f)) {
+        let g = inner::inner_guest(paths, &p.kernel)?;
+        env = format!("VFIO_RS_INNER_KERNEL='{}' VFIO_RS_INNER_INITRD='{}' ", g.bzimage.display(), g.initramfs.display());
+    }
     let mut exec = format!(
-        "{} run --results {} {} --backends {}",
+        "{env}{} run --results {} {} --backends {}",
         p.guest.display(),
         results.display(),
         guest_args(&p),

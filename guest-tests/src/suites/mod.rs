@@ -1,9 +1,12 @@
 //! The test cases. Each case runs in its own process against whichever
 //! backend is loaded, and must give the same results on both.
 
+pub mod mdevctl;
 pub mod mtty;
 pub mod mtty_dma;
 pub mod mtty_ext;
+pub mod mtty_qemu;
+pub mod mtty_timeout;
 pub mod type1;
 pub mod type1_faults;
 pub mod type1_multi;
@@ -163,4 +166,18 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.attach_refused_over_reserved_or_aperture", run: type1_iommu::attach_refused_over_reserved_or_aperture },
     Case { name: "type1_iommu.two_device_types_share_a_domain", run: type1_iommu::two_device_types_share_a_domain },
     Case { name: "type1_iommu.memlock_limit", run: type1_iommu::memlock_limit },
+    Case { name: "mtty.ext.char_timeout_fires_below_trigger", run: mtty_timeout::fires_below_trigger },
+    Case { name: "mtty.ext.char_timeout_waits_four_characters", run: mtty_timeout::waits_four_characters },
+    Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },
+    Case { name: "mtty.mdevctl.start_stop", run: mdevctl::start_stop },
+    Case { name: "mtty.qemu.guest_8250", run: mtty_qemu::guest_8250 },
 ];
+
+/// Cases that need longer than the runner's default per-case timeout.
+pub fn case_timeout(name: &str) -> Option<std::time::Duration> {
+    match name {
+        // QEMU boots a kernel under TCG inside this TCG guest.
+        "mtty.qemu.guest_8250" => Some(mtty_qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
+        _ => None,
+    }
+}

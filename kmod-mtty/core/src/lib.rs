@@ -16,5 +16,6 @@
 pub mod dma_engine;
 pub mod migration;
 pub mod pci_config;
+pub mod rx_timeout;
 pub mod uart;
 pub mod wire;
