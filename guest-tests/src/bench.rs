@@ -563,6 +563,9 @@ pub fn run(cfg: &BenchConfig) -> bool {
             let side = if b == cfg.pair.0 { "c" } else { "rust" };
             let head = format!("{{\"round\":{round},\"backend\":{},\"side\":\"{side}\"", json_str(b.name()));
             println!("bench: round {round}/{} backend {} ({side} side), {:.0} s elapsed", cfg.rounds, b.name(), start.elapsed().as_secs_f64());
+            // Markers in the kernel log: the host attributes every kernel
+            // report to the side (and modules) that were loaded when it fired.
+            kmsg(&format!("{MARK} begin round {round} side {side} backend {}", b.name()));
             if let Err(err) = harness::load_backend(&cfg.run, b) {
                 let _ = writeln!(out, "{head},\"workload\":\"modules.load\",\"error\":{}}}", json_str(&err));
                 println!("bench: loading {} failed: {err}", b.name());
@@ -618,6 +621,117 @@ pub fn run(cfg: &BenchConfig) -> bool {
                 println!("bench: unloading {} failed: {err}", b.name());
                 return false;
             }
+            kmsg(&format!("{MARK} end round {round} side {side} backend {}", b.name()));
+        }
+    }
+    ok
+}
+
+/// Prefix of the side markers written to the kernel log (xtask/src/bench.rs
+/// looks for it).
+const MARK: &str = "vfio-rs-bench:";
+
+/// Writes one line to the kernel log.
+fn kmsg(line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// `vfio-guest bench --perf`: for each selected workload and each side of
+/// the pair (Rust first), loads the side's modules, runs the workload once
+/// under `perf record -g` (cpu-clock sampling: TCG has no hardware
+/// counters) and writes, while the modules are still loaded so that
+/// `/proc/kallsyms` names their functions:
+///
+/// - `perf-<workload>-<side>.self.txt`: flat profile, self time per symbol;
+/// - `perf-<workload>-<side>.children.txt`: inclusive time per symbol;
+/// - `perf-<workload>-<side>.graph.txt`: call graphs (callers of each hot symbol).
+pub fn perf(cfg: &BenchConfig) -> bool {
+    let dir = &cfg.run.results;
+    let _ = std::fs::create_dir_all(dir);
+    harness_debugfs_clear();
+    // Kernel addresses and sampling for root without restrictions.
+    let _ = std::fs::write("/proc/sys/kernel/kptr_restrict", "0");
+    let _ = std::fs::write("/proc/sys/kernel/perf_event_paranoid", "-1");
+    let selected: Vec<&Workload> = WORKLOADS
+        .iter()
+        .filter(|w| cfg.run.filter.as_deref().is_none_or(|f| f.split(',').any(|f| w.name.contains(f))))
+        .collect();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut ok = true;
+    for w in &selected {
+        for (side, b) in [("rust", cfg.pair.1), ("c", cfg.pair.0)] {
+            if w.needs_engine && !b.rust_mtty {
+                println!("perf: {} skipped on {}: needs the DMA engine of mtty_rs", w.name, b.name());
+                continue;
+            }
+            kmsg(&format!("{MARK} begin round 0 side {side} backend {}", b.name()));
+            if let Err(err) = harness::load_backend(&cfg.run, b) {
+                println!("perf: loading {} failed: {err}", b.name());
+                let _ = harness::unload_backend(&cfg.run, b);
+                return false;
+            }
+            let base = dir.join(format!("perf-{}-{side}", w.name));
+            let data = base.with_extension("data");
+            let t = Instant::now();
+            let rec = Command::new("perf")
+                .args(["record", "-q", "-N", "-e", "cpu-clock", "-F", "1999", "-g", "-o"])
+                .arg(&data)
+                .arg("--")
+                .arg(&exe)
+                .args(["bench-one", w.name, "--backend", b.name(), "--scale", &cfg.scale.to_string()])
+                .stdin(Stdio::null())
+                .output();
+            match rec {
+                Ok(o) if o.status.success() => {
+                    let samples: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap_or("").lines().filter(|l| l.starts_with("SAMPLE")).collect();
+                    println!("perf: {} on {} ({side} side), {:.1} s: {}", w.name, b.name(), t.elapsed().as_secs_f64(), samples.join("; "));
+                    let reports: [(&str, &[&str]); 3] = [
+                        ("self", &["--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "0.3"]),
+                        ("children", &["--children", "--sort", "sym", "-g", "none", "--percent-limit", "0.5"]),
+                        ("graph", &["--no-children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "2"]),
+                    ];
+                    for (kind, extra) in reports {
+                        let out = Command::new("perf")
+                            .args(["report", "--stdio", "--kallsyms", "/proc/kallsyms", "-i"])
+                            .arg(&data)
+                            .args(extra)
+                            .stdin(Stdio::null())
+                            .output();
+                        let path = base.with_extension(format!("{kind}.txt"));
+                        match out {
+                            Ok(o) => {
+                                let mut text = o.stdout;
+                                text.extend_from_slice(&o.stderr);
+                                let _ = std::fs::write(&path, text);
+                            }
+                            Err(err) => println!("perf: cannot run perf report: {err}"),
+                        }
+                    }
+                }
+                Ok(o) => {
+                    ok = false;
+                    println!(
+                        "perf: {} on {} failed ({}): {}",
+                        w.name,
+                        b.name(),
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or("")
+                    );
+                }
+                Err(err) => {
+                    println!("perf: cannot run perf ({err}): is linux-perf installed on the host? (cargo xtask setup)");
+                    let _ = harness::unload_backend(&cfg.run, b);
+                    return false;
+                }
+            }
+            let _ = std::fs::remove_file(&data);
+            if let Err(err) = harness::unload_backend(&cfg.run, b) {
+                println!("perf: unloading {} failed: {err}", b.name());
+                return false;
+            }
+            kmsg(&format!("{MARK} end round 0 side {side} backend {}", b.name()));
         }
     }
     ok
