@@ -553,11 +553,40 @@ pub fn run(cfg: &BenchConfig) -> bool {
     println!("bench: {} workload(s), {} round(s), C side {}, Rust side {}", selected.len(), cfg.rounds, cfg.pair.0.name(), cfg.pair.1.name());
     let mut ok = true;
     let start = Instant::now();
+    // Warm-up (round 0, untimed, at a twentieth of the iterations): every
+    // selected workload on the Rust side, then on the C side. Lockdep turns
+    // itself off after its first report, and the C type1 reports its known
+    // lock inversion (docs/type1.md) on its first pinned unmap. So the Rust
+    // modules run every workload under a live lockdep first, and the C
+    // side's report (if any) comes before the timed rounds: every timed
+    // round then runs with the same lockdep state on both sides.
+    for (side, b) in [("rust", cfg.pair.1), ("c", cfg.pair.0)] {
+        println!("bench: warm-up (untimed) backend {} ({side} side), {:.0} s elapsed", b.name(), start.elapsed().as_secs_f64());
+        kmsg(&format!("{MARK} begin round 0 side {side} backend {}", b.name()));
+        if let Err(err) = harness::load_backend(&cfg.run, b) {
+            let _ = writeln!(out, "{{\"round\":0,\"side\":\"{side}\",\"workload\":\"modules.load\",\"error\":{}}}", json_str(&err));
+            println!("bench: loading {} failed: {err}", b.name());
+            let _ = harness::unload_backend(&cfg.run, b);
+            return false;
+        }
+        for w in selected.iter().filter(|w| !w.needs_engine || b.rust_mtty) {
+            let (code, _, stderr) = spawn_one(w.name, b, cfg, cfg.scale / 20.0);
+            if !matches!(code, Some(0)) && code != Some(crate::EXIT_SKIP) {
+                ok = false;
+                let why = format!("warm-up: exit {code:?}: {}", stderr.trim().lines().last().unwrap_or(""));
+                let _ = writeln!(out, "{{\"round\":0,\"side\":\"{side}\",\"workload\":{},\"error\":{}}}", json_str(w.name), json_str(&why));
+                println!("bench:   {} FAILED: {why}", w.name);
+            }
+        }
+        if let Err(err) = harness::unload_backend(&cfg.run, b) {
+            println!("bench: unloading {} failed: {err}", b.name());
+            return false;
+        }
+        kmsg(&format!("{MARK} end round 0 side {side} backend {}", b.name()));
+    }
     for round in 1..=cfg.rounds {
-        // Rust first in round 1: lockdep turns itself off after its first
-        // report, and the C type1 reports its known lock inversion
-        // (docs/type1.md) on the first pinned unmap; going first, the Rust
-        // modules run every workload under a live lockdep.
+        // The side that goes first alternates, so drift in the VM spreads
+        // over both.
         let order = if round % 2 == 1 { [cfg.pair.1, cfg.pair.0] } else { [cfg.pair.0, cfg.pair.1] };
         for b in order {
             let side = if b == cfg.pair.0 { "c" } else { "rust" };
@@ -580,7 +609,7 @@ pub fn run(cfg: &BenchConfig) -> bool {
                     continue;
                 }
                 let t = Instant::now();
-                let (code, stdout, stderr) = spawn_one(w.name, b, cfg);
+                let (code, stdout, stderr) = spawn_one(w.name, b, cfg, cfg.scale);
                 let mut got = Vec::new();
                 for line in stdout.lines() {
                     let mut f = line.split_whitespace();
@@ -756,10 +785,10 @@ fn harness_debugfs_clear() {
 }
 
 /// Runs one workload in its own process; (exit code or None on timeout, stdout, stderr).
-fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig) -> (Option<i32>, String, String) {
+fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig, scale: f64) -> (Option<i32>, String, String) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let child = Command::new(exe)
-        .args(["bench-one", name, "--backend", b.name(), "--scale", &cfg.scale.to_string()])
+        .args(["bench-one", name, "--backend", b.name(), "--scale", &scale.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -538,13 +538,13 @@ fn judge_splats(console: &str, found: &[report::Splat], log: &Path) -> bool {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 if let ["end", "round", n, "side", "rust", ..] = f[..] {
                     if i < pos {
-                        live.push(n.to_owned());
+                        live.push(if n == "0" { "0 (warm-up)".to_owned() } else { n.to_owned() });
                     }
                 }
             }
         }
         note(&format!(
-            "lockdep stops after its first report: it checked the Rust side in round(s) {} (KASAN, kmemleak and WARN checks stay on for the whole run)",
+            "lockdep stops after its first report: it checked the Rust side in round(s) {} (KASAN, kmemleak and WARN checks stay on for the whole run; docs/bench.md)",
             if live.is_empty() { "none".to_owned() } else { live.join(", ") }
         ));
     }
