@@ -84,6 +84,10 @@ impl Drop for MmUsers<'_> {
 /// A page frame number as VFIO records pins.
 pub(crate) type Pfn = u64;
 
+/// Most pages [`MmUsers::pin_pages`] pins in one call (its page array is
+/// on the stack).
+pub(crate) const PIN_RUN_MAX: usize = 16;
+
 impl MmUsers<'_> {
     fn mm(&self) -> *mut bindings::mm_struct {
         self.0 .0.as_ptr()
@@ -122,6 +126,41 @@ impl MmUsers<'_> {
             r if r < 0 => Err(Error::from_errno(r as i32)),
             _ => Err(EFAULT),
         }
+    }
+
+    /// Pins the pages from `vaddr` into `out` with one
+    /// `pin_user_pages_remote` call (same flags as [`Self::pin_page`]): at
+    /// most `out.len()` and at most [`PIN_RUN_MAX`] pages. Returns how many
+    /// it pinned from the start (`0` if not even the first page could be).
+    pub(crate) fn pin_pages(&self, vaddr: u64, write: bool, out: &mut [Pfn]) -> usize {
+        let mut flags = bindings::FOLL_LONGTERM;
+        if write {
+            flags |= bindings::FOLL_WRITE;
+        }
+        let mut pages = [core::ptr::null_mut::<bindings::page>(); PIN_RUN_MAX];
+        let n = out.len().min(PIN_RUN_MAX);
+        // SAFETY: we hold a user reference, so the mm's address space is live
+        // for the lock/pin/unlock sequence; `pages` has room for `n` entries.
+        let ret = unsafe {
+            bindings::kmod_helper_mmap_read_lock(self.mm());
+            let r = bindings::pin_user_pages_remote(
+                self.mm(),
+                vaddr as ffi::c_ulong,
+                n as ffi::c_ulong,
+                flags as ffi::c_uint,
+                pages.as_mut_ptr(),
+                core::ptr::null_mut(),
+            );
+            bindings::kmod_helper_mmap_read_unlock(self.mm());
+            r
+        };
+        let got = usize::try_from(ret).unwrap_or(0).min(n);
+        for (slot, page) in out.iter_mut().zip(pages.iter()).take(got) {
+            // SAFETY: the first `got` entries were just pinned, so they are
+            // valid pages.
+            *slot = unsafe { bindings::kmod_helper_page_to_pfn(*page) } as Pfn;
+        }
+        got
     }
 
     /// `__account_locked_vm`: adds (`npage > 0`) or removes `npage` pages to

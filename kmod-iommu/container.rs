@@ -92,7 +92,7 @@ impl Container {
             try_pin_init!(Container {
                 devices <- new_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
                 state <- new_mutex!(
-                    State { iommu, dmas: Mappings(RBTree::new()), groups: RBTree::new(), registrations_lost: false },
+                    State { iommu, dmas: Mappings::new(), groups: RBTree::new(), registrations_lost: false },
                     "vfio_iommu_type1_rs::state"
                 ),
             }),
@@ -298,6 +298,41 @@ impl PinOps<Dma> for PinContext<'_> {
             entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, 1);
         }
         Ok(pfn)
+    }
+
+    fn pin_run_external(
+        &mut self,
+        entry: &mut Dma,
+        vaddr: u64,
+        out: &mut [u64],
+        do_accounting: bool,
+    ) -> core::result::Result<usize, Errno> {
+        if out.len() > 1 {
+            // The whole run under one mmap lock, charged at once.
+            let users = entry.mm.users().ok_or(cerr::ENODEV)?;
+            let write = entry.info.prot & IOMMU_WRITE != 0;
+            let got = users.pin_pages(vaddr, write, out);
+            if got > 0 {
+                let pinned = out.get(..got).unwrap_or(&[]);
+                let charge = pinned.iter().filter(|p| mm::pfn_is_accountable(**p)).count() as i64;
+                if !do_accounting || charge == 0 {
+                    return Ok(got);
+                }
+                if users.account_locked(&entry.task, charge, entry.info.lock_cap).is_ok() {
+                    entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, charge);
+                    return Ok(got);
+                }
+                // Over the limit (or interrupted): give the run back; page by
+                // page finds the page that crosses the limit and its errno.
+                for pfn in pinned {
+                    mm::unpin_pfn(*pfn, write);
+                }
+            }
+        }
+        // One page, exactly as the C loop pins it.
+        let first = out.first_mut().ok_or(cerr::EINVAL)?;
+        *first = self.pin_page_external(entry, vaddr, do_accounting)?;
+        Ok(1)
     }
 
     fn pfn_valid(&self, pfn: u64) -> bool {

@@ -701,8 +701,9 @@ pub fn perf(cfg: &BenchConfig) -> bool {
                 let _ = harness::unload_backend(&cfg.run, b);
                 return false;
             }
-            let base = dir.join(format!("perf-{}-{side}", w.name));
-            let data = base.with_extension("data");
+            // Names by formatting: workload names contain dots.
+            let base = format!("perf-{}-{side}", w.name);
+            let data = dir.join(format!("{base}.data"));
             let t = Instant::now();
             let rec = Command::new("perf")
                 .args(["record", "-q", "-N", "-e", "cpu-clock", "-F", "1999", "-g", "-o"])
@@ -728,7 +729,7 @@ pub fn perf(cfg: &BenchConfig) -> bool {
                             .args(extra)
                             .stdin(Stdio::null())
                             .output();
-                        let path = base.with_extension(format!("{kind}.txt"));
+                        let path = dir.join(format!("{base}.{kind}.txt"));
                         match out {
                             Ok(o) => {
                                 let mut text = o.stdout;
