@@ -122,6 +122,7 @@ impl Mappings {
 
     /// A node for a new mapping: a spare one if there is one, else a new
     /// allocation (which may sleep: the container lock is a mutex).
+    #[inline]
     pub(crate) fn slot(&mut self) -> Result<DmaSlot> {
         if let Some(i) = self.nspare.checked_sub(1) {
             if let Some(slot) = self.spare.get_mut(i).and_then(Option::take) {
@@ -134,6 +135,7 @@ impl Mappings {
 
     /// Links a new mapping (whose range overlaps no other: checked by
     /// `validate_map` under the same lock).
+    #[inline]
     pub(crate) fn insert(&mut self, slot: DmaSlot, iova: u64, dma: Dma) {
         drop(self.tree.insert(slot.into_node(iova, Some(dma))));
     }
@@ -170,6 +172,7 @@ impl DmaTree for Mappings {
         self.tree.get_mut(&key).and_then(Option::as_mut)
     }
 
+    #[inline]
     fn remove(&mut self, key: u64) -> Option<Dma> {
         let mut entry = self.tree.find_mut(&key)?;
         let dma = entry.get_mut().take();
@@ -185,6 +188,7 @@ impl DmaTree for Mappings {
         dma
     }
 
+    #[inline]
     fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
         // One search instead of the default's four (see `DmaTree::around`).
         let at = |(k, d): (&u64, &Option<Dma>)| d.as_ref().map(|d| (*k, d.info));
