@@ -38,7 +38,7 @@
 
 use crate::bindings;
 use crate::mm::{self, MmGrab, TaskRef};
-use crate::store::{Dma, Mappings, PfnTree};
+use crate::store::{Dma, Mappings, PfnSpares, PfnTree};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
 use crate::type1_core::iommu::VfioIommu;
@@ -71,6 +71,8 @@ pub(crate) struct State {
     /// Mirrors `DeviceList::has_lost` for the pin path, which may not take
     /// the device-list lock.
     pub(crate) registrations_lost: bool,
+    /// Nodes of unpinned pages, for the next pins.
+    pub(crate) pfn_spares: PfnSpares,
 }
 
 /// One container using this backend.
@@ -92,7 +94,7 @@ impl Container {
             try_pin_init!(Container {
                 devices <- new_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
                 state <- new_mutex!(
-                    State { iommu, dmas: Mappings::new(), groups: RBTree::new(), registrations_lost: false },
+                    State { iommu, dmas: Mappings::new(), groups: RBTree::new(), registrations_lost: false, pfn_spares: PfnSpares::new() },
                     "vfio_iommu_type1_rs::state"
                 ),
             }),
@@ -199,8 +201,8 @@ impl Container {
             // A device missing from the list could not be told to unpin.
             return Err(ENOMEM);
         }
-        let State { iommu, dmas, groups, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: group.key() };
+        let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
         let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
         drop(st);
         for (slot, pfn) in pages.iter_mut().zip(pfns.iter()) {
@@ -213,8 +215,8 @@ impl Container {
     pub(crate) fn unpin_pages(&self, iova: u64, npage: usize) {
         let Ok(npage) = i32::try_from(npage) else { return };
         let mut st = self.state.lock();
-        let State { iommu, dmas, groups, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: GroupKey::NONE };
+        let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: GroupKey::NONE, spares: pfn_spares };
         let done = cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
         if iommu.v2 && done != npage {
             // The C type1 WARNs here: a driver unpinned memory that is not
@@ -279,6 +281,8 @@ struct PinContext<'a> {
     groups: &'a mut RBTree<GroupKey, bool>,
     /// The group of the device that pins; `GroupKey::NONE` for unpins.
     group: GroupKey,
+    /// Nodes of unpinned pages (`take_slot`, `recycle_slot`).
+    spares: &'a mut PfnSpares,
 }
 
 impl PinOps<Dma> for PinContext<'_> {
@@ -361,7 +365,11 @@ impl PinOps<Dma> for PinContext<'_> {
     }
 
     fn take_slot(&mut self) -> core::result::Result<RBTreeNodeReservation<u64, cpin::VfioPfn>, Errno> {
-        RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| cerr::ENOMEM)
+        self.spares.take().map_err(|_| cerr::ENOMEM)
+    }
+
+    fn recycle_slot(&mut self, slot: RBTreeNodeReservation<u64, cpin::VfioPfn>) {
+        self.spares.keep(slot);
     }
 
     fn promote_pinned_scope(&mut self) -> bool {

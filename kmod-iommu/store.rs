@@ -59,6 +59,12 @@ impl PfnStore for PfnTree {
         self.0.remove(&iova)
     }
 
+    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
+        let entry = self.0.find_mut(&iova)?;
+        let vpfn = *entry.get();
+        Some((vpfn, Some(entry.remove_node().into_reservation())))
+    }
+
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, mut f: F) {
         for (k, v) in self.0.iter() {
             f(*k, v);
@@ -92,6 +98,48 @@ impl DmaEntry for Dma {
 
     fn free_bitmap(&mut self) {
         self.bitmap = None;
+    }
+}
+
+/// How many nodes of unpinned pages a container keeps for its next pins.
+const SPARE_PFN_NODES: usize = 8;
+
+/// Nodes of unpinned pages, kept for the next pins of any mapping of the
+/// container: a device that pins and unpins buffer pages all the time (as
+/// the mtty DMA engine does per descriptor) then allocates and frees no
+/// node per page.
+pub(crate) struct PfnSpares {
+    spare: [Option<RBTreeNodeReservation<u64, VfioPfn>>; SPARE_PFN_NODES],
+    n: usize,
+}
+
+impl PfnSpares {
+    pub(crate) fn new() -> Self {
+        PfnSpares { spare: core::array::from_fn(|_| None), n: 0 }
+    }
+
+    /// A node for a new pin: a spare one, else a new allocation.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Result<RBTreeNodeReservation<u64, VfioPfn>> {
+        if let Some(i) = self.n.checked_sub(1) {
+            if let Some(slot) = self.spare.get_mut(i).and_then(Option::take) {
+                self.n = i;
+                return Ok(slot);
+            }
+        }
+        RBTreeNodeReservation::new(GFP_KERNEL)
+    }
+
+    /// Keeps a node (frees it when there are enough spares).
+    #[inline]
+    pub(crate) fn keep(&mut self, slot: RBTreeNodeReservation<u64, VfioPfn>) {
+        match self.spare.get_mut(self.n) {
+            Some(s) => {
+                *s = Some(slot);
+                self.n += 1;
+            }
+            None => drop(slot),
+        }
     }
 }
 

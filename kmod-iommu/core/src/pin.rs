@@ -50,6 +50,13 @@ pub trait PfnStore {
     /// `vfio_unlink_pfn()`.
     fn remove(&mut self, iova: u64) -> Option<VfioPfn>;
 
+    /// `vfio_unlink_pfn()`, keeping the entry's node if the store can:
+    /// the unpin path hands it to [`PinOps::recycle_slot`] so that a later
+    /// pin can use it again. The default frees it.
+    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
+        self.remove(iova).map(|v| (v, None))
+    }
+
     /// Calls `f` with every pinned iova and its entry, in iova order.
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, f: F);
 }
@@ -102,6 +109,12 @@ pub trait PinOps<E: DmaEntry> {
     /// Hands out a preallocated node for `vfio_add_to_pfn_list()`;
     /// `ENOMEM` stands for the C `kzalloc()` failure.
     fn take_slot(&mut self) -> Result<<E::Pfns as PfnStore>::Slot, Errno>;
+
+    /// Takes back the node of an unpinned page for a later `take_slot`;
+    /// the default frees it.
+    fn recycle_slot(&mut self, slot: <E::Pfns as PfnStore>::Slot) {
+        drop(slot);
+    }
 
     /// Sets `pinned_page_dirty_scope` on the calling device's group and
     /// returns true if it was not set before (the C code then decrements
@@ -172,10 +185,23 @@ where
     let unlocked = {
         let parts = entry.parts_mut();
         let prot = parts.dma.prot;
-        match put_vfio_pfn(parts.pfn_list, iova) {
-            PutPfn::NotPinned => return 0,
-            PutPfn::StillPinned => 0,
-            PutPfn::Released(pfn) => u32::from(ops.put_pfn(pfn, prot)),
+        // `put_vfio_pfn`, keeping the node of a released entry.
+        let Some(vpfn) = parts.pfn_list.get_mut(iova) else {
+            return 0;
+        };
+        vpfn.ref_count = vpfn.ref_count.wrapping_sub(1);
+        if vpfn.ref_count != 0 {
+            0
+        } else {
+            match parts.pfn_list.remove_keep(iova) {
+                Some((v, slot)) => {
+                    if let Some(slot) = slot {
+                        ops.recycle_slot(slot);
+                    }
+                    u32::from(ops.put_pfn(v.pfn, prot))
+                }
+                None => return 0,
+            }
         }
     };
     if do_accounting && unlocked != 0 {
