@@ -84,44 +84,36 @@ impl Drop for MmUsers<'_> {
 /// A page frame number as VFIO records pins.
 pub(crate) type Pfn = u64;
 
+/// Most pages [`MmUsers::pin_pages`] pins in one call (its page array is
+/// on the stack).
+pub(crate) const PIN_RUN_MAX: usize = 16;
+
 impl MmUsers<'_> {
     fn mm(&self) -> *mut bindings::mm_struct {
         self.0 .0.as_ptr()
     }
 
-    /// Pins the page at `vaddr` for long-term device access
-    /// (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus `FOLL_WRITE` when
-    /// the device may write), and returns its pfn. Mappings without struct
-    /// pages (`VM_PFNMAP`) are refused with `EFAULT`.
+    /// Pins the page at `vaddr` for long-term device access and returns its
+    /// pfn ([`Self::pin_pages`] for one page).
     pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<Pfn> {
-        let mut flags = bindings::FOLL_LONGTERM;
-        if write {
-            flags |= bindings::FOLL_WRITE;
+        let mut page = [core::ptr::null_mut::<bindings::page>()];
+        self.pin_pages(vaddr, &mut page, write)?;
+        Ok(page_to_pfn(page[0]))
+    }
+
+    /// Pins the pages from `vaddr` into `out` as pfns with one
+    /// [`Self::pin_pages`] call: at most `out.len()` and at most
+    /// [`PIN_RUN_MAX`] pages. Returns how many it pinned from the start (`0`
+    /// if not even the first page could be: the caller then retries that
+    /// page alone with [`Self::pin_page`] for its errno).
+    pub(crate) fn pin_pfn_run(&self, vaddr: u64, write: bool, out: &mut [Pfn]) -> usize {
+        let mut pages = [core::ptr::null_mut::<bindings::page>(); PIN_RUN_MAX];
+        let n = out.len().min(PIN_RUN_MAX);
+        let got = self.pin_pages(vaddr, &mut pages[..n], write).unwrap_or(0);
+        for (slot, page) in out.iter_mut().zip(pages.iter()).take(got) {
+            *slot = page_to_pfn(*page);
         }
-        let mut page: *mut bindings::page = core::ptr::null_mut();
-        // SAFETY: we hold a user reference, so the mm's address space is live
-        // for the lock/pin/unlock sequence.
-        let ret = unsafe {
-            bindings::kmod_helper_mmap_read_lock(self.mm());
-            let r = bindings::pin_user_pages_remote(
-                self.mm(),
-                vaddr as ffi::c_ulong,
-                1,
-                flags as ffi::c_uint,
-                &mut page,
-                core::ptr::null_mut(),
-            );
-            bindings::kmod_helper_mmap_read_unlock(self.mm());
-            r
-        };
-        match ret {
-            1 if !page.is_null() => {
-                // SAFETY: `page` was just pinned, so it is a valid page.
-                Ok(unsafe { bindings::kmod_helper_page_to_pfn(page) } as Pfn)
-            }
-            r if r < 0 => Err(Error::from_errno(r as i32)),
-            _ => Err(EFAULT),
-        }
+        got
     }
 
     /// `__account_locked_vm`: adds (`npage > 0`) or removes `npage` pages to

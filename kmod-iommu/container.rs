@@ -44,7 +44,7 @@
 use crate::bindings;
 use crate::domain::{self, Domains};
 use crate::mm::{self, MmGrab, TaskRef};
-use crate::store::{Dma, Mappings, PfnTree};
+use crate::store::{Dma, Mappings, PfnSpares, PfnTree};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
 use crate::type1_core::iommu::VfioIommu;
@@ -80,6 +80,8 @@ pub(crate) struct State {
     /// The IOMMU domains of groups behind a real IOMMU, and the valid IOVA
     /// ranges (`domain.rs`).
     pub(crate) domains: Domains,
+    /// Nodes of unpinned pages, for the next pins.
+    pub(crate) pfn_spares: PfnSpares,
 }
 
 /// One container using this backend.
@@ -103,10 +105,11 @@ impl Container {
                 state <- new_mutex!(
                     State {
                         iommu,
-                        dmas: Mappings(RBTree::new()),
+                        dmas: Mappings::new(),
                         groups: RBTree::new(),
                         registrations_lost: false,
                         domains: Domains::new(),
+                        pfn_spares: PfnSpares::new(),
                     },
                     "vfio_iommu_type1_rs::state"
                 ),
@@ -216,8 +219,8 @@ impl Container {
             // A device missing from the list could not be told to unpin.
             return Err(ENOMEM);
         }
-        let State { iommu, dmas, groups, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: group.key() };
+        let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
         let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
         drop(st);
         for (slot, pfn) in pages.iter_mut().zip(pfns.iter()) {
@@ -230,8 +233,8 @@ impl Container {
     pub(crate) fn unpin_pages(&self, iova: u64, npage: usize) {
         let Ok(npage) = i32::try_from(npage) else { return };
         let mut st = self.state.lock();
-        let State { iommu, dmas, groups, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: GroupKey::NONE };
+        let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
+        let mut ops = PinContext { groups, group: GroupKey::NONE, spares: pfn_spares };
         let done = cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
         if iommu.v2 && done != npage {
             // The C type1 WARNs here: a driver unpinned memory that is not
@@ -296,6 +299,8 @@ struct PinContext<'a> {
     groups: &'a mut RBTree<GroupKey, bool>,
     /// The group of the device that pins; `GroupKey::NONE` for unpins.
     group: GroupKey,
+    /// Nodes of unpinned pages (`take_slot`, `recycle_slot`).
+    spares: &'a mut PfnSpares,
 }
 
 impl PinOps<Dma> for PinContext<'_> {
@@ -315,6 +320,41 @@ impl PinOps<Dma> for PinContext<'_> {
             entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, 1);
         }
         Ok(pfn)
+    }
+
+    fn pin_run_external(
+        &mut self,
+        entry: &mut Dma,
+        vaddr: u64,
+        out: &mut [u64],
+        do_accounting: bool,
+    ) -> core::result::Result<usize, Errno> {
+        if out.len() > 1 {
+            // The whole run under one mmap lock, charged at once.
+            let users = entry.mm.users().ok_or(cerr::ENODEV)?;
+            let write = entry.info.prot & IOMMU_WRITE != 0;
+            let got = users.pin_pfn_run(vaddr, write, out);
+            if got > 0 {
+                let pinned = out.get(..got).unwrap_or(&[]);
+                let charge = pinned.iter().filter(|p| mm::pfn_is_accountable(**p)).count() as i64;
+                if !do_accounting || charge == 0 {
+                    return Ok(got);
+                }
+                if users.account_locked(&entry.task, charge, entry.info.lock_cap).is_ok() {
+                    entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, charge);
+                    return Ok(got);
+                }
+                // Over the limit (or interrupted): give the run back; page by
+                // page finds the page that crosses the limit and its errno.
+                for pfn in pinned {
+                    mm::unpin_pfn(*pfn, write);
+                }
+            }
+        }
+        // One page, exactly as the C loop pins it.
+        let first = out.first_mut().ok_or(cerr::EINVAL)?;
+        *first = self.pin_page_external(entry, vaddr, do_accounting)?;
+        Ok(1)
     }
 
     fn pfn_valid(&self, pfn: u64) -> bool {
@@ -343,7 +383,11 @@ impl PinOps<Dma> for PinContext<'_> {
     }
 
     fn take_slot(&mut self) -> core::result::Result<RBTreeNodeReservation<u64, cpin::VfioPfn>, Errno> {
-        RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| cerr::ENOMEM)
+        self.spares.take().map_err(|_| cerr::ENOMEM)
+    }
+
+    fn recycle_slot(&mut self, slot: RBTreeNodeReservation<u64, cpin::VfioPfn>) {
+        self.spares.keep(slot);
     }
 
     fn promote_pinned_scope(&mut self) -> bool {

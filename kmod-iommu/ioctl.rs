@@ -20,7 +20,6 @@ use crate::type1_core::{info as cinfo, iommu as ciommu};
 use crate::mm::{self, MmGrab, TaskRef};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
-use kernel::rbtree::RBTreeNodeReservation;
 use kernel::uaccess::UserSlice;
 
 /// Dispatches a container ioctl; `c` is `None` before `VFIO_SET_IOMMU`.
@@ -81,10 +80,12 @@ fn map_dma(c: &Container, arg: usize) -> Result {
     let State { iommu, dmas, domains, .. } = &mut *st;
     match cmap::validate_map(dmas, iommu, domains.iovas(), &map).map_err(err)? {
         MapPlan::New(new) => {
-            // Allocated only for a map that passed every check (as the C
-            // kzalloc): refused maps, such as an EEXIST lookup, allocate
-            // nothing. The container lock is a mutex, so this may sleep.
-            let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
+            // Taken only for a map that passed every check (the C code
+            // allocates there): refused maps, such as an EEXIST lookup,
+            // allocate nothing. A spare node of a removed mapping if there
+            // is one, else an allocation (the container lock is a mutex, so
+            // this may sleep).
+            let node = dmas.slot()?;
             let iova = new.iova;
             let info = new.commit(iommu);
             let mut dma = match new_dma(info) {
@@ -98,10 +99,10 @@ fn map_dma(c: &Container, arg: usize) -> Result {
             if domains.is_empty() {
                 // No IOMMU domain: nothing to pin or map, the mapping is whole.
                 dma.info.size = map.size;
-                dmas.0.insert(node.into_node(iova, dma));
+                dmas.insert(node, iova, dma);
             } else {
                 // Linked with size 0, it grows as it is pinned and mapped.
-                dmas.0.insert(node.into_node(iova, dma));
+                dmas.insert(node, iova, dma);
                 crate::domain::map_new(iommu, dmas, domains, iova, map.size)?;
             }
             if iommu.dirty_page_tracking {

@@ -553,16 +553,48 @@ pub fn run(cfg: &BenchConfig) -> bool {
     println!("bench: {} workload(s), {} round(s), C side {}, Rust side {}", selected.len(), cfg.rounds, cfg.pair.0.name(), cfg.pair.1.name());
     let mut ok = true;
     let start = Instant::now();
+    // Warm-up (round 0, untimed, at a twentieth of the iterations): every
+    // selected workload on the Rust side, then on the C side. Lockdep turns
+    // itself off after its first report, and the C type1 reports its known
+    // lock inversion (docs/type1.md) on its first pinned unmap. So the Rust
+    // modules run every workload under a live lockdep first, and the C
+    // side's report (if any) comes before the timed rounds: every timed
+    // round then runs with the same lockdep state on both sides.
+    for (side, b) in [("rust", cfg.pair.1), ("c", cfg.pair.0)] {
+        println!("bench: warm-up (untimed) backend {} ({side} side), {:.0} s elapsed", b.name(), start.elapsed().as_secs_f64());
+        kmsg(&format!("{MARK} begin round 0 side {side} backend {}", b.name()));
+        if let Err(err) = harness::load_backend(&cfg.run, b) {
+            let _ = writeln!(out, "{{\"round\":0,\"side\":\"{side}\",\"workload\":\"modules.load\",\"error\":{}}}", json_str(&err));
+            println!("bench: loading {} failed: {err}", b.name());
+            let _ = harness::unload_backend(&cfg.run, b);
+            return false;
+        }
+        for w in selected.iter().filter(|w| !w.needs_engine || b.rust_mtty) {
+            let (code, _, stderr) = spawn_one(w.name, b, cfg, cfg.scale / 20.0);
+            if !matches!(code, Some(0)) && code != Some(crate::EXIT_SKIP) {
+                ok = false;
+                let why = format!("warm-up: exit {code:?}: {}", stderr.trim().lines().last().unwrap_or(""));
+                let _ = writeln!(out, "{{\"round\":0,\"side\":\"{side}\",\"workload\":{},\"error\":{}}}", json_str(w.name), json_str(&why));
+                println!("bench:   {} FAILED: {why}", w.name);
+            }
+        }
+        if let Err(err) = harness::unload_backend(&cfg.run, b) {
+            println!("bench: unloading {} failed: {err}", b.name());
+            return false;
+        }
+        kmsg(&format!("{MARK} end round 0 side {side} backend {}", b.name()));
+    }
     for round in 1..=cfg.rounds {
-        // Rust first in round 1: lockdep turns itself off after its first
-        // report, and the C type1 reports its known lock inversion
-        // (docs/type1.md) on the first pinned unmap; going first, the Rust
-        // modules run every workload under a live lockdep.
+        // The side that goes first alternates, so drift in the VM spreads
+        // over both.
         let order = if round % 2 == 1 { [cfg.pair.1, cfg.pair.0] } else { [cfg.pair.0, cfg.pair.1] };
         for b in order {
             let side = if b == cfg.pair.0 { "c" } else { "rust" };
             let head = format!("{{\"round\":{round},\"backend\":{},\"side\":\"{side}\"", json_str(b.name()));
             println!("bench: round {round}/{} backend {} ({side} side), {:.0} s elapsed", cfg.rounds, b.name(), start.elapsed().as_secs_f64());
+            // Markers in the kernel log: the host attributes every kernel
+            // report to the side (and modules) that were loaded when it fired.
+            kmsg(&format!("{MARK} begin round {round} side {side} backend {}", b.name()));
             if let Err(err) = harness::load_backend(&cfg.run, b) {
                 let _ = writeln!(out, "{head},\"workload\":\"modules.load\",\"error\":{}}}", json_str(&err));
                 println!("bench: loading {} failed: {err}", b.name());
@@ -577,7 +609,7 @@ pub fn run(cfg: &BenchConfig) -> bool {
                     continue;
                 }
                 let t = Instant::now();
-                let (code, stdout, stderr) = spawn_one(w.name, b, cfg);
+                let (code, stdout, stderr) = spawn_one(w.name, b, cfg, cfg.scale);
                 let mut got = Vec::new();
                 for line in stdout.lines() {
                     let mut f = line.split_whitespace();
@@ -618,6 +650,118 @@ pub fn run(cfg: &BenchConfig) -> bool {
                 println!("bench: unloading {} failed: {err}", b.name());
                 return false;
             }
+            kmsg(&format!("{MARK} end round {round} side {side} backend {}", b.name()));
+        }
+    }
+    ok
+}
+
+/// Prefix of the side markers written to the kernel log (xtask/src/bench.rs
+/// looks for it).
+const MARK: &str = "vfio-rs-bench:";
+
+/// Writes one line to the kernel log.
+fn kmsg(line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// `vfio-guest bench --perf`: for each selected workload and each side of
+/// the pair (Rust first), loads the side's modules, runs the workload once
+/// under `perf record -g` (cpu-clock sampling: TCG has no hardware
+/// counters) and writes, while the modules are still loaded so that
+/// `/proc/kallsyms` names their functions:
+///
+/// - `perf-<workload>-<side>.self.txt`: flat profile, self time per symbol;
+/// - `perf-<workload>-<side>.children.txt`: inclusive time per symbol;
+/// - `perf-<workload>-<side>.graph.txt`: call graphs (callers of each hot symbol).
+pub fn perf(cfg: &BenchConfig) -> bool {
+    let dir = &cfg.run.results;
+    let _ = std::fs::create_dir_all(dir);
+    harness_debugfs_clear();
+    // Kernel addresses and sampling for root without restrictions.
+    let _ = std::fs::write("/proc/sys/kernel/kptr_restrict", "0");
+    let _ = std::fs::write("/proc/sys/kernel/perf_event_paranoid", "-1");
+    let selected: Vec<&Workload> = WORKLOADS
+        .iter()
+        .filter(|w| cfg.run.filter.as_deref().is_none_or(|f| f.split(',').any(|f| w.name.contains(f))))
+        .collect();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut ok = true;
+    for w in &selected {
+        for (side, b) in [("rust", cfg.pair.1), ("c", cfg.pair.0)] {
+            if w.needs_engine && !b.rust_mtty {
+                println!("perf: {} skipped on {}: needs the DMA engine of mtty_rs", w.name, b.name());
+                continue;
+            }
+            kmsg(&format!("{MARK} begin round 0 side {side} backend {}", b.name()));
+            if let Err(err) = harness::load_backend(&cfg.run, b) {
+                println!("perf: loading {} failed: {err}", b.name());
+                let _ = harness::unload_backend(&cfg.run, b);
+                return false;
+            }
+            // Names by formatting: workload names contain dots.
+            let base = format!("perf-{}-{side}", w.name);
+            let data = dir.join(format!("{base}.data"));
+            let t = Instant::now();
+            let rec = Command::new("perf")
+                .args(["record", "-q", "-N", "-e", "cpu-clock", "-F", "1999", "-g", "-o"])
+                .arg(&data)
+                .arg("--")
+                .arg(&exe)
+                .args(["bench-one", w.name, "--backend", b.name(), "--scale", &cfg.scale.to_string()])
+                .stdin(Stdio::null())
+                .output();
+            match rec {
+                Ok(o) if o.status.success() => {
+                    let samples: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap_or("").lines().filter(|l| l.starts_with("SAMPLE")).collect();
+                    println!("perf: {} on {} ({side} side), {:.1} s: {}", w.name, b.name(), t.elapsed().as_secs_f64(), samples.join("; "));
+                    let reports: [(&str, &[&str]); 3] = [
+                        ("self", &["--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "0.3"]),
+                        ("children", &["--children", "--sort", "sym", "-g", "none", "--percent-limit", "0.5"]),
+                        ("graph", &["--no-children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "2"]),
+                    ];
+                    for (kind, extra) in reports {
+                        let out = Command::new("perf")
+                            .args(["report", "--stdio", "--kallsyms", "/proc/kallsyms", "-i"])
+                            .arg(&data)
+                            .args(extra)
+                            .stdin(Stdio::null())
+                            .output();
+                        let path = dir.join(format!("{base}.{kind}.txt"));
+                        match out {
+                            Ok(o) => {
+                                let mut text = o.stdout;
+                                text.extend_from_slice(&o.stderr);
+                                let _ = std::fs::write(&path, text);
+                            }
+                            Err(err) => println!("perf: cannot run perf report: {err}"),
+                        }
+                    }
+                }
+                Ok(o) => {
+                    ok = false;
+                    println!(
+                        "perf: {} on {} failed ({}): {}",
+                        w.name,
+                        b.name(),
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or("")
+                    );
+                }
+                Err(err) => {
+                    println!("perf: cannot run perf ({err}): is linux-perf installed on the host? (cargo xtask setup)");
+                    let _ = harness::unload_backend(&cfg.run, b);
+                    return false;
+                }
+            }
+            let _ = std::fs::remove_file(&data);
+            if let Err(err) = harness::unload_backend(&cfg.run, b) {
+                println!("perf: unloading {} failed: {err}", b.name());
+                return false;
+            }
+            kmsg(&format!("{MARK} end round 0 side {side} backend {}", b.name()));
         }
     }
     ok
@@ -642,10 +786,10 @@ fn harness_debugfs_clear() {
 }
 
 /// Runs one workload in its own process; (exit code or None on timeout, stdout, stderr).
-fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig) -> (Option<i32>, String, String) {
+fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig, scale: f64) -> (Option<i32>, String, String) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let child = Command::new(exe)
-        .args(["bench-one", name, "--backend", b.name(), "--scale", &cfg.scale.to_string()])
+        .args(["bench-one", name, "--backend", b.name(), "--scale", &scale.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -145,6 +145,11 @@ enum Cmd {
         /// Recompute the tables from an earlier run's samples.jsonl, without a VM.
         #[arg(long)]
         from: Option<std::path::PathBuf>,
+        /// Profile instead of timing: run each named workload (comma-separated,
+        /// as --filter) once per side under `perf record -g` in the guest and
+        /// write the reports to target/bench/perf/.
+        #[arg(long, value_name = "WORKLOADS", conflicts_with = "from")]
+        perf: Option<String>,
         #[command(flatten)]
         vm: VmOpts,
     },
@@ -180,9 +185,9 @@ fn main() {
         ),
         Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
         Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),
-        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, vm } => bench::bench(
+        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, perf, vm } => bench::bench(
             &paths,
-            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from },
+            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf },
         ),
         Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
     };

@@ -27,6 +27,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "rsync",
     "python3-venv",
     "mdevctl",
+    "linux-perf",
 ];
 
 /// The bindgen-cli release the modules' bindings are generated with.

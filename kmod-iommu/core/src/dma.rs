@@ -146,6 +146,22 @@ pub trait DmaTree {
 
     /// Unlinks and returns the entry stored under `key` (`vfio_unlink_dma()`).
     fn remove(&mut self, key: u64) -> Option<Self::Entry>;
+
+    /// The two mappings around `key`, with their fields: the one with the
+    /// greatest key `<= key` and the one with the smallest key `> key`.
+    ///
+    /// The lookups ([`find_dma`], [`find_dma_first`]) need both. The
+    /// default asks `floor_key`, `next_key` and `get` (up to four searches);
+    /// a tree that can step from one node to its neighbour finds both with
+    /// one search: for the 6.12 `kernel::rbtree`, take
+    /// `cursor_lower_bound(&key)`; if its key equals `key` the pair is (it,
+    /// its `peek_next()`), otherwise (its `peek_prev()`, it); without a
+    /// cursor it is (`cursor_back()`, none).
+    fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
+        let floor = self.floor_key(key).and_then(|k| dma_at(self, k).map(|d| (k, d)));
+        let next = next_key(self, key).and_then(|k| dma_at(self, k).map(|d| (k, d)));
+        (floor, next)
+    }
 }
 
 /// The smallest key strictly greater than `key` (`rb_next()`).
@@ -174,15 +190,13 @@ pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Opt
     // The only mapping starting at or below `start` that can match is the
     // closest one; every other candidate starts above `start`, and the
     // lowest of those is the only one that can be the lowest match.
-    if let Some(k) = tree.floor_key(start) {
-        if let Some(d) = dma_at(tree, k) {
-            if d.matches_find(start, size) {
-                return Some(k);
-            }
+    let (floor, next) = tree.around(start);
+    if let Some((k, d)) = floor {
+        if d.matches_find(start, size) {
+            return Some(k);
         }
     }
-    let k = next_key(tree, start)?;
-    let d = dma_at(tree, k)?;
+    let (k, d) = next?;
     if d.matches_find(start, size) {
         Some(k)
     } else {
@@ -194,23 +208,9 @@ pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Opt
 /// `start`, or `None` if there is none or (for a non-zero `size`) it starts at
 /// or beyond `start + size`.
 pub fn find_dma_first<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
-    let mut res = None;
-    if let Some(k) = tree.floor_key(start) {
-        if let Some(d) = dma_at(tree, k) {
-            // start < dma->iova + dma->size
-            if start - d.iova < d.size {
-                res = Some((k, d));
-            }
-        }
-    }
-    if res.is_none() {
-        if let Some(k) = next_key(tree, start) {
-            if let Some(d) = dma_at(tree, k) {
-                res = Some((k, d));
-            }
-        }
-    }
-    let (k, d) = res?;
+    let (floor, next) = tree.around(start);
+    // start < dma->iova + dma->size
+    let (k, d) = floor.filter(|(_, d)| start - d.iova < d.size).or(next)?;
     // dma_res->iova >= start + size
     if size != 0 && d.iova >= start && d.iova - start >= size {
         return None;

@@ -50,6 +50,13 @@ pub trait PfnStore {
     /// `vfio_unlink_pfn()`.
     fn remove(&mut self, iova: u64) -> Option<VfioPfn>;
 
+    /// `vfio_unlink_pfn()`, keeping the entry's node if the store can:
+    /// the unpin path hands it to [`PinOps::recycle_slot`] so that a later
+    /// pin can use it again. The default frees it.
+    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
+        self.remove(iova).map(|v| (v, None))
+    }
+
     /// Calls `f` with every pinned iova and its entry, in iova order.
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, f: F);
 }
@@ -66,6 +73,30 @@ pub trait PinOps<E: DmaEntry> {
         do_accounting: bool,
     ) -> Result<u64, Errno>;
 
+    /// Pins a run of `out.len()` (at least 1) pages of the mapping that
+    /// are contiguous from `vaddr`, none of them pinned yet, storing their
+    /// pfns in `out`; returns how many pages from the start of the run it
+    /// pinned (at least 1), or the error of the first page.
+    ///
+    /// Every page it pins must end up exactly as if `pin_page_external` had
+    /// pinned it (same pin, same accounting), so that an implementation can
+    /// pin the run with one `pin_user_pages_remote` and one locked-memory
+    /// charge where the C code goes page by page. When the run cannot be
+    /// done as a whole (a partial pin, a charge over the limit) it may pin
+    /// fewer pages: the caller continues page by page, which then finds the
+    /// exact page and errno of a failure. The default pins the first page.
+    fn pin_run_external(
+        &mut self,
+        entry: &mut E,
+        vaddr: u64,
+        out: &mut [u64],
+        do_accounting: bool,
+    ) -> Result<usize, Errno> {
+        let first = out.first_mut().ok_or(EINVAL)?;
+        *first = self.pin_page_external(entry, vaddr, do_accounting)?;
+        Ok(1)
+    }
+
     /// `pfn_valid()`.
     fn pfn_valid(&self, pfn: u64) -> bool;
 
@@ -78,6 +109,12 @@ pub trait PinOps<E: DmaEntry> {
     /// Hands out a preallocated node for `vfio_add_to_pfn_list()`;
     /// `ENOMEM` stands for the C `kzalloc()` failure.
     fn take_slot(&mut self) -> Result<<E::Pfns as PfnStore>::Slot, Errno>;
+
+    /// Takes back the node of an unpinned page for a later `take_slot`;
+    /// the default frees it.
+    fn recycle_slot(&mut self, slot: <E::Pfns as PfnStore>::Slot) {
+        drop(slot);
+    }
 
     /// Sets `pinned_page_dirty_scope` on the calling device's group and
     /// returns true if it was not set before (the C code then decrements
@@ -148,10 +185,23 @@ where
     let unlocked = {
         let parts = entry.parts_mut();
         let prot = parts.dma.prot;
-        match put_vfio_pfn(parts.pfn_list, iova) {
-            PutPfn::NotPinned => return 0,
-            PutPfn::StillPinned => 0,
-            PutPfn::Released(pfn) => u32::from(ops.put_pfn(pfn, prot)),
+        // `put_vfio_pfn`, keeping the node of a released entry.
+        let Some(vpfn) = parts.pfn_list.get_mut(iova) else {
+            return 0;
+        };
+        vpfn.ref_count = vpfn.ref_count.wrapping_sub(1);
+        if vpfn.ref_count != 0 {
+            0
+        } else {
+            match parts.pfn_list.remove_keep(iova) {
+                Some((v, slot)) => {
+                    if let Some(slot) = slot {
+                        ops.recycle_slot(slot);
+                    }
+                    u32::from(ops.put_pfn(v.pfn, prot))
+                }
+                None => return 0,
+            }
         }
     };
     if do_accounting && unlocked != 0 {
@@ -248,19 +298,17 @@ where
     let mut i: i32 = 0;
     let mut err: Option<Errno> = None;
     while i < npage {
-        let iova = page_iova(user_iova, i);
-        match pin_one(tree, iommu, ops, iova, prot, do_accounting, pgshift) {
-            Ok(pfn) => {
-                if let Some(slot) = pages.get_mut(i as usize) {
-                    *slot = pfn;
-                }
-            }
-            Err(e) => {
+        // `pin_run` fills `pages[i..i + n]`; on failure `i + n` is the
+        // failing page, and pages `0..i + n` are the ones to unwind, as if
+        // the pages had been pinned one at a time.
+        match pin_run(tree, iommu, ops, user_iova, i, npage, prot, do_accounting, pgshift, pages) {
+            Ok(n) => i += n.max(1),
+            Err((n, e)) => {
+                i += n;
                 err = Some(e);
                 break;
             }
         }
-        i += 1;
     }
 
     if let Some(e) = err {
@@ -286,53 +334,102 @@ where
     Ok(i)
 }
 
-/// One iteration of the pin loop of `vfio_iommu_type1_pin_pages()`.
-fn pin_one<T, O>(
+/// One or more iterations of the pin loop of `vfio_iommu_type1_pin_pages()`,
+/// from page `i`: an already pinned page takes one more reference; an
+/// unpinned one is pinned together with the following pages of the request
+/// that lie in the same mapping and are not pinned yet (one
+/// [`PinOps::pin_run_external`] call), and each is then recorded as the C
+/// loop records it. Returns how many pages were done, or, on failure, how
+/// many were done before the failing page and the errno.
+#[allow(clippy::too_many_arguments)]
+fn pin_run<T, O>(
     tree: &mut T,
     iommu: &VfioIommu,
     ops: &mut O,
-    iova: u64,
+    user_iova: u64,
+    i: i32,
+    npage: i32,
     prot: u32,
     do_accounting: bool,
     pgshift: Result<u32, Errno>,
-) -> Result<u64, Errno>
+    pages: &mut [u64],
+) -> Result<i32, (i32, Errno)>
 where
     T: DmaTree + ?Sized,
     O: PinOps<T::Entry> + ?Sized,
 {
-    let key = pin_lookup(tree, iova).ok_or(EINVAL)?;
-    let entry = tree.get_mut(key).ok_or(EINVAL)?;
+    let iova = page_iova(user_iova, i);
+    let key = pin_lookup(tree, iova).ok_or((0, EINVAL))?;
+    let entry = tree.get_mut(key).ok_or((0, EINVAL))?;
     let dma: VfioDma = *entry.dma();
     if (dma.prot & prot) != prot {
-        return Err(EPERM);
+        return Err((0, EPERM));
     }
+    let first = i as usize;
     if let Some(pfn) = get_vfio_pfn(entry.parts_mut().pfn_list, iova) {
-        return Ok(pfn);
+        if let Some(slot) = pages.get_mut(first) {
+            *slot = pfn;
+        }
+        return Ok(1);
     }
 
+    // The run: the next pages of the request, while they are in this
+    // mapping (so the per-page lookup would pick it too, with the same
+    // prot check) and not pinned yet.
+    let mut run: i32 = 1;
+    while i + run < npage {
+        let next = page_iova(user_iova, i + run);
+        if !dma.contains(next) || next < iova || entry.pfn_list().get(next).is_some() {
+            break;
+        }
+        run += 1;
+    }
+    let out = pages.get_mut(first..first + run as usize).ok_or((0, EINVAL))?;
     let remote_vaddr = dma.vaddr.wrapping_add(iova - dma.iova);
-    let pfn = ops.pin_page_external(entry, remote_vaddr, do_accounting)?;
-    if !ops.pfn_valid(pfn) {
-        return Err(EINVAL);
-    }
-    let slot = match ops.take_slot() {
-        Ok(s) => s,
-        Err(e) => {
-            if ops.put_pfn(pfn, dma.prot) && do_accounting {
-                let _ = ops.lock_acct(entry, -1, true);
+    let got = ops.pin_run_external(entry, remote_vaddr, out, do_accounting).map_err(|e| (0, e))?;
+    let got = got.clamp(1, out.len());
+
+    for t in 0..got {
+        let pfn = out[t];
+        let page_iova_t = page_iova(user_iova, i + t as i32);
+        let failed = if !ops.pfn_valid(pfn) {
+            // As in C, the page itself is left as it is (a pinned page
+            // always has a valid pfn, so this does not happen).
+            Some(EINVAL)
+        } else {
+            match ops.take_slot() {
+                Ok(slot) => {
+                    let parts = entry.parts_mut();
+                    add_to_pfn_list(parts.pfn_list, slot, page_iova_t, pfn);
+                    if iommu.dirty_page_tracking {
+                        // The bitmap is kept in units of the smallest supported page size.
+                        if let (Some(bitmap), Ok(shift)) = (parts.bitmap, pgshift) {
+                            bitmap_set(bitmap, (page_iova_t - dma.iova) >> shift, 1);
+                        }
+                    }
+                    None
+                }
+                Err(e) => {
+                    if ops.put_pfn(pfn, dma.prot) && do_accounting {
+                        let _ = ops.lock_acct(entry, -1, true);
+                    }
+                    Some(e)
+                }
             }
-            return Err(e);
-        }
-    };
-    let parts = entry.parts_mut();
-    add_to_pfn_list(parts.pfn_list, slot, iova, pfn);
-    if iommu.dirty_page_tracking {
-        // The bitmap is kept in units of the smallest supported page size.
-        if let (Some(bitmap), Ok(shift)) = (parts.bitmap, pgshift) {
-            bitmap_set(bitmap, (iova - dma.iova) >> shift, 1);
+        };
+        if let Some(e) = failed {
+            // Give back the pages of the run after the failing one: the
+            // page-by-page loop would not have pinned them.
+            for later in out.iter_mut().take(got).skip(t + 1) {
+                if ops.put_pfn(*later, dma.prot) && do_accounting {
+                    let _ = ops.lock_acct(entry, -1, true);
+                }
+                *later = 0;
+            }
+            return Err((t as i32, e));
         }
     }
-    Ok(pfn)
+    Ok(got as i32)
 }
 
 /// The check of `vfio_device_container_unpin_pages()`: a request with
@@ -360,16 +457,45 @@ where
         return 0;
     }
     let do_accounting = !iommu.has_domains;
+    // Pages released in a row from one mapping are uncharged together, with
+    // one `lock_acct` call instead of one per page (the C code charges
+    // each page at once; the sum is the same and nothing can look at the
+    // charge in between, as the container lock is held throughout).
+    let mut pending: Option<(u64, i64)> = None;
     let mut i = 0;
     while i < npage {
         let iova = page_iova(user_iova, i);
         let Some(key) = pin_lookup(tree, iova) else {
             break;
         };
-        unpin_page_external(tree, ops, key, iova, do_accounting);
+        if let Some((k, n)) = pending.filter(|(k, _)| *k != key) {
+            uncharge(tree, ops, k, n);
+            pending = None;
+        }
+        let released = unpin_page_external(tree, ops, key, iova, false);
+        if do_accounting && released != 0 {
+            let (_, n) = pending.get_or_insert((key, 0));
+            *n += i64::from(released);
+        }
         i += 1;
     }
+    if let Some((k, n)) = pending {
+        uncharge(tree, ops, k, n);
+    }
     i
+}
+
+/// Removes `npage` released pages from the locked-memory charge of the
+/// mapping under `key` (`vfio_lock_acct(dma, -npage, true)`, whose failure
+/// the C callers ignore).
+fn uncharge<T, O>(tree: &mut T, ops: &mut O, key: u64, npage: i64)
+where
+    T: DmaTree + ?Sized,
+    O: PinOps<T::Entry> + ?Sized,
+{
+    if let Some(entry) = tree.get_mut(key) {
+        let _ = ops.lock_acct(entry, -npage, true);
+    }
 }
 
 /// `vfio_dma_rw()` argument check: a NULL buffer or zero length is `EINVAL`.

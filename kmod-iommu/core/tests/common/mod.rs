@@ -161,6 +161,15 @@ impl DmaTree for CursorTree {
     fn remove(&mut self, key: u64) -> Option<HostDma> {
         self.0.remove(key)
     }
+    /// The one-search recipe documented on `DmaTree::around`.
+    fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
+        let with = |k: Option<u64>| k.and_then(|k| self.0.get(k).map(|e| (k, e.dma)));
+        match self.lower_bound(key) {
+            Some(c) if c == key => (with(Some(c)), with(self.0 .0.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)).next().map(|(k, _)| *k))),
+            Some(c) => (with(self.peek_prev(c)), with(Some(c))),
+            None => (with(self.back()), None),
+        }
+    }
 }
 
 /// A user bitmap in a Vec; accesses past the end fail like a bad user pointer.
@@ -414,6 +423,11 @@ pub struct MockPin {
     pub slots: Option<usize>,
     pub group_promoted: bool,
     pub pin_calls: usize,
+    /// Pin runs in one call, as the kernel does (up to this many pages per
+    /// call; 0: page by page, the trait's default).
+    pub batch: usize,
+    /// Runs pinned by one `pin_run_external` call, with their length.
+    pub run_calls: Vec<usize>,
 }
 
 impl PinOps<HostDma> for MockPin {
@@ -435,6 +449,38 @@ impl PinOps<HostDma> for MockPin {
             self.locked += 1;
         }
         Ok(pfn)
+    }
+    fn pin_run_external(
+        &mut self,
+        e: &mut HostDma,
+        vaddr: u64,
+        out: &mut [u64],
+        do_accounting: bool,
+    ) -> Result<usize, Errno> {
+        if self.batch == 0 {
+            out[0] = self.pin_page_external(e, vaddr, do_accounting)?;
+            return Ok(1);
+        }
+        // Like pin_user_pages_remote: pins up to the first page that fails;
+        // a failing first page falls back to the single-page path.
+        let n = out.len().min(self.batch);
+        let ok = (0..n as u64)
+            .take_while(|j| self.fail_vaddr.map_or(true, |(v, _)| v != vaddr + j * PG))
+            .count();
+        if ok == 0 {
+            out[0] = self.pin_page_external(e, vaddr, do_accounting)?;
+            return Ok(1);
+        }
+        self.run_calls.push(ok);
+        for (j, slot) in out.iter_mut().take(ok).enumerate() {
+            let pfn = ((vaddr + j as u64 * PG) >> 12) + self.pfn_offset;
+            *self.page_refs.entry(pfn).or_default() += 1;
+            *slot = pfn;
+        }
+        if do_accounting {
+            self.locked += ok as i64;
+        }
+        Ok(ok)
     }
     fn pfn_valid(&self, pfn: u64) -> bool {
         !self.invalid_pfns.contains(&pfn)
