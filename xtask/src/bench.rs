@@ -58,7 +58,6 @@ pub const NOT_MEASURED: &[(&str, &str)] = &[
         "dma_rw.64k",
         "n/a: no guest-reachable path issues a 64 KiB vfio_dma_rw (the mtty engine uses it for 16-byte descriptors; buffers go through pinned pages)",
     ),
-    ("iommu.real", "n/a: needs the real-IOMMU issue"),
 ];
 
 /// One line of `samples.jsonl`: a flat object of strings and numbers.
@@ -759,10 +758,10 @@ mod tests {
         let (lo, hi) = r.ratio_range.unwrap();
         assert!((lo - 0.9).abs() < 1e-9 && (hi - 2.0).abs() < 1e-9);
         let names: Vec<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
-        assert_eq!(names, ["map.1g.map", "pin.single", "scale", "dma_rw.64k", "iommu.real"]);
+        assert_eq!(names, ["map.1g.map", "pin.single", "scale", "dma_rw.64k"]);
         assert!(rows[1].note.as_deref().unwrap().starts_with("skipped"));
         assert!(rows[2].note.as_deref().unwrap().contains("error (rust side, round 1)"));
-        assert_eq!(rows[4].note.as_deref(), Some("n/a: needs the real-IOMMU issue"));
+        assert!(rows[3].note.as_deref().unwrap().starts_with("n/a: no guest-reachable path"));
     }
 
     #[test]
@@ -770,7 +769,7 @@ mod tests {
         let rows = analyze(SAMPLES);
         let md = markdown(&rows, "head");
         assert!(md.contains("| map.1g.map | ns/op | 100.0 (100.0–120.0) | 110.0 (90.000–240.0) | 1.10 | 0.90–2.00 |"), "{md}");
-        assert!(md.contains("| iommu.real |  | - | - | n/a: needs the real-IOMMU issue |  |"));
+        assert!(md.contains("| dma_rw.64k |  | - | - | n/a: no guest-reachable path"), "{md}");
         let j = json(&rows, &[("rounds", "3".into())]);
         assert!(j.contains("\"rounds\": \"3\""));
         assert!(j.contains("\"ratio\":1.1"));

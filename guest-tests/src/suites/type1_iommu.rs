@@ -46,7 +46,7 @@ fn edu_setup(n: usize) -> Result<EduSetup, Fail> {
 
 /// An anonymous mapping used as DMA memory: `[addr, addr + len)` inside
 /// `[map, map + map_len)`, unmapped on drop.
-struct Mem {
+pub(crate) struct Mem {
     map: *mut u8,
     map_len: usize,
     addr: *mut u8,
@@ -59,7 +59,7 @@ impl Mem {
         backed(Backing::Small, len)
     }
 
-    fn vaddr(&self) -> u64 {
+    pub(crate) fn vaddr(&self) -> u64 {
         self.addr as u64
     }
 }
@@ -200,14 +200,14 @@ pub fn iommu_check_extension(_ctx: &Ctx) -> CaseResult {
 
 /// How the memory of a large mapping is backed.
 #[derive(Clone, Copy, Debug)]
-enum Backing {
+pub(crate) enum Backing {
     Small,
     Thp,
     Hugetlb,
 }
 
 /// `size` bytes of anonymous memory, populated, 2 MiB aligned.
-fn backed(kind: Backing, size: u64) -> Result<Mem, Fail> {
+pub(crate) fn backed(kind: Backing, size: u64) -> Result<Mem, Fail> {
     let align = 2 * MIB;
     let (flags, map_len) = match kind {
         // hugetlbfs mappings are aligned to the huge page size already.
@@ -241,7 +241,7 @@ fn backed(kind: Backing, size: u64) -> Result<Mem, Fail> {
     Ok(mem)
 }
 
-fn ensure_hugepages(n: u64) {
+pub(crate) fn ensure_hugepages(n: u64) {
     let path = "/proc/sys/vm/nr_hugepages";
     let cur: u64 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     if cur < n {
