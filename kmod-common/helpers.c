@@ -257,3 +257,58 @@ bool kmod_helper_mod_delayed_work_us(struct delayed_work *dwork, u64 delay_us)
 	/* usecs_to_jiffies() rounds up; a zero delay would run it at once. */
 	return mod_delayed_work(system_wq, dwork, max(usecs_to_jiffies(us), 1UL));
 }
+
+/*
+ * iommufd ops of emulated VFIO devices. With CONFIG_IOMMUFD the VFIO core
+ * refuses to register a device without them (WARN and -EINVAL), and an
+ * emulated device uses the core's own, as the C mtty sample does; without
+ * it they do not exist and the device's ops stay NULL (the Rust side asks
+ * kmod_helper_iommufd_enabled() which table to use), so the stubs below are
+ * never installed.
+ */
+#include <linux/vfio.h>
+
+bool kmod_helper_iommufd_enabled(void)
+{
+	return IS_ENABLED(CONFIG_IOMMUFD);
+}
+
+#if IS_ENABLED(CONFIG_IOMMUFD)
+int kmod_helper_iommufd_emulated_bind(struct vfio_device *vdev, struct iommufd_ctx *ictx, u32 *out_device_id)
+{
+	return vfio_iommufd_emulated_bind(vdev, ictx, out_device_id);
+}
+
+void kmod_helper_iommufd_emulated_unbind(struct vfio_device *vdev)
+{
+	vfio_iommufd_emulated_unbind(vdev);
+}
+
+int kmod_helper_iommufd_emulated_attach_ioas(struct vfio_device *vdev, u32 *pt_id)
+{
+	return vfio_iommufd_emulated_attach_ioas(vdev, pt_id);
+}
+
+void kmod_helper_iommufd_emulated_detach_ioas(struct vfio_device *vdev)
+{
+	vfio_iommufd_emulated_detach_ioas(vdev);
+}
+#else
+int kmod_helper_iommufd_emulated_bind(struct vfio_device *vdev, struct iommufd_ctx *ictx, u32 *out_device_id)
+{
+	return -EOPNOTSUPP;
+}
+
+void kmod_helper_iommufd_emulated_unbind(struct vfio_device *vdev)
+{
+}
+
+int kmod_helper_iommufd_emulated_attach_ioas(struct vfio_device *vdev, u32 *pt_id)
+{
+	return -EOPNOTSUPP;
+}
+
+void kmod_helper_iommufd_emulated_detach_ioas(struct vfio_device *vdev)
+{
+}
+#endif

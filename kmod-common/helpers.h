@@ -84,3 +84,15 @@ void kmod_helper_init_delayed_work(struct delayed_work *dwork,
 				   void (*func)(struct work_struct *work));
 bool kmod_helper_mod_delayed_work_us(struct delayed_work *dwork, u64 delay_us);
 #endif
+
+/* iommufd ops of emulated VFIO devices (kmod-common/vfio_device.rs). */
+#ifndef KMOD_COMMON_HELPERS_IOMMUFD_H
+#define KMOD_COMMON_HELPERS_IOMMUFD_H
+struct iommufd_ctx;
+struct vfio_device;
+bool kmod_helper_iommufd_enabled(void);
+int kmod_helper_iommufd_emulated_bind(struct vfio_device *vdev, struct iommufd_ctx *ictx, u32 *out_device_id);
+void kmod_helper_iommufd_emulated_unbind(struct vfio_device *vdev);
+int kmod_helper_iommufd_emulated_attach_ioas(struct vfio_device *vdev, u32 *pt_id);
+void kmod_helper_iommufd_emulated_detach_ioas(struct vfio_device *vdev);
+#endif

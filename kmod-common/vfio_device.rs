@@ -236,8 +236,8 @@ impl<T: DeviceOps> Device<T> {
         name: T::NAME.as_char_ptr() as *mut ffi::c_char,
         init: None,
         release: Some(Self::release_callback),
-        // No iommufd in our kernel (CONFIG_IOMMUFD=n): the C sample's
-        // `vfio_iommufd_emulated_*` are NULL there too.
+        // Without CONFIG_IOMMUFD (our test kernel) the C sample's
+        // `vfio_iommufd_emulated_*` are NULL too; with it, `OPS_IOMMUFD`.
         bind_iommufd: None,
         unbind_iommufd: None,
         attach_ioas: None,
@@ -252,6 +252,17 @@ impl<T: DeviceOps> Device<T> {
         match_: None,
         dma_unmap: if T::HAS_DMA_UNMAP { Some(Self::dma_unmap_callback) } else { None },
         device_feature: None,
+    };
+
+    /// `OPS` with the iommufd ops of an emulated device, which the VFIO
+    /// core requires when the kernel has CONFIG_IOMMUFD (the C sample sets
+    /// the core's `vfio_iommufd_emulated_*`; these call them).
+    const OPS_IOMMUFD: bindings::vfio_device_ops = bindings::vfio_device_ops {
+        bind_iommufd: Some(bindings::kmod_helper_iommufd_emulated_bind),
+        unbind_iommufd: Some(bindings::kmod_helper_iommufd_emulated_unbind),
+        attach_ioas: Some(bindings::kmod_helper_iommufd_emulated_attach_ioas),
+        detach_ioas: Some(bindings::kmod_helper_iommufd_emulated_detach_ioas),
+        ..Self::OPS
     };
 
     /// The migration ops table of `T`.
@@ -278,7 +289,9 @@ impl<T: DeviceOps> Device<T> {
         const {
             assert!(core::mem::align_of::<Self>() <= 8, "kvzalloc only guarantees 8-byte alignment");
         }
-        let ops: &'static bindings::vfio_device_ops = &Self::OPS;
+        // SAFETY: reads a compile-time constant of the kernel's config.
+        let iommufd = unsafe { bindings::kmod_helper_iommufd_enabled() };
+        let ops: &'static bindings::vfio_device_ops = if iommufd { &Self::OPS_IOMMUFD } else { &Self::OPS };
         // SAFETY: the size covers a whole `Device<T>`, whose first field is
         // the `vfio_device`; `parent` is valid (`DeviceParent`); `ops` is
         // static.
