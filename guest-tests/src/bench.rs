@@ -829,45 +829,11 @@ fn harness_debugfs_clear() {
 
 /// Runs one workload in its own process; (exit code or None on timeout, stdout, stderr).
 fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig, scale: f64) -> (Option<i32>, String, String) {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let child = Command::new(exe)
-        .args(["bench-one", name, "--backend", b.name(), "--scale", &scale.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(err) => return (Some(1), String::new(), format!("cannot start: {err}")),
-    };
-    // Read both pipes on threads so a chatty child cannot block on a full pipe.
-    use std::io::Read;
-    let mut so = child.stdout.take().expect("piped");
-    let mut se = child.stderr.take().expect("piped");
-    let ho = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let he = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s.code().unwrap_or(1)),
-            Ok(None) if start.elapsed() > cfg.timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => break Some(1),
-        }
-    };
-    (code, ho.join().unwrap_or_default(), he.join().unwrap_or_default())
+    let scale = scale.to_string();
+    match harness::run_self(&["bench-one", name, "--backend", b.name(), "--scale", &scale], cfg.timeout) {
+        Ok(r) => (r.status.map(|s| s.code().unwrap_or(1)), r.stdout, r.stderr),
+        Err(err) => (Some(1), String::new(), format!("cannot start: {err}")),
+    }
 }
 
 /// The end of the run: kmemleak scan and dmesg, as the test runner does.

@@ -226,20 +226,39 @@ pub fn unload_backend(cfg: &RunConfig, b: Backend) -> Result<(), String> {
     }
 }
 
-fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
+/// What [`run_self`] saw of a child: its exit status (`None` if it was
+/// killed at the time limit or could not be waited for), stdout, stderr.
+pub struct ChildRun {
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs this program again with `args` (one case or workload per process),
+/// killing it after `limit`. Both pipes are drained on threads while it
+/// runs, so a chatty child cannot block on a full pipe.
+pub fn run_self(args: &[&str], limit: Duration) -> Result<ChildRun, String> {
+    use std::io::Read;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let child = Command::new(exe)
-        .args(["case", name, "--backend", b.name()])
+    let mut child = Command::new(exe)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return (Verdict::Fail(format!("cannot start case process: {e}")), vec![]),
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
     };
+    let ho = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let he = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let start = Instant::now();
-    let limit = suites::case_timeout(name).map_or(cfg.case_timeout, |t| t.max(cfg.case_timeout));
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
@@ -252,14 +271,17 @@ fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
             Err(_) => break None,
         }
     };
-    let mut out = String::new();
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut out);
-    }
+    Ok(ChildRun { status, stdout: ho.join().unwrap_or_default(), stderr: he.join().unwrap_or_default() })
+}
+
+fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
+    let limit = suites::case_timeout(name).map_or(cfg.case_timeout, |t| t.max(cfg.case_timeout));
+    let run = match run_self(&["case", name, "--backend", b.name()], limit) {
+        Ok(r) => r,
+        Err(e) => return (Verdict::Fail(format!("cannot start case process: {e}")), vec![]),
+    };
+    let status = run.status;
+    let out = run.stdout + &run.stderr;
     let mut diags: Vec<String> = out.lines().map(str::to_owned).collect();
     let verdict = match status {
         None => Verdict::Fail(format!("timed out after {} s", limit.as_secs())),
