@@ -414,8 +414,11 @@ proptest! {
                     let tail = s.reg_read(block + RING_TAIL);
                     let head = s.reg_read(block + RING_HEAD);
                     let slot = u64::from(tail.wrapping_add(idx) % size);
-                    if s.mapped(base) && tail.wrapping_sub(head) < size {
-                        s.put_desc(base + slot * 16, d);
+                    // A ring programmed larger than the mapped page puts
+                    // the entry outside it: the driver cannot write there.
+                    let at = base + slot * 16;
+                    if s.mapped(at) && s.mapped(at + 15) && tail.wrapping_sub(head) < size {
+                        s.put_desc(at, d);
                     }
                     if idx == 0 && tail.wrapping_sub(head) < size {
                         s.reg_write(block + RING_TAIL, tail.wrapping_add(1));
