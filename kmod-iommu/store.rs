@@ -11,11 +11,11 @@
 //! dirty bitmap in units of the smallest page size.
 
 use crate::mm::{MmGrab, TaskRef};
-use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, VfioDma};
+use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, VfioPfn};
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNodeReservation};
+use kernel::rbtree::{RBTree, RBTreeNode, RBTreeNodeReservation};
 
 /// One mapping (the C `struct vfio_dma`).
 pub(crate) struct Dma {
@@ -181,6 +181,20 @@ impl Mappings {
         RBTreeNodeReservation::new(GFP_KERNEL)
     }
 
+    /// Keeps the node of a removed mapping (whose value was taken out) as
+    /// a spare, or frees it when there are enough.
+    #[inline]
+    fn keep_spare(&mut self, node: RBTreeNode<u64, Option<Dma>>) {
+        match self.spare.get_mut(self.nspare) {
+            Some(spare) => {
+                // The value is `None` now: only the node's memory is kept.
+                *spare = Some(node.into_reservation());
+                self.nspare += 1;
+            }
+            None => drop(node),
+        }
+    }
+
     /// Links a new mapping (whose range overlaps no other: checked by
     /// `validate_map` under the same lock).
     #[inline]
@@ -225,25 +239,35 @@ impl DmaTree for Mappings {
         let mut entry = self.tree.find_mut(&key)?;
         let dma = entry.get_mut().take();
         let node = entry.remove_node();
-        match self.spare.get_mut(self.nspare) {
-            Some(spare) => {
-                // The value is `None` now: only the node's memory is kept.
-                *spare = Some(node.into_reservation());
-                self.nspare += 1;
-            }
-            None => drop(node),
-        }
+        self.keep_spare(node);
         dma
     }
 
     #[inline]
-    fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
+    fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
         // One search instead of the default's four (see `DmaTree::around`).
-        let at = |(k, d): (&u64, &Option<Dma>)| d.as_ref().map(|d| (*k, d.info));
+        let at = |(k, d): (&u64, &Option<Dma>)| d.as_ref().map(|d| DmaView::of(*k, d));
         match self.tree.cursor_lower_bound(&key) {
             Some(c) if *c.current().0 == key => (at(c.current()), c.peek_next().and_then(at)),
             Some(c) => (c.peek_prev().and_then(at), at(c.current())),
             None => (self.tree.cursor_back().and_then(|c| at(c.current())), None),
         }
+    }
+
+    #[inline]
+    fn remove_then_next(&mut self, key: u64) -> (Option<Dma>, Option<DmaView>) {
+        // One search: remove at the cursor, whose successor is then the
+        // next node (or, for the last node, the previous one).
+        let Some(mut c) = self.tree.cursor_lower_bound(&key).filter(|c| *c.current().0 == key) else {
+            return (None, None);
+        };
+        let dma = c.current_mut().1.take();
+        let (rest, node) = c.remove_current();
+        let next = rest.and_then(|c| {
+            let (k, d) = c.current();
+            d.as_ref().filter(|_| *k > key).map(|d| DmaView::of(*k, d))
+        });
+        self.keep_spare(node);
+        (dma, next)
     }
 }

@@ -147,8 +147,8 @@ pub trait DmaTree {
     /// Unlinks and returns the entry stored under `key` (`vfio_unlink_dma()`).
     fn remove(&mut self, key: u64) -> Option<Self::Entry>;
 
-    /// The two mappings around `key`, with their fields: the one with the
-    /// greatest key `<= key` and the one with the smallest key `> key`.
+    /// The two mappings around `key`, as views: the one with the greatest
+    /// key `<= key` and the one with the smallest key `> key`.
     ///
     /// The lookups ([`find_dma`], [`find_dma_first`]) need both. The
     /// default asks `floor_key`, `next_key` and `get` (up to four searches);
@@ -157,11 +157,50 @@ pub trait DmaTree {
     /// `cursor_lower_bound(&key)`; if its key equals `key` the pair is (it,
     /// its `peek_next()`), otherwise (its `peek_prev()`, it); without a
     /// cursor it is (`cursor_back()`, none).
-    fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
-        let floor = self.floor_key(key).and_then(|k| dma_at(self, k).map(|d| (k, d)));
-        let next = next_key(self, key).and_then(|k| dma_at(self, k).map(|d| (k, d)));
+    fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
+        let floor = self.floor_key(key).and_then(|k| view_at(self, k));
+        let next = next_key(self, key).and_then(|k| view_at(self, k));
         (floor, next)
     }
+
+    /// Unlinks the entry stored under `key` and returns it with a view of
+    /// the mapping that follows it (the smallest key `> key`): an unmap
+    /// walk's `vfio_remove_dma()` and `rb_next()`. The default searches
+    /// twice; a tree with cursors removes at the cursor and steps from it.
+    fn remove_then_next(&mut self, key: u64) -> (Option<Self::Entry>, Option<DmaView>) {
+        let removed = self.remove(key);
+        let next = next_key(self, key).and_then(|k| view_at(self, k));
+        (removed, next)
+    }
+}
+
+/// A mapping as a lookup finds it: its key, a copy of its fields and
+/// whether devices hold pins in it. What the searches of an unmap need,
+/// so that they do not search again for the entry itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaView {
+    /// The tree key (the mapping's first iova).
+    pub key: u64,
+    /// The kernel-independent fields.
+    pub dma: VfioDma,
+    /// `!RB_EMPTY_ROOT(&dma->pfn_list)`.
+    pub pinned: bool,
+}
+
+impl DmaView {
+    /// The view of `entry`, stored under `key`.
+    pub fn of<E: DmaEntry + ?Sized>(key: u64, entry: &E) -> Self {
+        DmaView {
+            key,
+            dma: *entry.dma(),
+            pinned: !entry.pfn_list().is_empty(),
+        }
+    }
+}
+
+/// The view of the mapping stored under `key`.
+pub fn view_at<T: DmaTree + ?Sized>(tree: &T, key: u64) -> Option<DmaView> {
+    tree.get(key).map(|e| DmaView::of(key, e))
 }
 
 /// The smallest key strictly greater than `key` (`rb_next()`).
@@ -174,11 +213,6 @@ pub fn first_key<T: DmaTree + ?Sized>(tree: &mut T) -> Option<u64> {
     tree.ceil_key(0)
 }
 
-/// Copies the kernel-independent fields of the mapping stored under `key`.
-pub fn dma_at<T: DmaTree + ?Sized>(tree: &T, key: u64) -> Option<VfioDma> {
-    tree.get(key).map(|e| *e.dma())
-}
-
 /// Mirrors `vfio_find_dma()`: the key of a mapping selected by
 /// [`VfioDma::matches_find`] for `[start, start + size)`, or `None`.
 ///
@@ -187,35 +221,41 @@ pub fn dma_at<T: DmaTree + ?Sized>(tree: &T, key: u64) -> Option<VfioDma> {
 /// reference either only tests for existence, or passes a range that can
 /// overlap at most one mapping, so the choice is never observable there.
 pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
+    find_dma_view(tree, start, size).map(|v| v.key)
+}
+
+/// [`find_dma`], returning the mapping's view (one search in all).
+pub fn find_dma_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     // The only mapping starting at or below `start` that can match is the
     // closest one; every other candidate starts above `start`, and the
     // lowest of those is the only one that can be the lowest match.
     let (floor, next) = tree.around(start);
-    if let Some((k, d)) = floor {
-        if d.matches_find(start, size) {
-            return Some(k);
+    if let Some(v) = floor {
+        if v.dma.matches_find(start, size) {
+            return Some(v);
         }
     }
-    let (k, d) = next?;
-    if d.matches_find(start, size) {
-        Some(k)
-    } else {
-        None
-    }
+    next.filter(|v| v.dma.matches_find(start, size))
 }
 
 /// Mirrors `vfio_find_dma_first_node()`: the lowest mapping that ends after
 /// `start`, or `None` if there is none or (for a non-zero `size`) it starts at
 /// or beyond `start + size`.
 pub fn find_dma_first<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
+    find_dma_first_view(tree, start, size).map(|v| v.key)
+}
+
+/// [`find_dma_first`], returning the mapping's view (one search in all).
+pub fn find_dma_first_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     let (floor, next) = tree.around(start);
     // start < dma->iova + dma->size
-    let (k, d) = floor.filter(|(_, d)| start - d.iova < d.size).or(next)?;
+    let v = floor.filter(|v| start - v.dma.iova < v.dma.size).or(next)?;
+    let d = v.dma;
     // dma_res->iova >= start + size
     if size != 0 && d.iova >= start && d.iova - start >= size {
         return None;
     }
-    Some(k)
+    Some(v)
 }
 
 /// Mirrors the bookkeeping half of `vfio_remove_dma()`: unlinks the mapping,
@@ -228,11 +268,30 @@ pub fn remove_dma<T: DmaTree + ?Sized>(
     key: u64,
 ) -> Option<T::Entry> {
     let entry = tree.remove(key)?;
+    unaccount_removed(iommu, &entry);
+    Some(entry)
+}
+
+/// [`remove_dma`], and the view of the next mapping (`rb_next()`, taken
+/// by the C unmap loop before it removes the node).
+pub fn remove_dma_then_next<T: DmaTree + ?Sized>(
+    tree: &mut T,
+    iommu: &mut VfioIommu,
+    key: u64,
+) -> (Option<T::Entry>, Option<DmaView>) {
+    let (entry, next) = tree.remove_then_next(key);
+    if let Some(e) = &entry {
+        unaccount_removed(iommu, e);
+    }
+    (entry, next)
+}
+
+/// Gives a removed mapping's slot back and drops it from the vaddr-invalid count.
+fn unaccount_removed<E: DmaEntry + ?Sized>(iommu: &mut VfioIommu, entry: &E) {
     if entry.dma().vaddr_invalid {
         iommu.vaddr_invalid_count = iommu.vaddr_invalid_count.saturating_sub(1);
     }
     iommu.dma_avail = iommu.dma_avail.saturating_add(1);
-    Some(entry)
 }
 
 #[cfg(test)]

@@ -12,10 +12,9 @@
 //! state machine whose steps the kernel carries out between calls.
 
 use super::dirty::{copy_dma_to_user, user_pgshift, verify_bitmap_size, UserBitmap};
-use super::dma::{find_dma, find_dma_first, next_key, remove_dma, DmaEntry, DmaTree};
+use super::dma::{find_dma_first_view, find_dma_view, next_key, remove_dma_then_next, DmaEntry, DmaTree, DmaView};
 use super::errno::{Errno, EBUSY, EINVAL};
 use super::iommu::VfioIommu;
-use super::pin::PfnStore;
 use super::uapi::{
     DmaUnmap, VfioBitmap, DMA_UNMAP_MINSZ, VFIO_BITMAP_SIZE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_DMA_UNMAP_FLAG_VADDR,
@@ -74,7 +73,10 @@ pub fn check_unmap_bitmap(
 pub enum UnmapStep<E> {
     /// A mapping was unlinked (and its dirty bits copied out if requested).
     /// Tear it down like `vfio_remove_dma()` (unmap from every domain,
-    /// unpin, unaccount, drop task/mm/bitmap), then call `step` again.
+    /// unpin, unaccount, drop task/mm/bitmap), then call `step` again
+    /// *before releasing the container lock*: the plan keeps its place in
+    /// the tree (the mapping after the removed one, as the removal found
+    /// it), as the C loop keeps its `rb_next()` node.
     Removed(E),
     /// The mapping `[iova, iova + size)` still has pages pinned by devices.
     /// Drop the container lock, call every registered device's `dma_unmap`
@@ -237,7 +239,7 @@ impl UnmapPlan {
         U: UserBitmap + ?Sized,
     {
         let mut n = match self.cursor {
-            Cursor::After(k) => next_key(tree, k),
+            Cursor::At(next) => next,
             Cursor::Restart => {
                 // again: the v2 checks are repeated after every notification
                 // because the lock was dropped in between.
@@ -246,19 +248,15 @@ impl UnmapPlan {
                         return UnmapStep::Failed(e);
                     }
                 }
-                find_dma_first(tree, self.iova, self.size)
+                find_dma_first_view(tree, self.iova, self.size)
             }
         };
 
         if self.invalidate_vaddr {
-            return self.invalidate_vaddrs(tree, iommu, n);
+            return self.invalidate_vaddrs(tree, iommu, n.map(|v| v.key));
         }
 
-        while let Some(k) = n {
-            let Some(entry) = tree.get(k) else {
-                break;
-            };
-            let dma = *entry.dma();
+        while let Some(DmaView { key: k, dma, pinned }) = n {
             if self.beyond_end(dma.iova) {
                 break;
             }
@@ -267,7 +265,7 @@ impl UnmapPlan {
                 break;
             }
 
-            if !entry.pfn_list().is_empty() {
+            if pinned {
                 if self.dma_last == Some(k) {
                     self.retries += 1;
                     if self.retries > UNMAP_MAX_RETRIES {
@@ -297,14 +295,15 @@ impl UnmapPlan {
             }
 
             self.unmapped = self.unmapped.wrapping_add(dma.size);
-            // The C loop takes rb_next() before vfio_remove_dma(); resuming
-            // at the first key above the removed one is the same node while
-            // the lock is held, and stays correct if the tree changed.
-            self.cursor = Cursor::After(k);
-            if let Some(e) = remove_dma(tree, iommu, k) {
+            // The C loop takes rb_next() before vfio_remove_dma(); the
+            // removal here reports the next mapping, where the next step
+            // resumes (the lock is held in between: see `Removed`).
+            let (removed, next) = remove_dma_then_next(tree, iommu, k);
+            self.cursor = Cursor::At(next);
+            if let Some(e) = removed {
                 return UnmapStep::Removed(e);
             }
-            n = next_key(tree, k);
+            n = next;
         }
         UnmapStep::Done
     }
@@ -312,18 +311,15 @@ impl UnmapPlan {
     /// The v2 rule of `vfio_dma_do_unmap()`: the request may not bisect a
     /// mapping at its first or its last byte.
     fn check_v2_bisect<T: DmaTree + ?Sized>(&self, tree: &mut T) -> Result<(), Errno> {
-        if let Some(k) = find_dma(tree, self.iova, 1) {
-            if tree.get(k).is_some_and(|e| e.dma().iova != self.iova) {
+        if let Some(v) = find_dma_view(tree, self.iova, 1) {
+            if v.dma.iova != self.iova {
                 return Err(EINVAL);
             }
         }
         // `new()` rejected requests whose last byte overflows.
         let last = self.iova.checked_add(self.size - 1).ok_or(EINVAL)?;
-        if let Some(k) = find_dma(tree, last, 0) {
-            if tree
-                .get(k)
-                .is_some_and(|e| !e.dma().ends_at(self.iova, self.size))
-            {
+        if let Some(v) = find_dma_view(tree, last, 0) {
+            if !v.dma.ends_at(self.iova, self.size) {
                 return Err(EINVAL);
             }
         }
@@ -380,6 +376,7 @@ impl UnmapPlan {
 enum Cursor {
     /// Run the `again:` checks and search for the first mapping.
     Restart,
-    /// Continue with the first mapping above this (removed) key.
-    After(u64),
+    /// Continue with this mapping (the one after the last removed one, as
+    /// the removal found it; `None`: there was none).
+    At(Option<DmaView>),
 }

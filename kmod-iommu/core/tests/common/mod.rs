@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use type1_core::dirty::{
     check_get_bitmap_unlocked, dma_bitmap_alloc, iova_dirty_bitmap, UserBitmap,
 };
-use type1_core::dma::{remove_dma, DmaEntry, DmaPartsMut, DmaTree, VfioDma};
+use type1_core::dma::{remove_dma, DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use type1_core::errno::{Errno, EFAULT, ENOMEM};
 use type1_core::iommu::VfioIommu;
 use type1_core::iova::VfioIova;
@@ -135,6 +135,9 @@ impl CursorTree {
     fn peek_prev(&self, k: u64) -> Option<u64> {
         self.0 .0.range(..k).next_back().map(|(k, _)| *k)
     }
+    fn peek_next(&self, k: u64) -> Option<u64> {
+        self.0 .0.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).next().map(|(k, _)| *k)
+    }
     fn back(&self) -> Option<u64> {
         self.0 .0.keys().next_back().copied()
     }
@@ -162,13 +165,25 @@ impl DmaTree for CursorTree {
         self.0.remove(key)
     }
     /// The one-search recipe documented on `DmaTree::around`.
-    fn around(&mut self, key: u64) -> (Option<(u64, VfioDma)>, Option<(u64, VfioDma)>) {
-        let with = |k: Option<u64>| k.and_then(|k| self.0.get(k).map(|e| (k, e.dma)));
+    fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
+        let with = |k: Option<u64>| k.and_then(|k| self.0.get(k).map(|e| DmaView::of(k, e)));
         match self.lower_bound(key) {
-            Some(c) if c == key => (with(Some(c)), with(self.0 .0.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)).next().map(|(k, _)| *k))),
+            Some(c) if c == key => (with(Some(c)), with(self.peek_next(c))),
             Some(c) => (with(self.peek_prev(c)), with(Some(c))),
             None => (with(self.back()), None),
         }
+    }
+    /// As the kernel does it: `cursor_lower_bound(&key)`, `remove_current()`,
+    /// whose cursor is the next node if there is one, else the previous.
+    fn remove_then_next(&mut self, key: u64) -> (Option<HostDma>, Option<DmaView>) {
+        if self.lower_bound(key) != Some(key) {
+            return (None, None);
+        }
+        let removed = self.0.remove(key);
+        let (next, prev) = (self.lower_bound(key), self.peek_prev(key));
+        let cursor = next.or(prev);
+        let view = cursor.filter(|&c| c > key).and_then(|c| self.0.get(c).map(|e| DmaView::of(c, e)));
+        (removed, view)
     }
 }
 
