@@ -528,7 +528,7 @@ fn dma_rw_64k(env: &Env) -> Result<(), String> {
     let eng = Engine::new(d, &mem, iova)?;
     // No rings (size 0): the engine only copies.
     eng.start(0, 0, 0)?;
-    let n = env.iters(400);
+    let n = env.iters(4000);
     let mut t_all = Duration::ZERO;
     for k in 0..n {
         let (src, dst) = if k % 2 == 0 { (iova, iova + len) } else { (iova + len, iova) };
