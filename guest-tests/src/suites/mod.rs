@@ -176,6 +176,7 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.copy_faults", run: mtty_dma::copy_faults },
     Case { name: "mtty.dma.copy_bad_length", run: mtty_dma::copy_bad_length },
     Case { name: "mtty.dma.copy_waits_for_bus_master", run: mtty_dma::copy_waits_for_bus_master },
+    Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
 ];
 
 /// Cases that need longer than the runner's default per-case timeout.

@@ -518,3 +518,41 @@ pub fn copy_waits_for_bus_master(ctx: &Ctx) -> CaseResult {
     check_eq!(d.read32(c.bar + INT_STATUS)?, INT_COPY_DONE, "COPY_DONE");
     Ok(())
 }
+
+/// An accepted copy that waits for Bus Master is part of the migration
+/// stream: the destination device performs it in its own memory, the
+/// source never does.
+pub fn copy_survives_migration(ctx: &Ctx) -> CaseResult {
+    rust_only(ctx)?;
+    let src = open_device(ctx, "mtty-1")?;
+    let dst = open_device(ctx, "mtty-1")?;
+    let (s, t) = (&src.device, &dst.device);
+    let cs = Copier::new(s, &src._container)?;
+    let ct = Copier::new(t, &dst._container)?;
+    let to = (COPY_DST_PAGE * PAGE) as usize + 0x11;
+    s.write16(cs.cfg + 0x04, 0x0003)?;
+    cs.program(s, COPY_IOVA + 0x22, COPY_IOVA + to as u64, 0x2345)?;
+    s.write32(cs.bar + DOORBELL, DOORBELL_COPY)?;
+    check_eq!(s.read32(cs.bar + STATUS)?, STATUS_RUNNING | STATUS_BUSY | STATUS_COPY, "source: copy waiting");
+    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    let fd = s.set_mig_state(VFIO_DEVICE_STATE_STOP_COPY)?.ok_or_else(|| fail("STOP_COPY gave no data fd"))?;
+    let image = crate::vfio::read_all_fd(&fd)?;
+    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    drop(fd);
+    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    let fd = t.set_mig_state(VFIO_DEVICE_STATE_RESUMING)?.ok_or_else(|| fail("RESUMING gave no data fd"))?;
+    crate::vfio::write_all_fd(&fd, &image)?;
+    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    drop(fd);
+    t.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
+    check_eq!(t.read32(ct.bar + STATUS)?, STATUS_RUNNING | STATUS_BUSY | STATUS_COPY, "destination: copy waiting");
+    check_eq!(t.read32(ct.bar + COPY_LEN)?, 0x2345, "destination: COPY_LEN");
+    check_eq!(t.read32(ct.bar + COPY_SRC)?, (COPY_IOVA + 0x22) as u32, "destination: COPY_SRC");
+    ct.verify(0, 0, 0, "destination memory before Bus Master")?;
+    t.write16(ct.cfg + 0x04, 0x0007)?;
+    check_eq!(ct.wait(t)?, STATUS_RUNNING, "destination: copy done");
+    ct.verify(0x22, to, 0x2345, "the copy on the destination")?;
+    check_eq!(t.read32(ct.bar + INT_STATUS)?, INT_COPY_DONE, "destination: COPY_DONE");
+    cs.verify(0, 0, 0, "source memory: the source device never copied")?;
+    Ok(())
+}
