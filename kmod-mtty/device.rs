@@ -22,8 +22,8 @@
 //!    (the sample's `state_mutex`). A data file's own lock
 //!    ([`crate::migration::MigData`]) nests inside it, never the other way.
 //! 2. [`Mtty::state`]: the device model (UARTs, config space, DMA engine),
-//!    the interrupt configuration and the pinned pages (the sample's
-//!    `ops_lock` and `rxtx_lock` in one).
+//!    the interrupt configuration, the pinned pages and the copy command's
+//!    bounce buffer (the sample's `ops_lock` and `rxtx_lock` in one).
 //!
 //! No lock of ours is held while calling into the IOMMU backend
 //! (`vfio_pin_pages`, `vfio_unpin_pages`, `vfio_dma_rw`, which take the

@@ -7,8 +7,8 @@
 //! container's IOMMU backend, read or write a descriptor with `vfio_dma_rw`,
 //! copy bytes between a pinned page and UART port 0, perform a copy command
 //! with two `vfio_dma_rw` through the device's bounce buffer) and reports
-//! the result, until the engine is idle. Everything runs with the device's state lock
-//! held, so the plan and its completion see the same state.
+//! the result, until the engine is idle. Everything runs with the device's
+//! state lock held, so the plan and its completion see the same state.
 //!
 //! The pinned pages of each of the engine's pin slots are kept in
 //! [`State::pins`], parallel to the engine's own table of pinned ranges.
