@@ -22,8 +22,8 @@
 //!    (the sample's `state_mutex`). A data file's own lock
 //!    ([`crate::migration::MigData`]) nests inside it, never the other way.
 //! 2. [`Mtty::state`]: the device model (UARTs, config space, DMA engine),
-//!    the interrupt configuration and the pinned pages (the sample's
-//!    `ops_lock` and `rxtx_lock` in one).
+//!    the interrupt configuration, the pinned pages and the copy command's
+//!    bounce buffer (the sample's `ops_lock` and `rxtx_lock` in one).
 //!
 //! No lock of ours is held while calling into the IOMMU backend
 //! (`vfio_pin_pages`, `vfio_unpin_pages`, `vfio_dma_rw`, which take the
@@ -47,7 +47,7 @@ use crate::dma;
 use crate::rx_timer;
 use crate::irq::Irq;
 use crate::migration::MigCtl;
-use crate::model::dma_engine::MAX_PINS;
+use crate::model::dma_engine::{MAX_COPY_LEN, MAX_PINS};
 use crate::model::migration::MttyState;
 use crate::model::pci_config::{PortCount, CONFIG_SIZE, DMA_BAR, IO_BAR_SIZE};
 use crate::model::rx_timeout::RxTimeouts;
@@ -110,6 +110,11 @@ pub(crate) struct State {
     pub(crate) ffi_in_flight: bool,
     /// Number of `dma_unmap` calls waiting for `ffi_in_flight` to clear.
     pub(crate) unmap_waiting: u32,
+    /// The copy command's bounce buffer, `MAX_COPY_LEN` bytes, allocated
+    /// with the device. The runner takes it out (leaving an empty vector)
+    /// for the two `vfio_dma_rw` of a copy and puts it back; freed with the
+    /// device.
+    pub(crate) copy_buf: KVVec<u8>,
     /// Character-timeout deadlines and what the timer is armed for.
     pub(crate) rx_timer: RxTimeouts,
     /// The device is open: the character-timeout timer may be armed.
@@ -149,6 +154,7 @@ impl Mtty {
     /// A new device with `ports` ports holding `reservation`.
     pub(crate) fn new(ports: PortCount, reservation: Reservation) -> impl PinInit<Self, Error> {
         let model = MttyState::new(ports);
+        let copy_buf = KVVec::from_elem(0u8, MAX_COPY_LEN as usize, GFP_KERNEL);
         try_pin_init!(Mtty {
             ports,
             _reservation: reservation,
@@ -160,6 +166,7 @@ impl Mtty {
                 engine_active: false,
                 ffi_in_flight: false,
                 unmap_waiting: 0,
+                copy_buf: copy_buf?,
                 rx_timer: RxTimeouts::new(),
                 timer_enabled: false,
             }, "Mtty::state"),

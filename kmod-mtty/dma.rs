@@ -5,9 +5,10 @@
 //! The engine plans one step at a time ([`DmaEngine::plan`]); this module
 //! performs it through the VFIO device (pin or unpin IOVA pages with the
 //! container's IOMMU backend, read or write a descriptor with `vfio_dma_rw`,
-//! copy bytes between a pinned page and UART port 0) and reports the result,
-//! until the engine is idle. Everything runs with the device's state lock
-//! held, so the plan and its completion see the same state.
+//! copy bytes between a pinned page and UART port 0, perform a copy command
+//! with two `vfio_dma_rw` through the device's bounce buffer) and reports
+//! the result, until the engine is idle. Everything runs with the device's
+//! state lock held, so the plan and its completion see the same state.
 //!
 //! The pinned pages of each of the engine's pin slots are kept in
 //! [`State::pins`], parallel to the engine's own table of pinned ranges.
@@ -18,6 +19,7 @@
 use crate::device::{Mtty, State};
 use crate::model::dma_engine::{Action, Completion, EngineEnv, PinSlot, DESC_SIZE, MAX_PINS};
 use crate::vfio_device::{Device, PinnedPages};
+use kernel::alloc::KVVec;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
 
 /// Upper bound of engine steps per run, so one register access cannot hold
@@ -126,6 +128,22 @@ pub(crate) fn run(dev: &Device<Mtty>) {
                 let _ = st.model.dma.complete(&action, result);
                 st.irq_update(before);
             }
+            Action::Copy { src, dst, len, .. } => {
+                // The bounce buffer leaves the state for the unlocked part;
+                // one runner at a time, so nobody else looks for it.
+                let mut buf = core::mem::replace(&mut st.copy_buf, KVVec::new());
+                st.ffi_in_flight = true;
+                drop(st);
+                let result = copy(dev, &mut buf, src, dst, len);
+                st = dev.state.lock();
+                st.copy_buf = buf;
+                st.ffi_in_flight = false;
+                dev.ffi_done.notify_all();
+                let before = st.model.pending_mask();
+                // Stale if a reset or an error came in meanwhile.
+                let _ = st.model.dma.complete(&action, result);
+                st.irq_update(before);
+            }
             Action::TxToUart { .. } | Action::UartToRx { .. } => {
                 let before = st.model.pending_mask();
                 let result = transfer(&mut st, &action);
@@ -137,6 +155,20 @@ pub(crate) fn run(dev: &Device<Mtty>) {
     // Transfers moved bytes through port 0's FIFO.
     crate::rx_timer::update(dev, &mut st);
     st.engine_active = false;
+}
+
+/// The copy command: one `vfio_dma_rw` reading all `len` bytes at `src`
+/// into `buf`, then one writing them at `dst`. Call without the state lock.
+fn copy(dev: &Device<Mtty>, buf: &mut KVVec<u8>, src: u64, dst: u64, len: u32) -> Completion {
+    // The engine checked `len` (1..=MAX_COPY_LEN, the buffer's length).
+    let Some(data) = buf.get_mut(..len as usize) else { return Completion::CopyReadFailed };
+    if dev.dma_rw(src, data, false).is_err() {
+        return Completion::CopyReadFailed;
+    }
+    if dev.dma_rw(dst, data, true).is_err() {
+        return Completion::CopyWriteFailed;
+    }
+    Completion::Copied
 }
 
 /// Moves bytes between a pinned page and UART port 0 (no backend call).

@@ -33,3 +33,22 @@ pub const DOORBELL_RX: u32 = 2;
 pub const ERR_UNMAPPED: u32 = 1;
 /// The DONE flag the device writes back into a descriptor.
 pub const DESC_DONE: u32 = 1;
+
+/// The copy command (engine version 1.1): source and destination IOVA
+/// (64-bit registers) and length.
+pub const COPY_SRC: u64 = 0x80;
+pub const COPY_DST: u64 = 0x88;
+pub const COPY_LEN: u64 = 0x90;
+/// Largest COPY_LEN.
+pub const MAX_COPY_LEN: u32 = 65536;
+pub const DOORBELL_COPY: u32 = 4;
+pub const STATUS_COPY: u32 = 8;
+pub const INT_ERROR: u32 = 4;
+pub const INT_COPY_DONE: u32 = 8;
+/// ERROR_CODE: COPY_LEN 0 or above 65536 (or a range past the IOVA space).
+pub const ERR_BAD_COPY: u32 = 7;
+/// ERROR_CODE: the copy's read or write failed (`vfio_dma_rw`).
+pub const ERR_COPY_FAULT: u32 = 8;
+/// VERSION: major 1, minor 1 (the copy command).
+pub const VERSION: u64 = 0x04;
+pub const VERSION_VALUE: u32 = 0x0001_0001;

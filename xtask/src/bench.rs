@@ -52,14 +52,6 @@ pub struct BenchOpts {
     pub perf: Option<String>,
 }
 
-/// Rows that cannot be measured yet, with the reason printed in their place.
-pub const NOT_MEASURED: &[(&str, &str)] = &[
-    (
-        "dma_rw.64k",
-        "n/a: no guest-reachable path issues a 64 KiB vfio_dma_rw (the mtty engine uses it for 16-byte descriptors; buffers go through pinned pages)",
-    ),
-];
-
 /// One line of `samples.jsonl`: a flat object of strings and numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JVal {
@@ -162,12 +154,12 @@ pub struct Row {
     pub ratio: Option<f64>,
     /// Smallest and largest Rust/C ratio of the same round.
     pub ratio_range: Option<(f64, f64)>,
-    /// Why there is no ratio (skip, error, not measurable).
+    /// Why there is no ratio (skip, error, missing samples).
     pub note: Option<String>,
 }
 
 /// The statistics of a samples file: one row per metric, in first-seen
-/// order, then skipped/failed workloads, then the rows not measurable yet.
+/// order, then skipped/failed workloads.
 pub fn analyze(samples: &str) -> Vec<Row> {
     // metric -> (unit, side -> round -> value)
     let mut order: Vec<String> = Vec::new();
@@ -231,17 +223,6 @@ pub fn analyze(samples: &str) -> Vec<Row> {
             continue;
         }
         rows.push(Row { metric: workload, unit: String::new(), c: None, rust: None, ratio: None, ratio_range: None, note: Some(why) });
-    }
-    for (m, why) in NOT_MEASURED {
-        rows.push(Row {
-            metric: (*m).to_owned(),
-            unit: String::new(),
-            c: None,
-            rust: None,
-            ratio: None,
-            ratio_range: None,
-            note: Some((*why).to_owned()),
-        });
     }
     rows
 }
@@ -758,10 +739,9 @@ mod tests {
         let (lo, hi) = r.ratio_range.unwrap();
         assert!((lo - 0.9).abs() < 1e-9 && (hi - 2.0).abs() < 1e-9);
         let names: Vec<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
-        assert_eq!(names, ["map.1g.map", "pin.single", "scale", "dma_rw.64k"]);
+        assert_eq!(names, ["map.1g.map", "pin.single", "scale"]);
         assert!(rows[1].note.as_deref().unwrap().starts_with("skipped"));
         assert!(rows[2].note.as_deref().unwrap().contains("error (rust side, round 1)"));
-        assert!(rows[3].note.as_deref().unwrap().starts_with("n/a: no guest-reachable path"));
     }
 
     #[test]
@@ -769,7 +749,6 @@ mod tests {
         let rows = analyze(SAMPLES);
         let md = markdown(&rows, "head");
         assert!(md.contains("| map.1g.map | ns/op | 100.0 (100.0–120.0) | 110.0 (90.000–240.0) | 1.10 | 0.90–2.00 |"), "{md}");
-        assert!(md.contains("| dma_rw.64k |  | - | - | n/a: no guest-reachable path"), "{md}");
         let j = json(&rows, &[("rounds", "3".into())]);
         assert!(j.contains("\"rounds\": \"3\""));
         assert!(j.contains("\"ratio\":1.1"));

@@ -171,6 +171,12 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },
     Case { name: "mtty.mdevctl.start_stop", run: mdevctl::start_stop },
     Case { name: "mtty.qemu.guest_8250", run: mtty_qemu::guest_8250 },
+    Case { name: "mtty.dma.copy_64k", run: mtty_dma::copy_64k },
+    Case { name: "mtty.dma.copy_lengths_and_boundaries", run: mtty_dma::copy_lengths_and_boundaries },
+    Case { name: "mtty.dma.copy_faults", run: mtty_dma::copy_faults },
+    Case { name: "mtty.dma.copy_bad_length", run: mtty_dma::copy_bad_length },
+    Case { name: "mtty.dma.copy_waits_for_bus_master", run: mtty_dma::copy_waits_for_bus_master },
+    Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
 ];
 
 /// Cases that need longer than the runner's default per-case timeout.

@@ -33,6 +33,14 @@
 //! halts the engine with [`DmaError::Unmapped`] and the lowest overlapping
 //! IOVA in ERROR_IOVA. The driver unpins those ranges before returning from
 //! its `dma_unmap` callback.
+//!
+//! # Copy command
+//!
+//! Besides the rings, the engine copies up to [`MAX_COPY_LEN`] bytes from one
+//! IOVA range to another on a [`DOORBELL_COPY`]: [`Action::Copy`] asks the
+//! driver to read the whole source into a buffer of its own and write it to
+//! the destination, each with a single `vfio_dma_rw` (no pins). The
+//! parameters are checked by [`check_copy`] when the doorbell is rung.
 
 /// Page size the engine plans pins in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -75,6 +83,14 @@ pub const REG_INT_ENABLE: u32 = 0x24;
 pub const REG_TX_RING: u32 = 0x40;
 /// Register block of the receive ring.
 pub const REG_RX_RING: u32 = 0x60;
+/// Register: copy source IOVA, low half (high half at +4).
+pub const REG_COPY_SRC: u32 = 0x80;
+/// Register: copy destination IOVA, low half (high half at +4).
+pub const REG_COPY_DST: u32 = 0x88;
+/// Register: copy length in bytes, 1..=[`MAX_COPY_LEN`].
+pub const REG_COPY_LEN: u32 = 0x90;
+/// Largest length of one copy command (64 KiB).
+pub const MAX_COPY_LEN: u32 = 65536;
 /// Offset in a ring block: ring base IOVA, low half (high half at +4).
 pub const RING_BASE: u32 = 0x00;
 /// Offset in a ring block: number of entries (0 disables the ring).
@@ -86,8 +102,9 @@ pub const RING_TAIL: u32 = 0x14;
 
 /// Value of the ID register: the bytes "mDMA" in little-endian order.
 pub const ID_VALUE: u32 = 0x414D_446D;
-/// Value of the version register: major 1, minor 0.
-pub const VERSION_VALUE: u32 = 0x0001_0000;
+/// Value of the version register: major 1, minor 1 (minor 1 added the copy
+/// command).
+pub const VERSION_VALUE: u32 = 0x0001_0001;
 
 /// CTRL: run the engine.
 pub const CTRL_ENABLE: u32 = 0x1;
@@ -99,18 +116,24 @@ pub const STATUS_RUNNING: u32 = 0x1;
 pub const STATUS_BUSY: u32 = 0x2;
 /// STATUS: halted by an error; see ERROR_CODE and ERROR_IOVA.
 pub const STATUS_ERROR: u32 = 0x4;
+/// STATUS: a copy command was accepted and has not finished.
+pub const STATUS_COPY: u32 = 0x8;
 /// DOORBELL: the transmit ring's TAIL moved.
 pub const DOORBELL_TX: u32 = 0x1;
 /// DOORBELL: the receive ring's TAIL moved.
 pub const DOORBELL_RX: u32 = 0x2;
+/// DOORBELL: start the copy described by COPY_SRC, COPY_DST and COPY_LEN.
+pub const DOORBELL_COPY: u32 = 0x4;
 /// INT_STATUS/INT_ENABLE: a transmit descriptor completed.
 pub const INT_TX_DONE: u32 = 0x1;
 /// INT_STATUS/INT_ENABLE: a receive descriptor completed.
 pub const INT_RX_DONE: u32 = 0x2;
 /// INT_STATUS/INT_ENABLE: the engine halted on an error.
 pub const INT_ERROR: u32 = 0x4;
+/// INT_STATUS/INT_ENABLE: a copy command completed.
+pub const INT_COPY_DONE: u32 = 0x8;
 /// All implemented interrupt bits.
-pub const INT_MASK: u32 = INT_TX_DONE | INT_RX_DONE | INT_ERROR;
+pub const INT_MASK: u32 = INT_TX_DONE | INT_RX_DONE | INT_ERROR | INT_COPY_DONE;
 /// Descriptor flags: written back by the device on completion.
 pub const DESC_DONE: u32 = 0x1;
 
@@ -135,6 +158,12 @@ pub enum DmaError {
     PinFailed = 5,
     /// Copying to or from a pinned page failed.
     AccessFault = 6,
+    /// A copy command with length 0 or above [`MAX_COPY_LEN`], or with a
+    /// range that runs past the end of the IOVA space.
+    BadCopy = 7,
+    /// The read of a copy's source or the write of its destination failed
+    /// (IOVA not mapped, or mapped without the needed permission).
+    CopyFault = 8,
 }
 
 impl DmaError {
@@ -148,6 +177,8 @@ impl DmaError {
             4 => Some(DmaError::BadIndex),
             5 => Some(DmaError::PinFailed),
             6 => Some(DmaError::AccessFault),
+            7 => Some(DmaError::BadCopy),
+            8 => Some(DmaError::CopyFault),
             _ => None,
         }
     }
@@ -175,6 +206,49 @@ pub enum DescError {
     ReservedFlags,
     /// The buffer runs past the last IOVA.
     AddressOverflow,
+}
+
+/// Why a copy command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyError {
+    /// Length 0.
+    ZeroLength,
+    /// Length above [`MAX_COPY_LEN`].
+    TooLong,
+    /// The source runs past the last IOVA.
+    SourceOverflow,
+    /// The destination runs past the last IOVA.
+    DestOverflow,
+}
+
+impl CopyError {
+    /// The IOVA reported in ERROR_IOVA: the destination for a destination
+    /// that overflows, else the source.
+    pub const fn iova(self, src: u64, dst: u64) -> u64 {
+        match self {
+            CopyError::DestOverflow => dst,
+            _ => src,
+        }
+    }
+}
+
+/// Checks the parameters of a copy command: `len` in 1..=[`MAX_COPY_LEN`],
+/// and neither `[src, src + len)` nor `[dst, dst + len)` running past the
+/// end of the 64-bit IOVA space. Overlapping ranges are allowed.
+pub fn check_copy(src: u64, dst: u64, len: u32) -> Result<(), CopyError> {
+    let Some(last) = len.checked_sub(1) else {
+        return Err(CopyError::ZeroLength);
+    };
+    if len > MAX_COPY_LEN {
+        return Err(CopyError::TooLong);
+    }
+    if src.checked_add(u64::from(last)).is_none() {
+        return Err(CopyError::SourceOverflow);
+    }
+    if dst.checked_add(u64::from(last)).is_none() {
+        return Err(CopyError::DestOverflow);
+    }
+    Ok(())
 }
 
 /// One ring entry as stored in guest memory (16 bytes, little-endian).
@@ -427,6 +501,21 @@ pub enum Action {
         /// Number of bytes; never more than the FIFO fill given in the env.
         len: u32,
     },
+    /// Read `len` bytes at IOVA `src` into a driver buffer with one
+    /// `vfio_dma_rw`, then write them at IOVA `dst` with one more; complete
+    /// with `Copied`, `CopyReadFailed` (the write is then not attempted) or
+    /// `CopyWriteFailed`. The ranges are checked by [`check_copy`].
+    Copy {
+        /// Source IOVA.
+        src: u64,
+        /// Destination IOVA.
+        dst: u64,
+        /// Bytes, 1..=[`MAX_COPY_LEN`].
+        len: u32,
+        /// Identifies this copy command among those the engine accepted,
+        /// so a completion outliving a reset cannot finish a later copy.
+        tag: u32,
+    },
 }
 
 /// Result of an action, reported through [`DmaEngine::complete`].
@@ -446,6 +535,12 @@ pub enum Completion {
     Transferred(u32),
     /// Accessing the pinned page failed.
     Failed,
+    /// The copy's source was read and its destination written.
+    Copied,
+    /// Reading the copy's source failed; nothing was written.
+    CopyReadFailed,
+    /// Writing the copy's destination failed.
+    CopyWriteFailed,
 }
 
 /// A completion that does not match the engine's current state.
@@ -590,8 +685,16 @@ impl InFlight {
     }
 }
 
+/// The copy command's registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct CopyRegs {
+    src: u64,
+    dst: u64,
+    len: u32,
+}
+
 /// Length in bytes of the snapshot produced by [`DmaEngine::save_state`].
-pub const STATE_LEN: usize = 128;
+pub const STATE_LEN: usize = 160;
 
 /// The DMA engine: register file, ring progress and pin table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -606,6 +709,13 @@ pub struct DmaEngine {
     tx_cur: Option<InFlight>,
     rx_cur: Option<InFlight>,
     pins: [Option<PinRange>; MAX_PINS],
+    /// COPY_SRC, COPY_DST, COPY_LEN.
+    copy: CopyRegs,
+    /// A copy was accepted by the doorbell and has not finished: the copy
+    /// registers are frozen and `plan` asks for it.
+    copy_busy: bool,
+    /// Tag of the last accepted copy (not part of the snapshot).
+    copy_tag: u32,
 }
 
 impl Default for DmaEngine {
@@ -646,6 +756,13 @@ impl DmaEngine {
             tx_cur: None,
             rx_cur: None,
             pins: [None; MAX_PINS],
+            copy: CopyRegs {
+                src: 0,
+                dst: 0,
+                len: 0,
+            },
+            copy_busy: false,
+            copy_tag: 0,
         }
     }
 
@@ -655,8 +772,12 @@ impl DmaEngine {
     /// [`DmaEngine::take_all_pins`].
     pub fn reset(&mut self) {
         let pins = self.pins;
+        let tag = self.copy_tag;
         *self = DmaEngine::new();
         self.pins = pins;
+        // Tags keep counting, so a completion from before the reset stays
+        // stale even if the same copy is started again.
+        self.copy_tag = tag;
     }
 
     /// True while enabled and not halted by an error.
@@ -670,12 +791,18 @@ impl DmaEngine {
         if self.running() {
             s |= STATUS_RUNNING;
         }
-        if self.tx_cur.is_some() || self.rx_cur.is_some() || self.pins.iter().any(Option::is_some)
+        if self.tx_cur.is_some()
+            || self.rx_cur.is_some()
+            || self.copy_busy
+            || self.pins.iter().any(Option::is_some)
         {
             s |= STATUS_BUSY;
         }
         if self.error != DmaError::None {
             s |= STATUS_ERROR;
+        }
+        if self.copy_busy {
+            s |= STATUS_COPY;
         }
         s
     }
@@ -754,6 +881,16 @@ impl DmaEngine {
         }
         if !env.bus_master {
             return Action::Idle;
+        }
+        // An accepted copy goes first: it is one step, and the rings may
+        // keep each other busy for a long time.
+        if self.copy_busy {
+            return Action::Copy {
+                src: self.copy.src,
+                dst: self.copy.dst,
+                len: self.copy.len,
+                tag: self.copy_tag,
+            };
         }
         if let Some(a) = self.plan_tx(env) {
             return a;
@@ -842,6 +979,21 @@ impl DmaEngine {
             }
             (Action::TxToUart { at, len }, r) => self.complete_transfer(Ring::Tx, at, len, r),
             (Action::UartToRx { at, len }, r) => self.complete_transfer(Ring::Rx, at, len, r),
+            (Action::Copy { src, dst, len, tag }, r) => {
+                if !self.copy_busy || self.copy_tag != tag || self.copy != (CopyRegs { src, dst, len }) {
+                    return Err(StaleCompletion);
+                }
+                match r {
+                    Completion::Copied => {
+                        self.copy_busy = false;
+                        self.int_status |= INT_COPY_DONE;
+                    }
+                    Completion::CopyReadFailed => self.halt(DmaError::CopyFault, src),
+                    Completion::CopyWriteFailed => self.halt(DmaError::CopyFault, dst),
+                    _ => return Err(StaleCompletion),
+                }
+                Ok(())
+            }
             _ => Err(StaleCompletion),
         }
     }
@@ -905,6 +1057,11 @@ impl DmaEngine {
             w.u32(c.done);
         }
         w.zeros(1);
+        w.u64(self.copy.src);
+        w.u64(self.copy.dst);
+        w.u32(self.copy.len);
+        w.bool(self.copy_busy);
+        w.zeros(11);
         w.finish()
     }
 
@@ -952,11 +1109,23 @@ impl DmaEngine {
         e.tx_cur = tx_cur;
         e.rx_cur = rx_cur;
         r.zeros(1);
+        e.copy = CopyRegs {
+            src: r.u64(),
+            dst: r.u64(),
+            len: r.u32(),
+        };
+        e.copy_busy = r.bool();
+        r.zeros(11);
+        if e.copy_busy {
+            r.check(check_copy(e.copy.src, e.copy.dst, e.copy.len).is_ok());
+        }
         match DmaError::from_u32(code) {
             Some(err) => e.error = err,
             None => r.reject(),
         }
         r.check(e.int_status & !INT_MASK == 0 && e.int_enable & !INT_MASK == 0);
+        // A halt cancels the copy.
+        r.check(!e.copy_busy || e.error == DmaError::None);
         let running = e.running();
         for ring in [Ring::Tx, Ring::Rx] {
             let regs = *e.ring(ring);
@@ -1014,7 +1183,24 @@ impl DmaEngine {
         }
         self.tx_cur = None;
         self.rx_cur = None;
+        self.copy_busy = false;
         self.int_status |= INT_ERROR;
+    }
+
+    /// Accepts the copy in the copy registers, or halts with
+    /// [`DmaError::BadCopy`]. A doorbell while a copy is busy is ignored.
+    fn doorbell_copy(&mut self) {
+        if self.copy_busy {
+            return;
+        }
+        let CopyRegs { src, dst, len } = self.copy;
+        match check_copy(src, dst, len) {
+            Ok(()) => {
+                self.copy_busy = true;
+                self.copy_tag = self.copy_tag.wrapping_add(1);
+            }
+            Err(err) => self.halt(DmaError::BadCopy, err.iova(src, dst)),
+        }
     }
 
     /// Samples TAIL of `ring` as the new limit of available descriptors.
@@ -1071,6 +1257,8 @@ impl DmaEngine {
             }
         };
         let [e0, e1, e2, e3, e4, e5, e6, e7] = self.error_iova.to_le_bytes();
+        let lo = |v: u64| v as u32;
+        let hi = |v: u64| (v >> 32) as u32;
         match offset {
             REG_ID => ID_VALUE,
             REG_VERSION => VERSION_VALUE,
@@ -1083,6 +1271,11 @@ impl DmaEngine {
             REG_INT_ENABLE => self.int_enable,
             0x40..=0x5F => ring_reg(&self.tx, offset.wrapping_sub(REG_TX_RING)),
             0x60..=0x7F => ring_reg(&self.rx, offset.wrapping_sub(REG_RX_RING)),
+            REG_COPY_SRC => lo(self.copy.src),
+            0x84 => hi(self.copy.src),
+            REG_COPY_DST => lo(self.copy.dst),
+            0x8C => hi(self.copy.dst),
+            REG_COPY_LEN => self.copy.len,
             // DOORBELL and reserved space read as zero.
             _ => 0,
         }
@@ -1113,12 +1306,31 @@ impl DmaEngine {
                 if self.running() && val & DOORBELL_RX != 0 {
                     self.doorbell(Ring::Rx);
                 }
+                if self.running() && val & DOORBELL_COPY != 0 {
+                    self.doorbell_copy();
+                }
             }
             REG_INT_STATUS => self.int_status &= !val,
             REG_INT_ENABLE => self.int_enable = val & INT_MASK,
             0x40..=0x5F => self.write_ring(Ring::Tx, offset.wrapping_sub(REG_TX_RING), val),
             0x60..=0x7F => self.write_ring(Ring::Rx, offset.wrapping_sub(REG_RX_RING), val),
+            // The copy registers are frozen while a copy is busy.
+            REG_COPY_SRC..=REG_COPY_LEN if !self.copy_busy => self.write_copy(offset, val),
             // ID, VERSION, STATUS, ERROR_* are read-only; the rest is reserved.
+            _ => {}
+        }
+    }
+
+    fn write_copy(&mut self, offset: u32, val: u32) {
+        let set_lo = |v: u64| (v & !0xFFFF_FFFF) | u64::from(val);
+        let set_hi = |v: u64| (v & 0xFFFF_FFFF) | u64::from(val) << 32;
+        let c = &mut self.copy;
+        match offset {
+            REG_COPY_SRC => c.src = set_lo(c.src),
+            0x84 => c.src = set_hi(c.src),
+            REG_COPY_DST => c.dst = set_lo(c.dst),
+            0x8C => c.dst = set_hi(c.dst),
+            REG_COPY_LEN => c.len = val,
             _ => {}
         }
     }

@@ -19,7 +19,7 @@
 //! | 32     | 32   | port 0 (`uart::Uart::save_state`)                      |
 //! | 64     | 32   | port 1 (a reset port on one-port devices)              |
 //! | 96     | 256  | configuration space                                    |
-//! | 352    | 128  | DMA engine (`dma_engine::DmaEngine::save_state`)       |
+//! | 352    | 160  | DMA engine (`dma_engine::DmaEngine::save_state`)       |
 //!
 //! The header mirrors mtty.c's `struct mtty_data` (magic, versions, port
 //! count, flags) so tools recognise the stream, but the major version is 2:
@@ -37,8 +37,9 @@ use super::uart::Uart;
 pub const MAGIC: u64 = 0x7e9d_0989_8c3e_2c4e;
 /// Major version of this layout (mtty.c's raw-struct format is version 1).
 pub const MAJOR_VERSION: u32 = 2;
-/// Minor version of this layout.
-pub const MINOR_VERSION: u32 = 0;
+/// Minor version of this layout (1: the DMA engine's copy command added 32
+/// bytes to its snapshot).
+pub const MINOR_VERSION: u32 = 1;
 /// Length of the header in bytes.
 pub const HEADER_LEN: usize = 32;
 /// Length of one port's snapshot.

@@ -52,7 +52,7 @@ fn reseal(buf: &mut [u8]) {
 #[test]
 fn layout_constants() {
     assert_eq!(HEADER_LEN, 32);
-    assert_eq!(STATE_SIZE, 32 + 2 * 32 + 256 + 128);
+    assert_eq!(STATE_SIZE, 32 + 2 * 32 + 256 + 160);
     assert_eq!(MAGIC, 0x7e9d09898c3e2c4e, "same magic as mtty.c");
 }
 
@@ -71,7 +71,7 @@ fn header_fields() {
     assert_eq!(&buf[32..64], &st.ports[0].save_state());
     assert_eq!(&buf[64..96], &st.ports[1].save_state());
     assert_eq!(&buf[96..352], st.config.as_bytes());
-    assert_eq!(&buf[352..480], &st.dma.save_state());
+    assert_eq!(&buf[352..512], &st.dma.save_state());
 }
 
 #[test]
@@ -268,7 +268,7 @@ proptest! {
         // Mix random component images with valid ones so that each
         // component's validation is reached with random data.
         let mut buf = saved(&sample_state(ports));
-        let parts = [(32usize, 64usize), (64, 96), (96, 352), (352, 480)];
+        let parts = [(32usize, 64usize), (64, 96), (96, 352), (352, 512)];
         for ((lo, hi), k) in parts.iter().zip(keep) {
             if !k {
                 buf[*lo..*hi].copy_from_slice(&payload[lo - 32..hi - 32]);

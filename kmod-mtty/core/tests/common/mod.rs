@@ -11,7 +11,7 @@
 
 use mtty_core::dma_engine::*;
 use mtty_core::uart::Uart;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub const PAGE: u64 = 4096;
 
@@ -26,6 +26,10 @@ pub struct Sim {
     pub unpin_calls: usize,
     /// Make the next copies fail (to test ACCESS_FAULT).
     pub fail_copies: bool,
+    /// Pages mapped read-only (device writes fail), by page number.
+    pub read_only: HashSet<u64>,
+    /// Copy commands performed (each one read and at most one write).
+    pub copy_calls: usize,
 }
 
 impl Default for Sim {
@@ -45,6 +49,8 @@ impl Sim {
             pin_calls: 0,
             unpin_calls: 0,
             fail_copies: false,
+            read_only: HashSet::new(),
+            copy_calls: 0,
         }
     }
 
@@ -71,9 +77,25 @@ impl Sim {
             let doomed: Vec<u64> = self.mem.range(first..=last).map(|(k, _)| *k).collect();
             for p in doomed {
                 self.mem.remove(&p);
+                self.read_only.remove(&p);
             }
         }
         list
+    }
+
+    /// Maps read-only: the device may read but not write these pages.
+    pub fn map_ro(&mut self, iova: u64, len: u64) {
+        self.map(iova, len);
+        for p in iova / PAGE..=(iova + len - 1) / PAGE {
+            self.read_only.insert(p);
+        }
+    }
+
+    /// Whether every byte of `[iova, iova + len)` is mapped (and writable
+    /// if `write`), as `vfio_dma_rw` needs.
+    pub fn accessible(&self, iova: u64, len: u64, write: bool) -> bool {
+        (iova / PAGE..=(iova + len - 1) / PAGE)
+            .all(|p| self.mem.contains_key(&p) && !(write && self.read_only.contains(&p)))
     }
 
     pub fn mapped(&self, iova: u64) -> bool {
@@ -205,6 +227,21 @@ impl Sim {
                     let data: Vec<u8> = (0..len).map(|_| self.uart.rx_pop().0.unwrap()).collect();
                     self.write_mem(at.iova, &data);
                     Completion::Transferred(len)
+                }
+            }
+            Action::Copy { src, dst, len, .. } => {
+                assert!(env.bus_master, "copy without bus master");
+                assert!(check_copy(src, dst, len).is_ok(), "copy of an unchecked range");
+                self.copy_calls += 1;
+                let n = u64::from(len);
+                if self.fail_copies || !self.accessible(src, n, false) {
+                    Completion::CopyReadFailed
+                } else if !self.accessible(dst, n, true) {
+                    Completion::CopyWriteFailed
+                } else {
+                    let data = self.read_mem(src, len as usize);
+                    self.write_mem(dst, &data);
+                    Completion::Copied
                 }
             }
         };
