@@ -851,6 +851,7 @@ pub fn perf(cfg: &BenchConfig) -> bool {
                     return false;
                 }
             }
+            hot_instructions(&data, &dir.join(format!("{base}.ips.txt")));
             let _ = std::fs::remove_file(&data);
             if let Err(err) = harness::unload_backend(&cfg.run, b) {
                 println!("perf: unloading {} failed: {err}", b.name());
@@ -860,6 +861,33 @@ pub fn perf(cfg: &BenchConfig) -> bool {
         }
     }
     ok
+}
+
+/// Writes the most sampled instructions (`symbol+offset`, count), so the
+/// hot spots inside a function can be found in `objdump -d` of its module.
+fn hot_instructions(data: &Path, out: &Path) {
+    let script = Command::new("perf")
+        .args(["script", "-F", "ip,sym,symoff", "-G", "--kallsyms", "/proc/kallsyms", "-i"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output();
+    let Ok(o) = script else { return };
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut total = 0u64;
+    // With callchains off (-G), each sample is one line: `ip sym+0xoff`.
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let Some((_, l)) = line.trim().split_once(' ') else { continue };
+        let l = l.trim();
+        total += 1;
+        *counts.entry(l.to_owned()).or_default() += 1;
+    }
+    let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut text = format!("# {total} samples; the most sampled instructions\n");
+    for (sym, n) in v.iter().take(300) {
+        text.push_str(&format!("{:6.2}% {n:6} {sym}\n", *n as f64 * 100.0 / total.max(1) as f64));
+    }
+    let _ = std::fs::write(out, text);
 }
 
 fn summarize(got: &[String]) -> String {

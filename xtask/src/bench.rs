@@ -50,6 +50,8 @@ pub struct BenchOpts {
     pub from: Option<PathBuf>,
     /// Profile these workloads with `perf` instead of timing rounds.
     pub perf: Option<String>,
+    /// The kernel measured on.
+    pub kernel: crate::kernel::Flavor,
 }
 
 /// One line of `samples.jsonl`: a flat object of strings and numbers.
@@ -585,7 +587,7 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
         if o.rounds == 0 {
             bail!("--rounds must be at least 1");
         }
-        let p = test::prepare(paths, o.accel)?;
+        let p = test::prepare(paths, o.accel, o.kernel)?;
         let results = paths.vm_results().join("bench");
         let _ = std::fs::remove_dir_all(&results);
         std::fs::create_dir_all(&results)?;
@@ -646,6 +648,7 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
         ("rounds", o.rounds.to_string()),
         ("scale", o.scale.to_string()),
         ("accel", meta_extra),
+        ("kernel", format!("{:?}", o.kernel).to_lowercase()),
     ];
     write_outputs(&out_dir, &rows, &meta)?;
     println!("\n{}", text_table(&rows));

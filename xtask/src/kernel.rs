@@ -1,10 +1,16 @@
 //! `cargo xtask kernel`: unpack Debian's linux-source-6.12, configure it from
 //! `images/vfio-test.config` on top of `allnoconfig`, and build it with LLVM.
 //!
-//! Builds are cached under `<cache>/kernel/<package version>-<key>/`, where the
-//! key hashes the config fragment, the build recipe and the toolchain versions
-//! (clang, lld, rustc, bindgen). Nothing rebuilds while none of them changes;
-//! an interrupted build resumes where `make` stopped.
+//! Two flavours share that fragment: the *debug* kernel every test runs on
+//! (KASAN, lockdep, kmemleak, ...), and the *release* kernel `cargo xtask
+//! bench` measures on by default, which `images/vfio-release.config` turns
+//! the checkers off in (they cost more than the code under test, and cost
+//! the C and the Rust modules differently).
+//!
+//! Builds are cached under `<cache>/kernel/<package version>[-release]-<key>/`,
+//! where the key hashes the config fragment(s), the build recipe and the
+//! toolchain versions (clang, lld, rustc, bindgen). Nothing rebuilds while
+//! none of them changes; an interrupted build resumes where `make` stopped.
 
 use crate::cmd::{self, note, step};
 use crate::paths::Paths;
@@ -19,6 +25,26 @@ const RECIPE: &str = "recipe-1: allnoconfig+fragment, LLVM=1, bzImage modules mo
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const SOURCE_PACKAGE: &str = "linux-source-6.12";
 const FRAGMENT: &str = "images/vfio-test.config";
+/// Applied over [`FRAGMENT`] for the release flavour.
+const RELEASE_OVERLAY: &str = "images/vfio-release.config";
+
+/// Which kernel: the checkers on (tests) or off (benchmarks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavor {
+    /// `images/vfio-test.config`: KASAN, lockdep, kmemleak, fault injection.
+    Debug,
+    /// The same with `images/vfio-release.config` over it: no checkers.
+    Release,
+}
+
+impl Flavor {
+    fn dir_tag(self) -> &'static str {
+        match self {
+            Flavor::Debug => "",
+            Flavor::Release => "-release",
+        }
+    }
+}
 
 /// A configured and built kernel in the cache.
 pub struct KernelBuild {
@@ -30,6 +56,7 @@ pub struct KernelBuild {
     pub modroot: PathBuf,
     /// `make kernelrelease`.
     pub release: String,
+    pub flavor: Flavor,
 }
 
 impl KernelBuild {
@@ -40,6 +67,7 @@ impl KernelBuild {
             modroot: PathBuf::new(),
             release: String::new(),
             build,
+            flavor: Flavor::Debug,
         }
     }
 
@@ -54,14 +82,46 @@ fn make_jobs() -> String {
     format!("-j{}", n + 1)
 }
 
+/// The fragment a flavour is configured from: the test fragment, with the
+/// release overlay's options replacing the lines that name the same option.
+fn fragment(paths: &Paths, flavor: Flavor) -> Result<String> {
+    let read = |f: &str| std::fs::read_to_string(paths.root().join(f)).with_context(|| format!("cannot read {f}"));
+    let base = read(FRAGMENT)?;
+    match flavor {
+        Flavor::Debug => Ok(base),
+        Flavor::Release => Ok(overlay_fragment(&base, &read(RELEASE_OVERLAY)?)),
+    }
+}
+
+/// The option a fragment line sets (`CONFIG_X=...` or `# CONFIG_X is not set`).
+fn option_name(line: &str) -> Option<&str> {
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("# ").and_then(|r| r.strip_suffix(" is not set")) {
+        return Some(rest);
+    }
+    line.starts_with("CONFIG_").then(|| line.split_once('=').map_or(line, |(n, _)| n))
+}
+
+/// `base` without the lines for options `overlay` sets, then `overlay`.
+pub fn overlay_fragment(base: &str, overlay: &str) -> String {
+    let over: std::collections::HashSet<&str> = overlay.lines().filter_map(option_name).collect();
+    let mut out: String = base
+        .lines()
+        .filter(|l| option_name(l).is_none_or(|n| !over.contains(n)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("\n# --- {RELEASE_OVERLAY} ---\n"));
+    out.push_str(overlay);
+    out
+}
+
 /// Everything the cache key covers, as text, so a stale-cache message can say what changed.
-fn key_material(paths: &Paths) -> Result<(String, String)> {
+fn key_material(paths: &Paths, flavor: Flavor) -> Result<(String, String)> {
     let pkg_version = cmd::output(
         Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]),
     )
     .with_context(|| format!("{SOURCE_PACKAGE} is not installed: run `cargo xtask setup`"))?;
-    let fragment = std::fs::read_to_string(paths.root().join(FRAGMENT))
-        .with_context(|| format!("cannot read {FRAGMENT}"))?;
+    let fragment = fragment(paths, flavor)?;
     let tool = |c: &mut Command| cmd::probe_version(c).unwrap_or_else(|| "missing".into());
     let material = format!(
         "{RECIPE}\npackage {pkg_version}\nclang {}\nlld {}\nrustc {}\nbindgen {}\n--- fragment\n{fragment}",
@@ -74,17 +134,17 @@ fn key_material(paths: &Paths) -> Result<(String, String)> {
 }
 
 /// The cache directory of the kernel build for the current key.
-fn current_dir(paths: &Paths) -> Result<PathBuf> {
-    let (pkg_version, material) = key_material(paths)?;
+fn current_dir(paths: &Paths, flavor: Flavor) -> Result<PathBuf> {
+    let (pkg_version, material) = key_material(paths, flavor)?;
     let digest = Sha256::digest(material.as_bytes());
     let key: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    Ok(paths.kernels().join(format!("{pkg_version}-{key}").replace('~', "_")))
+    Ok(paths.kernels().join(format!("{pkg_version}{}-{key}", flavor.dir_tag()).replace('~', "_")))
 }
 
-/// Returns the cached build for the current key, building it if needed.
-pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
-    let (pkg_version, material) = key_material(paths)?;
-    let dir = current_dir(paths)?;
+/// Returns the cached build of `flavor` for the current key, building it if needed.
+pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
+    let (pkg_version, material) = key_material(paths, flavor)?;
+    let dir = current_dir(paths, flavor)?;
     let src = dir.join("src");
     let build = dir.join("build");
     let modroot = dir.join("modroot");
@@ -96,6 +156,7 @@ pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
             build: build.clone(),
             modroot: modroot.clone(),
             release: release.trim().to_owned(),
+            flavor,
         };
         if kb.bzimage().exists() {
             step(&format!("kernel {}: cached in {}", kb.release, dir.display()));
@@ -103,8 +164,8 @@ pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
         }
         note("the cache stamp exists but bzImage is gone: rebuilding");
     }
-    report_other_caches(paths, &dir);
-    step(&format!("kernel: building {SOURCE_PACKAGE} {pkg_version} into {}", dir.display()));
+    report_other_caches(paths);
+    step(&format!("kernel: building {SOURCE_PACKAGE} {pkg_version} ({flavor:?}) into {}", dir.display()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("key.txt"), &material)?;
 
@@ -121,7 +182,7 @@ pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
         let _ = std::fs::remove_dir_all(&unpack);
     }
 
-    configure(paths, &src, &build)?;
+    configure(paths, flavor, &dir, &src, &build)?;
 
     let mut make = Command::new("make");
     make.arg("-C").arg(&build).args(["LLVM=1", &make_jobs(), "bzImage", "modules"]);
@@ -142,16 +203,22 @@ pub fn kernel(paths: &Paths) -> Result<KernelBuild> {
         .to_owned();
     std::fs::write(&stamp, &release)?;
     note(&format!("kernel {release} ready"));
-    Ok(KernelBuild { src, build, modroot, release })
+    Ok(KernelBuild { src, build, modroot, release, flavor })
 }
 
 /// `allnoconfig` with the fragment forced, then a check that Kconfig kept
 /// every option the fragment asks for (it silently drops options whose
 /// dependencies are not met).
-fn configure(paths: &Paths, src: &Path, build: &Path) -> Result<()> {
-    let fragment_path = paths.root().join(FRAGMENT);
+fn configure(paths: &Paths, flavor: Flavor, dir: &Path, src: &Path, build: &Path) -> Result<()> {
+    let fragment = fragment(paths, flavor)?;
+    let fragment_path = dir.join("fragment.config");
+    std::fs::write(&fragment_path, &fragment)?;
     std::fs::create_dir_all(build)?;
-    note("configuring: allnoconfig + images/vfio-test.config");
+    let what = match flavor {
+        Flavor::Debug => FRAGMENT.to_owned(),
+        Flavor::Release => format!("{FRAGMENT} + {RELEASE_OVERLAY}"),
+    };
+    note(&format!("configuring: allnoconfig + {what}"));
     cmd::output(
         Command::new("make")
             .arg("-C")
@@ -160,12 +227,11 @@ fn configure(paths: &Paths, src: &Path, build: &Path) -> Result<()> {
             .args(["LLVM=1", "allnoconfig"])
             .env("KCONFIG_ALLCONFIG", &fragment_path),
     )?;
-    let fragment = std::fs::read_to_string(&fragment_path)?;
     let config = std::fs::read_to_string(build.join(".config"))?;
     let dropped = config_mismatches(&fragment, &config);
     if !dropped.is_empty() {
         bail!(
-            "Kconfig did not keep these options of {FRAGMENT} (a dependency is missing or the toolchain fails a check; for CONFIG_RUST run `make LLVM=1 rustavailable` in {}):\n  {}",
+            "Kconfig did not keep these options of {what} (a dependency is missing or the toolchain fails a check; for CONFIG_RUST run `make LLVM=1 rustavailable` in {}):\n  {}",
             src.display(),
             dropped.join("\n  ")
         );
@@ -217,12 +283,10 @@ pub fn clean_cache(paths: &Paths, stale: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let current = current_dir(paths)?;
-    // The QEMU case's tiny kernel (crate::inner) for the current key stays too.
-    let inner = crate::inner::current_dir(paths, &KernelBuild::external(PathBuf::new(), Some(current.join("src"))))?;
+    let keep = current_dirs(paths)?;
     let Ok(entries) = std::fs::read_dir(paths.kernels()) else { return Ok(()) };
     for e in entries.flatten() {
-        if e.path() != current && e.path() != inner {
+        if !keep.contains(&e.path()) {
             step(&format!("removing stale kernel build {}", e.path().display()));
             std::fs::remove_dir_all(e.path())?;
         }
@@ -230,14 +294,18 @@ pub fn clean_cache(paths: &Paths, stale: bool) -> Result<()> {
     Ok(())
 }
 
-fn report_other_caches(paths: &Paths, current: &Path) {
+/// The cache directories of the current key: both flavours and the QEMU
+/// case's tiny kernel (crate::inner).
+fn current_dirs(paths: &Paths) -> Result<Vec<PathBuf>> {
+    let debug = current_dir(paths, Flavor::Debug)?;
+    let inner = crate::inner::current_dir(paths, &KernelBuild::external(PathBuf::new(), Some(debug.join("src"))))?;
+    Ok(vec![current_dir(paths, Flavor::Release)?, inner, debug])
+}
+
+fn report_other_caches(paths: &Paths) {
     let Ok(entries) = std::fs::read_dir(paths.kernels()) else { return };
-    let others: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p != current)
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tiny-")))
-        .collect();
+    let Ok(keep) = current_dirs(paths) else { return };
+    let others: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| !keep.contains(p)).collect();
     if !others.is_empty() {
         note(&format!(
             "the config or toolchain changed since the {} older kernel build(s) in {}; `cargo xtask clean-cache --stale` removes them",
@@ -249,7 +317,19 @@ fn report_other_caches(paths: &Paths, current: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::config_mismatches;
+    use super::{config_mismatches, overlay_fragment};
+
+    #[test]
+    fn overlay_replaces_the_options_it_names() {
+        let base = "# head\nCONFIG_A=y\nCONFIG_KASAN=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\n";
+        let over = "# CONFIG_KASAN is not set\nCONFIG_B=y\n";
+        let merged = overlay_fragment(base, over);
+        assert!(merged.contains("CONFIG_A=y\n") && merged.contains("CONFIG_C=\"x\"\n") && merged.contains("# head"));
+        assert!(!merged.contains("CONFIG_KASAN=y") && !merged.contains("# CONFIG_B is not set"));
+        let config = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=\"x\"\n";
+        assert!(config_mismatches(&merged, config).is_empty());
+        assert_eq!(config_mismatches(&merged, "CONFIG_A=y\nCONFIG_KASAN=y\nCONFIG_B=y\nCONFIG_C=\"x\"\n"), vec!["CONFIG_KASAN: wanted n, got y"]);
+    }
 
     #[test]
     fn mismatches_name_dropped_and_wrong_options() {

@@ -70,7 +70,11 @@ enum Cmd {
     /// Install what is missing: Debian packages, rust-src, bindgen-cli, virtme-ng.
     Setup,
     /// Unpack, configure and build the test kernel (cached outside the checkout).
-    Kernel,
+    Kernel {
+        /// `debug` (what the tests run on) or `release` (what the bench measures on).
+        #[arg(long, value_enum, default_value = "debug")]
+        flavor: kernel::Flavor,
+    },
     /// Build kmod-iommu and kmod-mtty out of tree against the test kernel,
     /// or against another kernel's build tree (`--kdir`).
     Modules {
@@ -151,6 +155,11 @@ enum Cmd {
         /// write the reports to target/bench/perf/.
         #[arg(long, value_name = "WORKLOADS", conflicts_with = "from")]
         perf: Option<String>,
+        /// The kernel to measure on: `release` (the test config without
+        /// KASAN, lockdep, kmemleak and fault injection: what users run) or
+        /// `debug` (the test kernel, with every checker on).
+        #[arg(long, value_enum, default_value = "release")]
+        kernel: kernel::Flavor,
         #[command(flatten)]
         vm: VmOpts,
     },
@@ -167,9 +176,9 @@ fn main() {
     let paths = Paths::discover();
     let result: Result<bool> = match cli.command {
         Cmd::Setup => setup::setup(&paths).map(|_| true),
-        Cmd::Kernel => setup::setup(&paths).and_then(|_| kernel::kernel(&paths)).map(|_| true),
+        Cmd::Kernel { flavor } => setup::setup(&paths).and_then(|_| kernel::kernel(&paths, flavor)).map(|_| true),
         Cmd::Modules { kdir: None, .. } => setup::setup(&paths)
-            .and_then(|_| kernel::kernel(&paths))
+            .and_then(|_| kernel::kernel(&paths, kernel::Flavor::Debug))
             .and_then(|k| modules::modules(&paths, &k))
             .map(|_| true),
         Cmd::Modules { kdir: Some(kdir), ksrc } => {
@@ -186,9 +195,9 @@ fn main() {
         ),
         Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
         Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),
-        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, perf, vm } => bench::bench(
+        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, perf, kernel, vm } => bench::bench(
             &paths,
-            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf },
+            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf, kernel },
         ),
         Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
     };

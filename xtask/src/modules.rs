@@ -8,7 +8,7 @@
 //! with the exact bindgen command line the kernel recorded for its own.
 
 use crate::cmd::{self, note, step};
-use crate::kernel::KernelBuild;
+use crate::kernel::{Flavor, KernelBuild};
 use crate::paths::Paths;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,13 @@ pub struct BuiltModules {
 
 /// Mirrors, generates bindings and runs Kbuild for every module.
 pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
-    let tree = paths.kmod_build().join("tree");
+    // One build directory per kernel flavour: Kbuild's objects are only
+    // valid for the kernel they were built against.
+    let base = match kernel.flavor {
+        Flavor::Debug => paths.kmod_build(),
+        Flavor::Release => paths.target().join("kmod-release"),
+    };
+    let tree = base.join("tree");
     step("modules: building kmod-iommu and kmod-mtty out of tree");
     for dir in MIRRORED {
         mirror(&paths.root().join(dir), &tree.join(dir))?;
@@ -47,7 +53,7 @@ pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
             .arg(&kernel.build)
             .arg(format!("M={}", mdir.display()))
             .args(["LLVM=1", "CLIPPY=1", "modules"]);
-        let log = paths.kmod_build().join(format!("{dir}.log"));
+        let log = base.join(format!("{dir}.log"));
         cmd::run_with_progress(make, &log, &format!("{dir} build"))
             .with_context(|| format!("building {dir} failed; the compiler's messages are above and in {}", log.display()))?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -110,9 +110,9 @@ pub struct Prepared {
     pub accel: Accel,
 }
 
-pub fn prepare(paths: &Paths, accel: Option<AccelArg>) -> Result<Prepared> {
+pub fn prepare(paths: &Paths, accel: Option<AccelArg>, flavor: kernel::Flavor) -> Result<Prepared> {
     setup::setup(paths)?;
-    let kernel = kernel::kernel(paths)?;
+    let kernel = kernel::kernel(paths, flavor)?;
     let kmods = modules::modules(paths, &kernel)?;
     let guest = build_guest(paths)?;
     vm::check_image(&kernel)?;
@@ -144,7 +144,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
             return Ok(false);
         }
     }
-    let p = prepare(paths, o.accel)?;
+    let p = prepare(paths, o.accel, kernel::Flavor::Debug)?;
     let results = paths.vm_results().join("results");
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
@@ -230,7 +230,7 @@ fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tal
 
 /// `cargo xtask shell`.
 pub fn shell(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Result<bool> {
-    let p = prepare(paths, accel)?;
+    let p = prepare(paths, accel, kernel::Flavor::Debug)?;
     // vng runs this as the guest's login shell: load, then hand over to bash.
     let script = paths.vm_results().join("shell-init.sh");
     std::fs::create_dir_all(paths.vm_results())?;
@@ -266,7 +266,7 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
         BackendArg::Both => BackendArg::C,
         b => b,
     };
-    let p = prepare(paths, accel)?;
+    let p = prepare(paths, accel, kernel::Flavor::Debug)?;
     if backend == BackendArg::C {
         note("the demo runs on the C vfio_iommu_type1 and the C mtty sample; without --backend c it runs on ours");
     }
