@@ -48,7 +48,7 @@ use crate::store::{Dma, Mappings, PfnSpares, PfnTree};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
 use crate::type1_core::iommu::VfioIommu;
-use crate::type1_core::pin::{self as cpin, PinOps};
+use crate::type1_core::pin::{self as cpin, PfnStore, PinOps};
 use crate::type1_core::uapi::IOMMU_WRITE;
 use crate::type1_core::{acct, dirty as cdirty};
 use crate::vfio_iommu::{
@@ -412,18 +412,16 @@ impl Drop for Dma {
         }
         // A device that kept pins past close would leave pinned pages behind:
         // give them back rather than leak them, and say so.
-        if self.pfns.is_empty_tree() {
+        if self.pfns.is_empty() {
             return;
         }
         pr_warn!("mapping at iova {:#x} removed with pages still pinned\n", self.info.iova);
         let prot = self.info.prot;
         let mut released = 0i64;
-        while let Some(iova) = self.pfns.0.iter().next().map(|(k, _)| *k) {
-            if let Some(vpfn) = self.pfns.0.remove(&iova) {
-                if mm::pfn_is_accountable(vpfn.pfn) {
-                    mm::unpin_pfn(vpfn.pfn, prot & IOMMU_WRITE != 0);
-                    released += 1;
-                }
+        while let Some((_, vpfn)) = self.pfns.pop_first() {
+            if mm::pfn_is_accountable(vpfn.pfn) {
+                mm::unpin_pfn(vpfn.pfn, prot & IOMMU_WRITE != 0);
+                released += 1;
             }
         }
         if released > 0 && self.info.locked_vm > 0 {
@@ -434,11 +432,6 @@ impl Drop for Dma {
     }
 }
 
-impl PfnTree {
-    fn is_empty_tree(&self) -> bool {
-        self.0.iter().next().is_none()
-    }
-}
 
 /// A new mapping's owner: the calling process.
 pub(crate) fn new_dma(info: crate::type1_core::dma::VfioDma) -> Result<Dma> {
@@ -446,6 +439,6 @@ pub(crate) fn new_dma(info: crate::type1_core::dma::VfioDma) -> Result<Dma> {
     let task = TaskRef::current_group_leader().ok_or(ESRCH)?;
     let mut info = info;
     info.lock_cap = mm::capable_ipc_lock();
-    Ok(Dma { info, pfns: PfnTree(RBTree::new()), bitmap: None, task, mm })
+    Ok(Dma { info, pfns: PfnTree::new(), bitmap: None, task, mm })
 }
 

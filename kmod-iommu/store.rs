@@ -31,42 +31,66 @@ pub(crate) struct Dma {
     pub(crate) mm: MmGrab,
 }
 
-/// Pinned pages of one mapping (the C `pfn_list`).
-pub(crate) struct PfnTree(pub(crate) RBTree<u64, VfioPfn>);
+/// Pinned pages of one mapping (the C `pfn_list`), and how many there are:
+/// every lookup of a mapping asks whether it has pins, and the 6.12
+/// `RBTree` can only tell by starting an iteration (a call to `rb_first`).
+pub(crate) struct PfnTree {
+    tree: RBTree<u64, VfioPfn>,
+    len: usize,
+}
+
+impl PfnTree {
+    pub(crate) fn new() -> Self {
+        PfnTree { tree: RBTree::new(), len: 0 }
+    }
+
+    /// Unlinks the lowest pinned page.
+    pub(crate) fn pop_first(&mut self) -> Option<(u64, VfioPfn)> {
+        let iova = *self.tree.iter().next()?.0;
+        self.remove(iova).map(|vpfn| (iova, vpfn))
+    }
+}
 
 impl PfnStore for PfnTree {
     type Slot = RBTreeNodeReservation<u64, VfioPfn>;
 
+    #[inline]
     fn is_empty(&self) -> bool {
-        self.0.iter().next().is_none()
+        self.len == 0
     }
 
     fn get(&self, iova: u64) -> Option<&VfioPfn> {
-        self.0.get(&iova)
+        self.tree.get(&iova)
     }
 
     fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn> {
-        self.0.get_mut(&iova)
+        self.tree.get_mut(&iova)
     }
 
     fn insert(&mut self, slot: Self::Slot, iova: u64, vpfn: VfioPfn) {
         // The iova was looked up and found unpinned under the same lock, so
         // nothing is displaced.
-        drop(self.0.insert(slot.into_node(iova, vpfn)));
+        if self.tree.insert(slot.into_node(iova, vpfn)).is_none() {
+            self.len += 1;
+        }
     }
 
     fn remove(&mut self, iova: u64) -> Option<VfioPfn> {
-        self.0.remove(&iova)
+        let vpfn = self.tree.remove(&iova)?;
+        self.len -= 1;
+        Some(vpfn)
     }
 
     fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
-        let entry = self.0.find_mut(&iova)?;
+        let entry = self.tree.find_mut(&iova)?;
         let vpfn = *entry.get();
-        Some((vpfn, Some(entry.remove_node().into_reservation())))
+        let slot = entry.remove_node().into_reservation();
+        self.len -= 1;
+        Some((vpfn, Some(slot)))
     }
 
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, mut f: F) {
-        for (k, v) in self.0.iter() {
+        for (k, v) in self.tree.iter() {
             f(*k, v);
         }
     }

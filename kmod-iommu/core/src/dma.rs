@@ -69,6 +69,7 @@ impl VfioDma {
     ///
     /// With `size == 0` this only matches when `start` is strictly inside
     /// the mapping (not its first byte), exactly like the C expression.
+    #[inline]
     pub fn matches_find(&self, start: u64, size: u64) -> bool {
         // start + size > iova
         let above_start = start > self.iova || self.iova - start < size;
@@ -189,6 +190,7 @@ pub struct DmaView {
 
 impl DmaView {
     /// The view of `entry`, stored under `key`.
+    #[inline]
     pub fn of<E: DmaEntry + ?Sized>(key: u64, entry: &E) -> Self {
         DmaView {
             key,
@@ -204,6 +206,7 @@ pub fn view_at<T: DmaTree + ?Sized>(tree: &T, key: u64) -> Option<DmaView> {
 }
 
 /// The smallest key strictly greater than `key` (`rb_next()`).
+#[inline]
 pub fn next_key<T: DmaTree + ?Sized>(tree: &mut T, key: u64) -> Option<u64> {
     tree.ceil_key(key.checked_add(1)?)
 }
@@ -220,11 +223,13 @@ pub fn first_key<T: DmaTree + ?Sized>(tree: &mut T) -> Option<u64> {
 /// shape of the rbtree; we return the lowest one.  Every caller in the
 /// reference either only tests for existence, or passes a range that can
 /// overlap at most one mapping, so the choice is never observable there.
+#[inline]
 pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
     find_dma_view(tree, start, size).map(|v| v.key)
 }
 
 /// [`find_dma`], returning the mapping's view (one search in all).
+#[inline]
 pub fn find_dma_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     // The only mapping starting at or below `start` that can match is the
     // closest one; every other candidate starts above `start`, and the
@@ -241,11 +246,13 @@ pub fn find_dma_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -
 /// Mirrors `vfio_find_dma_first_node()`: the lowest mapping that ends after
 /// `start`, or `None` if there is none or (for a non-zero `size`) it starts at
 /// or beyond `start + size`.
+#[inline]
 pub fn find_dma_first<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
     find_dma_first_view(tree, start, size).map(|v| v.key)
 }
 
 /// [`find_dma_first`], returning the mapping's view (one search in all).
+#[inline]
 pub fn find_dma_first_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     let (floor, next) = tree.around(start);
     // start < dma->iova + dma->size

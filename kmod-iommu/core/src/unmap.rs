@@ -243,12 +243,19 @@ impl UnmapPlan {
             Cursor::Restart => {
                 // again: the v2 checks are repeated after every notification
                 // because the lock was dropped in between.
+                let mut at_iova = None;
                 if self.v2 && !self.unmap_all {
-                    if let Err(e) = self.check_v2_bisect(tree) {
-                        return UnmapStep::Failed(e);
+                    match self.check_v2_bisect(tree) {
+                        Ok(found) => at_iova = found,
+                        Err(e) => return UnmapStep::Failed(e),
                     }
                 }
-                find_dma_first_view(tree, self.iova, self.size)
+                // A mapping starting exactly at `iova` is the first one
+                // `vfio_find_dma_first_node()` would find.
+                match at_iova {
+                    Some(v) => Some(v),
+                    None => find_dma_first_view(tree, self.iova, self.size),
+                }
             }
         };
 
@@ -309,21 +316,29 @@ impl UnmapPlan {
     }
 
     /// The v2 rule of `vfio_dma_do_unmap()`: the request may not bisect a
-    /// mapping at its first or its last byte.
-    fn check_v2_bisect<T: DmaTree + ?Sized>(&self, tree: &mut T) -> Result<(), Errno> {
-        if let Some(v) = find_dma_view(tree, self.iova, 1) {
+    /// mapping at its first or its last byte. Returns the mapping that
+    /// contains the first byte (it then starts there), if any.
+    fn check_v2_bisect<T: DmaTree + ?Sized>(&self, tree: &mut T) -> Result<Option<DmaView>, Errno> {
+        let first = find_dma_view(tree, self.iova, 1);
+        if let Some(v) = first {
             if v.dma.iova != self.iova {
                 return Err(EINVAL);
             }
         }
         // `new()` rejected requests whose last byte overflows.
         let last = self.iova.checked_add(self.size - 1).ok_or(EINVAL)?;
-        if let Some(v) = find_dma_view(tree, last, 0) {
+        // `find_dma(last, 0)` selects the one mapping with `last` strictly
+        // inside it: when that is the first byte's mapping, no search.
+        let at_last = match first {
+            Some(v) if v.dma.matches_find(last, 0) => Some(v),
+            _ => find_dma_view(tree, last, 0),
+        };
+        if let Some(v) = at_last {
             if !v.dma.ends_at(self.iova, self.size) {
                 return Err(EINVAL);
             }
         }
-        Ok(())
+        Ok(first)
     }
 
     /// The `invalidate_vaddr` branch of the loop: marks every selected
