@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The container's mappings in kernel memory: `type1_core`'s storage traits
-//! implemented over `kernel::rbtree::RBTree`.
+//! implemented over [`RbMap`] (the mappings) and `kernel::rbtree::RBTree`
+//! (each mapping's pinned pages).
 //!
 //! Data model: one [`Dma`] per `VFIO_IOMMU_MAP_DMA`, keyed by its first IOVA
 //! in the container's tree. A `Dma` owns the references that keep the
@@ -15,7 +16,8 @@ use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, VfioPfn};
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNode, RBTreeNodeReservation};
+use crate::rb_map::{RbMap, RbSlot};
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 
 /// One mapping (the C `struct vfio_dma`).
 pub(crate) struct Dma {
@@ -171,25 +173,27 @@ impl PfnSpares {
 const SPARE_NODES: usize = 16;
 
 /// A tree node for a mapping, allocated or taken from the spares.
-pub(crate) type DmaSlot = RBTreeNodeReservation<u64, Option<Dma>>;
+pub(crate) type DmaSlot = RbSlot<Dma>;
 
 /// All mappings of a container (the C `dma_list`), and a few spare nodes.
 ///
-/// Every value in the tree is `Some`: a value is only `None` for the
-/// moment between taking a removed mapping out of its node and turning the
-/// node into a spare. Spare nodes make a mapping that replaces a removed
-/// one (an unmap followed by a map, as a VM with a virtual IOMMU does all
-/// the time) cost no allocation and no free: up to [`SPARE_NODES`] nodes
-/// of removed mappings are kept (about 2 KiB) and freed with the container.
+/// The tree is an [`RbMap`] (kmod-common/rb_map.rs): the lookups of
+/// `type1_core` need the mapping at or below an IOVA and the one above it,
+/// which it finds in one descent, as `vfio_find_dma()` does.
+///
+/// Spare nodes make a mapping that replaces a removed one (an unmap
+/// followed by a map, as a VM with a virtual IOMMU does all the time) cost
+/// no allocation and no free: up to [`SPARE_NODES`] nodes of removed
+/// mappings are kept (about 2 KiB) and freed with the container.
 pub(crate) struct Mappings {
-    tree: RBTree<u64, Option<Dma>>,
+    tree: RbMap<Dma>,
     spare: [Option<DmaSlot>; SPARE_NODES],
     nspare: usize,
 }
 
 impl Mappings {
     pub(crate) fn new() -> Self {
-        Mappings { tree: RBTree::new(), spare: core::array::from_fn(|_| None), nspare: 0 }
+        Mappings { tree: RbMap::new(), spare: core::array::from_fn(|_| None), nspare: 0 }
     }
 
     /// A node for a new mapping: a spare one if there is one, else a new
@@ -202,96 +206,79 @@ impl Mappings {
                 return Ok(slot);
             }
         }
-        RBTreeNodeReservation::new(GFP_KERNEL)
+        RbSlot::new(GFP_KERNEL)
     }
 
-    /// Keeps the node of a removed mapping (whose value was taken out) as
-    /// a spare, or frees it when there are enough.
+    /// Keeps the node of a removed mapping as a spare, or frees it when
+    /// there are enough.
     #[inline]
-    fn keep_spare(&mut self, node: RBTreeNode<u64, Option<Dma>>) {
+    fn keep_spare(&mut self, slot: DmaSlot) {
         match self.spare.get_mut(self.nspare) {
             Some(spare) => {
-                // The value is `None` now: only the node's memory is kept.
-                *spare = Some(node.into_reservation());
+                *spare = Some(slot);
                 self.nspare += 1;
             }
-            None => drop(node),
+            None => drop(slot),
         }
     }
 
     /// Links a new mapping (whose range overlaps no other: checked by
-    /// `validate_map` under the same lock).
+    /// `validate_map` under the same lock, so its key is free).
     #[inline]
     pub(crate) fn insert(&mut self, slot: DmaSlot, iova: u64, dma: Dma) {
-        drop(self.tree.insert(slot.into_node(iova, Some(dma))));
+        if let Err((slot, dma)) = self.tree.insert(slot, iova, dma) {
+            // Cannot happen (see above); keep the tree as it is.
+            pr_warn!("mapping at iova {iova:#x} inserted twice; the second one is dropped\n");
+            self.keep_spare(slot);
+            drop(dma);
+        }
     }
 }
 
 impl DmaTree for Mappings {
     type Entry = Dma;
 
+    #[inline]
     fn floor_key(&mut self, key: u64) -> Option<u64> {
-        // In 6.12 `cursor_lower_bound` finds the smallest key >= `key`.
-        match self.tree.cursor_lower_bound(&key) {
-            Some(c) => {
-                let k = *c.current().0;
-                if k == key {
-                    Some(k)
-                } else {
-                    c.peek_prev().map(|(k, _)| *k)
-                }
-            }
-            // Every key is below `key`: the last one is the floor.
-            None => self.tree.cursor_back().map(|c| *c.current().0),
-        }
+        self.tree.floor_key(key)
     }
 
+    #[inline]
     fn ceil_key(&mut self, key: u64) -> Option<u64> {
-        self.tree.cursor_lower_bound(&key).map(|c| *c.current().0)
+        self.tree.ceil_key(key)
     }
 
+    #[inline]
     fn get(&self, key: u64) -> Option<&Dma> {
-        self.tree.get(&key).and_then(Option::as_ref)
+        self.tree.get(key)
     }
 
+    #[inline]
     fn get_mut(&mut self, key: u64) -> Option<&mut Dma> {
-        self.tree.get_mut(&key).and_then(Option::as_mut)
+        self.tree.get_mut(key)
     }
 
     #[inline]
     fn remove(&mut self, key: u64) -> Option<Dma> {
-        let mut entry = self.tree.find_mut(&key)?;
-        let dma = entry.get_mut().take();
-        let node = entry.remove_node();
-        self.keep_spare(node);
-        dma
+        let (slot, dma) = self.tree.remove(key)?;
+        self.keep_spare(slot);
+        Some(dma)
     }
 
     #[inline]
     fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
-        // One search instead of the default's four (see `DmaTree::around`).
-        let at = |(k, d): (&u64, &Option<Dma>)| d.as_ref().map(|d| DmaView::of(*k, d));
-        match self.tree.cursor_lower_bound(&key) {
-            Some(c) if *c.current().0 == key => (at(c.current()), c.peek_next().and_then(at)),
-            Some(c) => (c.peek_prev().and_then(at), at(c.current())),
-            None => (self.tree.cursor_back().and_then(|c| at(c.current())), None),
-        }
+        // One descent (see `RbMap::around`).
+        let (floor, above) = self.tree.around(key);
+        let view = |e: Option<(u64, &Dma)>| e.map(|(k, d)| DmaView::of(k, d));
+        (view(floor), view(above))
     }
 
     #[inline]
     fn remove_then_next(&mut self, key: u64) -> (Option<Dma>, Option<DmaView>) {
-        // One search: remove at the cursor, whose successor is then the
-        // next node (or, for the last node, the previous one).
-        let Some(mut c) = self.tree.cursor_lower_bound(&key).filter(|c| *c.current().0 == key) else {
-            return (None, None);
-        };
-        let dma = c.current_mut().1.take();
-        let (rest, node) = c.remove_current();
-        let next = rest.and_then(|c| {
-            let (k, d) = c.current();
-            d.as_ref().filter(|_| *k > key).map(|d| DmaView::of(*k, d))
-        });
-        self.keep_spare(node);
-        (dma, next)
+        let (removed, next) = self.tree.remove_then_next(key);
+        let next = next.map(|(k, d)| DmaView::of(k, d));
+        let Some((slot, dma)) = removed else { return (None, next) };
+        self.keep_spare(slot);
+        (Some(dma), next)
     }
 }

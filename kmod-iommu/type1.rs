@@ -22,6 +22,8 @@ mod bindings;
 mod iommu;
 #[path = "../kmod-common/mm.rs"]
 mod mm;
+#[path = "../kmod-common/rb_map.rs"]
+mod rb_map;
 #[path = "../kmod-common/vfio_iommu.rs"]
 mod vfio_iommu;
 
