@@ -20,6 +20,11 @@ use crate::rb_map::{RbMap, RbSlot};
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 
 /// One mapping (the C `struct vfio_dma`).
+///
+/// `repr(C)` with `info` first: in an [`RbMap`] node it then follows the
+/// tree links and the key, so a lookup finds the range it compares in the
+/// cache line it already read (as in the C struct).
+#[repr(C)]
 pub(crate) struct Dma {
     /// Range, vaddr, protection and accounting state.
     pub(crate) info: VfioDma,

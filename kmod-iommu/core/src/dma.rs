@@ -15,7 +15,12 @@ use super::iommu::VfioIommu;
 use super::pin::PfnStore;
 
 /// The kernel-independent fields of `struct vfio_dma`.
+///
+/// In declaration order (`repr(C)`): the range comes first, so that a
+/// tree node that stores this first keeps the fields a lookup reads next
+/// to its key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct VfioDma {
     /// Device address of the first byte (`iova`); also the tree key.
     pub iova: u64,
