@@ -431,18 +431,8 @@ pub fn migration_round_trip(ctx: &Ctx) -> CaseResult {
     s.write8(b1 + SCR, 0xa5)?;
     s.write8(b0 + LCR, 0x1b)?;
     s.write8(b0 + IER, IER_RDI | IER_RLSI)?;
-    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    let fd = s.set_mig_state(VFIO_DEVICE_STATE_STOP_COPY)?.ok_or_else(|| fail("STOP_COPY gave no data fd"))?;
-    let image = crate::vfio::read_all_fd(&fd)?;
+    let image = migrate(s, t)?;
     check!(!image.is_empty(), "empty migration stream");
-    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    drop(fd);
-    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    let fd = t.set_mig_state(VFIO_DEVICE_STATE_RESUMING)?.ok_or_else(|| fail("RESUMING gave no data fd"))?;
-    crate::vfio::write_all_fd(&fd, &image)?;
-    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    drop(fd);
-    t.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
     check_eq!(t.mig_state()?, VFIO_DEVICE_STATE_RUNNING, "destination running");
     let (c0, c1) = (t.region(0)?.offset, t.region(1)?.offset);
     check_eq!((t.read8(c0 + SCR)?, t.read8(c1 + SCR)?), (0x5a, 0xa5), "scratch registers");
@@ -458,6 +448,23 @@ pub fn migration_round_trip(ctx: &Ctx) -> CaseResult {
 }
 
 /// A stream for a different device type is refused while resuming.
+/// Moves the state of running device `s` to device `t` with a stop-copy
+/// migration and starts `t`; `s` is left stopped. Returns the image.
+pub(crate) fn migrate(s: &crate::vfio::Device, t: &crate::vfio::Device) -> Result<Vec<u8>, super::Fail> {
+    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    let fd = s.set_mig_state(VFIO_DEVICE_STATE_STOP_COPY)?.ok_or_else(|| fail("STOP_COPY gave no data fd"))?;
+    let image = crate::vfio::read_all_fd(&fd)?;
+    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    drop(fd);
+    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    let fd = t.set_mig_state(VFIO_DEVICE_STATE_RESUMING)?.ok_or_else(|| fail("RESUMING gave no data fd"))?;
+    crate::vfio::write_all_fd(&fd, &image)?;
+    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+    drop(fd);
+    t.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
+    Ok(image)
+}
+
 pub fn migration_wrong_type(ctx: &Ctx) -> CaseResult {
     let one = open_device(ctx, "mtty-1")?;
     let two = open_device(ctx, "mtty-2")?;

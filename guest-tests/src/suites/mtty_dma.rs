@@ -35,14 +35,22 @@ struct Dma {
     mem: Buffer,
 }
 
+/// Maps `pages` of new memory read/write at `iova`, turns memory decoding
+/// and bus mastering on and checks the engine is there; returns the
+/// memory and the offsets of BAR2 and of the config space.
+fn map_for_engine(d: &Device, c: &Container, iova: u64, pages: u64) -> Result<(Buffer, u64, u64), Fail> {
+    let mem = Buffer::new((pages * PAGE) as usize);
+    c.map_rw(mem.vaddr(), iova, pages * PAGE)?;
+    let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+    d.write16(cfg + 0x04, 0x0007)?;
+    let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
+    check_eq!(d.read32(bar + ID)?, ID_VALUE, "engine ID");
+    Ok((mem, bar, cfg))
+}
+
 impl Dma {
     fn new(d: &Device, c: &Container) -> Result<Self, Fail> {
-        let mem = Buffer::new((MAP_PAGES * PAGE) as usize);
-        c.map_rw(mem.vaddr(), IOVA, MAP_PAGES * PAGE)?;
-        let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
-        d.write16(cfg + 0x04, 0x0007)?;
-        let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
-        check_eq!(d.read32(bar + ID)?, ID_VALUE, "engine ID");
+        let (mem, bar, _) = map_for_engine(d, c, IOVA, MAP_PAGES)?;
         Ok(Dma { bar, mem })
     }
 
@@ -233,12 +241,7 @@ struct Copier {
 
 impl Copier {
     fn new(d: &Device, c: &Container) -> Result<Self, Fail> {
-        let mem = Buffer::new((COPY_PAGES * PAGE) as usize);
-        c.map_rw(mem.vaddr(), COPY_IOVA, COPY_PAGES * PAGE)?;
-        let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
-        d.write16(cfg + 0x04, 0x0007)?;
-        let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
-        check_eq!(d.read32(bar + ID)?, ID_VALUE, "engine ID");
+        let (mem, bar, cfg) = map_for_engine(d, c, COPY_IOVA, COPY_PAGES)?;
         check_eq!(d.read32(bar + VERSION)?, VERSION_VALUE, "engine version 1.1 (copy command)");
         d.write32(bar + INT_ENABLE, INT_COPY_DONE | INT_ERROR)?;
         d.write32(bar + CTRL, CTRL_ENABLE)?;
@@ -534,17 +537,7 @@ pub fn copy_survives_migration(ctx: &Ctx) -> CaseResult {
     cs.program(s, COPY_IOVA + 0x22, COPY_IOVA + to as u64, 0x2345)?;
     s.write32(cs.bar + DOORBELL, DOORBELL_COPY)?;
     check_eq!(s.read32(cs.bar + STATUS)?, STATUS_RUNNING | STATUS_BUSY | STATUS_COPY, "source: copy waiting");
-    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    let fd = s.set_mig_state(VFIO_DEVICE_STATE_STOP_COPY)?.ok_or_else(|| fail("STOP_COPY gave no data fd"))?;
-    let image = crate::vfio::read_all_fd(&fd)?;
-    s.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    drop(fd);
-    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    let fd = t.set_mig_state(VFIO_DEVICE_STATE_RESUMING)?.ok_or_else(|| fail("RESUMING gave no data fd"))?;
-    crate::vfio::write_all_fd(&fd, &image)?;
-    t.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
-    drop(fd);
-    t.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
+    super::mtty::migrate(s, t)?;
     check_eq!(t.read32(ct.bar + STATUS)?, STATUS_RUNNING | STATUS_BUSY | STATUS_COPY, "destination: copy waiting");
     check_eq!(t.read32(ct.bar + COPY_LEN)?, 0x2345, "destination: COPY_LEN");
     check_eq!(t.read32(ct.bar + COPY_SRC)?, (COPY_IOVA + 0x22) as u32, "destination: COPY_SRC");
