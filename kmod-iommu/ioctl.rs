@@ -26,12 +26,15 @@ use kernel::uaccess::UserSlice;
 pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize> {
     let which = u::classify_ioctl(cmd).map_err(err)?;
     if which == Type1Ioctl::CheckExtension {
-        let state = c.map(|c| {
-            let st = c.state.lock();
-            // With no IOMMU domain every domain enforces coherency, vacuously.
-            (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
-        });
-        return Ok(ciommu::check_extension(arg as u64, state) as isize);
+        // The container lock only for the answers that depend on the state.
+        let state = || {
+            c.map(|c| {
+                let st = c.state.lock();
+                // With no IOMMU domain every domain enforces coherency, vacuously.
+                (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
+            })
+        };
+        return Ok(ciommu::check_extension_with(arg as u64, state) as isize);
     }
     // The VFIO core passes NULL only for CHECK_EXTENSION.
     let c = c.ok_or(EINVAL)?;

@@ -39,6 +39,7 @@ pub struct Workload {
 
 /// Every workload, in run order.
 pub const WORKLOADS: &[Workload] = &[
+    Workload { name: "ioctl", needs_engine: false, run: ioctl_floor },
     Workload { name: "map.1g", needs_engine: false, run: map_1g },
     Workload { name: "map.2m", needs_engine: false, run: |e| map_split(e, "map.2m", 2 << 20) },
     Workload { name: "map.64k", needs_engine: false, run: |e| map_split(e, "map.64k", 64 << 10) },
@@ -154,6 +155,30 @@ fn ns_per(t: Duration, ops: u64) -> f64 {
 }
 
 /// MAP_DMA and UNMAP_DMA of 1 GiB as one mapping, repeated.
+/// The floor under every other row: a container ioctl that does no work
+/// (`VFIO_CHECK_EXTENSION(TYPE1v2)`: the core's dispatch into the backend
+/// and back), and, as a control, `getpid`, a system call that enters no
+/// VFIO code: if it differs between the sides, the loaded modules slow the
+/// whole VM down and the other rows carry that too.
+fn ioctl_floor(env: &Env) -> Result<(), String> {
+    let s = setup(1, false)?;
+    let n = env.iters(100_000);
+    let t = Instant::now();
+    for _ in 0..n {
+        if s.container.check_extension(VFIO_TYPE1V2_IOMMU).map_err(e("CHECK_EXTENSION"))? != 1 {
+            return Err("CHECK_EXTENSION(TYPE1v2) on a type1 container is not 1".into());
+        }
+    }
+    sample("ioctl.check_extension", "ns/op", ns_per(t.elapsed(), n));
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getpid has no preconditions.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getpid) });
+    }
+    sample("ioctl.getpid", "ns/op", ns_per(t.elapsed(), n));
+    Ok(())
+}
+
 fn map_1g(env: &Env) -> Result<(), String> {
     let s = setup(1, false)?;
     let mem = Reserve::new(GIB)?;

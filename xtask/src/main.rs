@@ -131,7 +131,7 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         rounds: u32,
         /// Only workloads whose name contains one of these comma-separated
-        /// texts: map.1g, map.2m, map.64k, map.4k, scale, pin.single,
+        /// texts: ioctl, map.1g, map.2m, map.64k, map.4k, scale, pin.single,
         /// pin.run2, pin.same, dma_rw.16b, dma_rw.64k, unmap_pinned.1dev,
         /// unmap_pinned.8dev, iommu.4k, iommu.thp, iommu.hugetlb.
         #[arg(long)]

@@ -145,15 +145,22 @@ pub fn update_pgsize_bitmap<I: IntoIterator<Item = u64>>(domain_pgsize_bitmaps: 
 /// and whether every domain enforces cache coherency (true with no domain,
 /// like `vfio_domains_have_enforce_cache_coherency()`).
 pub fn check_extension(arg: u64, iommu: Option<(bool, bool)>) -> i64 {
+    check_extension_with(arg, || iommu)
+}
+
+/// [`check_extension`], asking for the container's state only for the
+/// extensions whose answer depends on it (the C code takes the container
+/// lock for those two only).
+pub fn check_extension_with(arg: u64, iommu: impl FnOnce() -> Option<(bool, bool)>) -> i64 {
     match arg {
         VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_TYPE1_NESTING_IOMMU | VFIO_UNMAP_ALL => 1,
         // The vaddr feature is hidden while mdevs are present: they cannot
         // safely pin or access memory while a vaddr is being replaced.
-        VFIO_UPDATE_VADDR => match iommu {
+        VFIO_UPDATE_VADDR => match iommu() {
             Some((has_emulated, _)) => i64::from(!has_emulated),
             None => 0,
         },
-        VFIO_DMA_CC_IOMMU => match iommu {
+        VFIO_DMA_CC_IOMMU => match iommu() {
             Some((_, all_cc)) => i64::from(all_cc),
             None => 0,
         },
