@@ -113,6 +113,23 @@ bool kmod_helper_page_reserved(struct page *page)
 	return PageReserved(page);
 }
 
+/*
+ * The frame number of each of @n pinned pages, and whether it is reserved
+ * (`is_invalid_reserved_pfn` of the C type1: not accounted, not unpinned).
+ * One call per batch: per page, four calls from Rust cost more than the work.
+ */
+void kmod_helper_pages_to_pfns(struct page *const *pages, unsigned long *pfns, bool *reserved, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		unsigned long pfn = page_to_pfn(pages[i]);
+
+		pfns[i] = pfn;
+		reserved[i] = !pfn_valid(pfn) || PageReserved(pfn_to_page(pfn));
+	}
+}
+
 bool kmod_helper_current_is_kthread(void)
 {
 	return current->mm == NULL;

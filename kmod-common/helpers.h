@@ -30,6 +30,7 @@ long kmod_helper_ptr_err(const void *ptr);
 void kmod_helper_put_task_struct(struct task_struct *task);
 void kmod_helper_mmput(struct mm_struct *mm);
 bool kmod_helper_page_reserved(struct page *page);
+void kmod_helper_pages_to_pfns(struct page *const *pages, unsigned long *pfns, bool *reserved, unsigned int n);
 bool kmod_helper_current_is_kthread(void);
 bool kmod_helper_access_ok(unsigned long addr, unsigned long size);
 

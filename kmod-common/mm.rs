@@ -189,6 +189,27 @@ pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
     }
 }
 
+/// The frame number of each page of `pages` and whether it is reserved
+/// (`!pfn_is_accountable`), for a batch of pinned pages in one call.
+/// Only the first `min(pages.len(), pfns.len(), reserved.len())` are done.
+pub(crate) fn pages_to_pfns(pages: &[*mut bindings::page], pfns: &mut [Pfn], reserved: &mut [bool]) {
+    let n = pages.len().min(pfns.len()).min(reserved.len());
+    // `Pfn` is the C `unsigned long`, so `pfns` can be written in place.
+    const _: () = assert!(core::mem::size_of::<Pfn>() == core::mem::size_of::<ffi::c_ulong>());
+    // SAFETY: the three arrays have at least `n` elements; `pages` holds
+    // pages pinned by the caller (valid `struct page` pointers); `pfns` and
+    // `reserved` are written, `Pfn` has the layout of `unsigned long` and
+    // `bool` that of C's `bool`.
+    unsafe {
+        bindings::kmod_helper_pages_to_pfns(
+            pages.as_ptr(),
+            pfns.as_mut_ptr().cast::<ffi::c_ulong>(),
+            reserved.as_mut_ptr(),
+            n as ffi::c_uint,
+        )
+    }
+}
+
 /// `pfn_valid(pfn)`.
 pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
     // SAFETY: a pure computation on a frame number.

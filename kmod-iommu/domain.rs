@@ -500,8 +500,9 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
     let single = params::disable_hugepages();
     let batch_len = if single { 1 } else { PIN_BATCH };
     let mut batch = KVec::from_elem(core::ptr::null_mut(), batch_len, GFP_KERNEL)?;
-    // The batch's pfns and whether each is reserved, looked up once per page.
-    let mut pfns = KVec::from_elem((0u64, false), batch_len, GFP_KERNEL)?;
+    // The batch's pfns and whether each is reserved, looked up in one call.
+    let mut pfn_of = KVec::from_elem(0u64, batch_len, GFP_KERNEL)?;
+    let mut rsvd_of = KVec::from_elem(false, batch_len, GFP_KERNEL)?;
     let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
     let prot = cx.info.prot;
@@ -522,11 +523,9 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
         };
         let first_iova = cx.info.iova + (done << PAGE_SHIFT);
         // Charge the new pins (device-pinned pages are charged already).
+        mm::pages_to_pfns(&batch[..got], &mut pfn_of, &mut rsvd_of);
         let mut charge = 0i64;
-        for (i, page) in batch[..got].iter().enumerate() {
-            let pfn = mm::page_to_pfn(*page);
-            let rsvd = !mm::pfn_is_accountable(pfn);
-            pfns[i] = (pfn, rsvd);
+        for (i, &rsvd) in rsvd_of[..got].iter().enumerate() {
             if !rsvd && (!device_pins || !cx.charged_by_device(first_iova + ((i as u64) << PAGE_SHIFT))) {
                 charge += 1;
             }
@@ -535,7 +534,7 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded while pinning a mapping at iova {:#x}\n", cx.info.iova);
             }
-            for &(pfn, rsvd) in pfns[..got].iter() {
+            for (&pfn, &rsvd) in pfn_of[..got].iter().zip(&rsvd_of[..got]) {
                 if !rsvd {
                     mm::unpin_pfn(pfn, write);
                 }
@@ -546,7 +545,7 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             return Err(e);
         }
         for i in 0..got {
-            let (pfn, rsvd) = pfns[i];
+            let (pfn, rsvd) = (pfn_of[i], rsvd_of[i]);
             let iova = first_iova + ((i as u64) << PAGE_SHIFT);
             if let Some(r) = run.as_mut() {
                 if !single && pfn == r.pfn + r.npage && rsvd == r.rsvd {
@@ -557,7 +556,7 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             if let Some(r) = run.take() {
                 if let Err(e) = targets.map(r.iova, r.pfn, r.npage, prot) {
                     cx.give_back(r.iova, r.pfn, r.npage);
-                    for (j, &(p, _)) in pfns[i..got].iter().enumerate() {
+                    for (j, &p) in pfn_of[i..got].iter().enumerate() {
                         cx.give_back(iova + ((j as u64) << PAGE_SHIFT), p, 1);
                     }
                     return Err(e);
