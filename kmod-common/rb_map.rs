@@ -53,7 +53,8 @@ impl<V> RbSlot<V> {
 /// An entry found by a lookup: its key and value.
 pub(crate) type RbEntry<'a, V> = (u64, &'a V);
 
-/// A removed entry: its node memory and its value.
+/// An entry handed back: its node memory and its value (by a removal, or
+/// by an insertion whose key is taken).
 pub(crate) type RbRemoved<V> = (RbSlot<V>, V);
 
 /// A map from `u64` to `V`, ordered by key.

@@ -132,6 +132,41 @@ impl DmaEntry for Dma {
     }
 }
 
+/// Up to `N` allocated but unused tree nodes, kept so that the next
+/// insertion takes one instead of allocating (and the last removal keeps
+/// one instead of freeing). Freed when dropped.
+struct Spares<T, const N: usize> {
+    slots: [Option<T>; N],
+    n: usize,
+}
+
+impl<T, const N: usize> Spares<T, N> {
+    fn new() -> Self {
+        Spares { slots: core::array::from_fn(|_| None), n: 0 }
+    }
+
+    /// The most recently kept node, if any.
+    #[inline]
+    fn take(&mut self) -> Option<T> {
+        let i = self.n.checked_sub(1)?;
+        let slot = self.slots.get_mut(i).and_then(Option::take)?;
+        self.n = i;
+        Some(slot)
+    }
+
+    /// Keeps `slot`, or frees it when `N` are kept already.
+    #[inline]
+    fn keep(&mut self, slot: T) {
+        match self.slots.get_mut(self.n) {
+            Some(s) => {
+                *s = Some(slot);
+                self.n += 1;
+            }
+            None => drop(slot),
+        }
+    }
+}
+
 /// How many nodes of unpinned pages a container keeps for its next pins.
 const SPARE_PFN_NODES: usize = 8;
 
@@ -139,38 +174,23 @@ const SPARE_PFN_NODES: usize = 8;
 /// container: a device that pins and unpins buffer pages all the time (as
 /// the mtty DMA engine does per descriptor) then allocates and frees no
 /// node per page.
-pub(crate) struct PfnSpares {
-    spare: [Option<RBTreeNodeReservation<u64, VfioPfn>>; SPARE_PFN_NODES],
-    n: usize,
-}
+pub(crate) struct PfnSpares(Spares<RBTreeNodeReservation<u64, VfioPfn>, SPARE_PFN_NODES>);
 
 impl PfnSpares {
     pub(crate) fn new() -> Self {
-        PfnSpares { spare: core::array::from_fn(|_| None), n: 0 }
+        PfnSpares(Spares::new())
     }
 
     /// A node for a new pin: a spare one, else a new allocation.
     #[inline]
     pub(crate) fn take(&mut self) -> Result<RBTreeNodeReservation<u64, VfioPfn>> {
-        if let Some(i) = self.n.checked_sub(1) {
-            if let Some(slot) = self.spare.get_mut(i).and_then(Option::take) {
-                self.n = i;
-                return Ok(slot);
-            }
-        }
-        RBTreeNodeReservation::new(GFP_KERNEL)
+        self.0.take().map_or_else(|| RBTreeNodeReservation::new(GFP_KERNEL), Ok)
     }
 
     /// Keeps a node (frees it when there are enough spares).
     #[inline]
     pub(crate) fn keep(&mut self, slot: RBTreeNodeReservation<u64, VfioPfn>) {
-        match self.spare.get_mut(self.n) {
-            Some(s) => {
-                *s = Some(slot);
-                self.n += 1;
-            }
-            None => drop(slot),
-        }
+        self.0.keep(slot);
     }
 }
 
@@ -192,39 +212,26 @@ pub(crate) type DmaSlot = RbSlot<Dma>;
 /// mappings are kept (about 2 KiB) and freed with the container.
 pub(crate) struct Mappings {
     tree: RbMap<Dma>,
-    spare: [Option<DmaSlot>; SPARE_NODES],
-    nspare: usize,
+    spare: Spares<DmaSlot, SPARE_NODES>,
 }
 
 impl Mappings {
     pub(crate) fn new() -> Self {
-        Mappings { tree: RbMap::new(), spare: core::array::from_fn(|_| None), nspare: 0 }
+        Mappings { tree: RbMap::new(), spare: Spares::new() }
     }
 
     /// A node for a new mapping: a spare one if there is one, else a new
     /// allocation (which may sleep: the container lock is a mutex).
     #[inline]
     pub(crate) fn slot(&mut self) -> Result<DmaSlot> {
-        if let Some(i) = self.nspare.checked_sub(1) {
-            if let Some(slot) = self.spare.get_mut(i).and_then(Option::take) {
-                self.nspare = i;
-                return Ok(slot);
-            }
-        }
-        RbSlot::new(GFP_KERNEL)
+        self.spare.take().map_or_else(|| RbSlot::new(GFP_KERNEL), Ok)
     }
 
     /// Keeps the node of a removed mapping as a spare, or frees it when
     /// there are enough.
     #[inline]
     fn keep_spare(&mut self, slot: DmaSlot) {
-        match self.spare.get_mut(self.nspare) {
-            Some(spare) => {
-                *spare = Some(slot);
-                self.nspare += 1;
-            }
-            None => drop(slot),
-        }
+        self.spare.keep(slot);
     }
 
     /// Links a new mapping (whose range overlaps no other: checked by
