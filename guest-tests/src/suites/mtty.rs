@@ -40,6 +40,15 @@ pub(crate) struct Open {
     pub(crate) _mdev: Mdev,
 }
 
+/// Skips a case on the C sample: `what` says what the sample lacks.
+pub(crate) fn needs_rust_mtty(ctx: &Ctx, what: &str) -> CaseResult {
+    if ctx.backend.rust_mtty {
+        Ok(())
+    } else {
+        Err(super::Fail::Skip(what.into()))
+    }
+}
+
 /// Creates an instance of `mdev_type` in a new container and opens it.
 pub(crate) fn open_device(ctx: &Ctx, mdev_type: &str) -> Result<Open, super::Fail> {
     let s = ctx.container_with_mdev(mdev_type)?;

@@ -22,11 +22,7 @@ const RX_BUF: u64 = 3; // page 3
 const MAP_PAGES: u64 = 16;
 
 fn rust_only(ctx: &Ctx) -> CaseResult {
-    if ctx.backend.rust_mtty {
-        Ok(())
-    } else {
-        Err(Fail::Skip("the C sample has no DMA engine".into()))
-    }
+    super::mtty::needs_rust_mtty(ctx, "the C sample has no DMA engine")
 }
 
 /// A device with its memory mapped at `IOVA` and bus mastering on.

@@ -3,17 +3,13 @@
 //! resets the device, the `description` attribute. Skipped on the sample.
 
 use super::mtty::{bar0, open_device, reg::*};
-use super::{CaseResult, Ctx, Fail};
+use super::{CaseResult, Ctx};
 use crate::uapi::*;
 use crate::vfio::EventFd;
 use crate::{check, check_eq};
 
 fn rust_only(ctx: &Ctx) -> CaseResult {
-    if ctx.backend.rust_mtty {
-        Ok(())
-    } else {
-        Err(Fail::Skip("behaviour of the Rust mtty only".into()))
-    }
+    super::mtty::needs_rust_mtty(ctx, "behaviour of the Rust mtty only")
 }
 
 /// Each type has a `description`.

@@ -4,7 +4,7 @@
 //! the trigger level to 1), so these cases are skipped on it.
 
 use super::mtty::{bar0, open_device, reg::*};
-use super::{CaseResult, Ctx, Fail};
+use super::{CaseResult, Ctx};
 use crate::uapi::*;
 use crate::vfio::{Device, EventFd, VResult};
 use crate::{check, check_eq};
@@ -20,11 +20,7 @@ const IIR_RDI: u8 = 0xC4;
 const IIR_NONE: u8 = 0xC1;
 
 fn rust_only(ctx: &Ctx) -> CaseResult {
-    if ctx.backend.rust_mtty {
-        Ok(())
-    } else {
-        Err(Fail::Skip("the C sample has no character timeout".into()))
-    }
+    super::mtty::needs_rust_mtty(ctx, "the C sample has no character timeout")
 }
 
 /// Waits up to `limit` for `ev` to be signalled; returns the count (0 on
