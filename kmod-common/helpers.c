@@ -5,6 +5,7 @@
  * compiles this file in through a one-line `helpers.c` of its own, so the
  * symbols stay local to the module (no EXPORT_SYMBOL).
  */
+#include <linux/capability.h>
 #include <linux/eventfd.h>
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
@@ -20,13 +21,30 @@ struct mm_struct *kmod_helper_current_mm(void)
 	return current->mm;
 }
 
-void kmod_helper_mmgrab(struct mm_struct *mm)
+/*
+ * What a new VFIO mapping records of the calling process, in one call:
+ * its mm (mmgrab), its thread-group leader (a task reference) and whether
+ * it has CAP_IPC_LOCK. Returns false, taking nothing, in a kernel thread.
+ */
+bool kmod_helper_owner_current(struct mm_struct **mm, struct task_struct **task,
+			       bool *lock_cap)
 {
-	mmgrab(mm);
+	struct mm_struct *m = current->mm;
+
+	if (!m)
+		return false;
+	mmgrab(m);
+	*mm = m;
+	*task = current->group_leader;
+	get_task_struct(*task);
+	*lock_cap = capable(CAP_IPC_LOCK);
+	return true;
 }
 
-void kmod_helper_mmdrop(struct mm_struct *mm)
+/* Gives back what kmod_helper_owner_current() took. */
+void kmod_helper_owner_put(struct mm_struct *mm, struct task_struct *task)
 {
+	put_task_struct(task);
 	mmdrop(mm);
 }
 
@@ -75,14 +93,6 @@ unsigned long kmod_helper_rlimit_memlock(struct task_struct *task)
 	return task_rlimit(task, RLIMIT_MEMLOCK);
 }
 
-struct task_struct *kmod_helper_current_group_leader(void)
-{
-	struct task_struct *leader = current->group_leader;
-
-	get_task_struct(leader);
-	return leader;
-}
-
 void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx)
 {
 	eventfd_signal(ctx);
@@ -96,11 +106,6 @@ bool kmod_helper_is_err(const void *ptr)
 long kmod_helper_ptr_err(const void *ptr)
 {
 	return PTR_ERR(ptr);
-}
-
-void kmod_helper_put_task_struct(struct task_struct *task)
-{
-	put_task_struct(task);
 }
 
 void kmod_helper_mmput(struct mm_struct *mm)

@@ -12,8 +12,9 @@ struct page;
 struct task_struct;
 
 struct mm_struct *kmod_helper_current_mm(void);
-void kmod_helper_mmgrab(struct mm_struct *mm);
-void kmod_helper_mmdrop(struct mm_struct *mm);
+bool kmod_helper_owner_current(struct mm_struct **mm, struct task_struct **task,
+			       bool *lock_cap);
+void kmod_helper_owner_put(struct mm_struct *mm, struct task_struct *task);
 bool kmod_helper_mmget_not_zero(struct mm_struct *mm);
 void kmod_helper_mmap_read_lock(struct mm_struct *mm);
 void kmod_helper_mmap_read_unlock(struct mm_struct *mm);
@@ -23,11 +24,9 @@ unsigned long kmod_helper_page_to_pfn(struct page *page);
 struct page *kmod_helper_pfn_to_page(unsigned long pfn);
 bool kmod_helper_pfn_valid(unsigned long pfn);
 unsigned long kmod_helper_rlimit_memlock(struct task_struct *task);
-struct task_struct *kmod_helper_current_group_leader(void);
 void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx);
 bool kmod_helper_is_err(const void *ptr);
 long kmod_helper_ptr_err(const void *ptr);
-void kmod_helper_put_task_struct(struct task_struct *task);
 void kmod_helper_mmput(struct mm_struct *mm);
 bool kmod_helper_page_reserved(struct page *page);
 void kmod_helper_pages_to_pfns(struct page *const *pages, unsigned long *pfns, bool *reserved, unsigned int n);

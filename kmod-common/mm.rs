@@ -15,32 +15,22 @@ use core::ptr::NonNull;
 use kernel::ffi;
 use kernel::prelude::*;
 
-/// Keeps an `mm_struct` allocated (`mmgrab`), not its address space: pages
-/// can only be reached through [`MmGrab::users`] while the process lives.
+/// A grabbed `mm_struct` (`mmgrab`: kept allocated, not its address
+/// space): pages can only be reached through [`MmGrab::users`] while the
+/// process lives. Only an [`Owner`] makes one, and lends it out by reference.
 ///
 /// # Invariants
 ///
-/// `self.0` points to an `mm_struct` on which this value holds one `mmgrab`
-/// reference.
+/// `self.0` points to an `mm_struct` on which the `Owner` holding this value
+/// holds one `mmgrab` reference.
 pub(crate) struct MmGrab(NonNull<bindings::mm_struct>);
 
-// SAFETY: an mmgrab reference may be dropped from any thread.
+// SAFETY: the mm may be used from any thread; the reference is the Owner's.
 unsafe impl Send for MmGrab {}
 // SAFETY: shared access only reads the pointer.
 unsafe impl Sync for MmGrab {}
 
 impl MmGrab {
-    /// The calling process's mm, or `None` in a kernel thread.
-    pub(crate) fn current() -> Option<Self> {
-        // SAFETY: reading `current->mm` has no precondition.
-        let mm = NonNull::new(unsafe { bindings::kmod_helper_current_mm() })?;
-        // SAFETY: `current->mm` stays valid while the current task runs,
-        // which covers taking our own reference.
-        unsafe { bindings::kmod_helper_mmgrab(mm.as_ptr()) };
-        // INVARIANT: we took the mmgrab reference just above.
-        Some(MmGrab(mm))
-    }
-
     /// Whether this is the calling process's mm.
     pub(crate) fn is_current(&self) -> bool {
         // SAFETY: reading `current->mm` has no precondition.
@@ -57,13 +47,6 @@ impl MmGrab {
         } else {
             None
         }
-    }
-}
-
-impl Drop for MmGrab {
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant we hold one mmgrab reference.
-        unsafe { bindings::kmod_helper_mmdrop(self.0.as_ptr()) };
     }
 }
 
@@ -222,40 +205,77 @@ pub(crate) fn pfn_to_page(pfn: Pfn) -> *mut bindings::page {
     unsafe { bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong) }
 }
 
-/// A counted reference to a task (the mapping process's group leader).
+/// A counted task (the mapping process's group leader). Only an [`Owner`]
+/// makes one, and lends it out by reference.
 ///
 /// # Invariants
 ///
-/// Holds one `get_task_struct` reference on `self.0`.
+/// The `Owner` holding this value holds one `get_task_struct` reference on
+/// `self.0`.
 pub(crate) struct TaskRef(NonNull<bindings::task_struct>);
 
-// SAFETY: a task reference may be dropped from any thread.
+// SAFETY: the task may be used from any thread; the reference is the Owner's.
 unsafe impl Send for TaskRef {}
 // SAFETY: shared access only reads the pointer.
 unsafe impl Sync for TaskRef {}
 
-impl TaskRef {
-    /// The calling thread's group leader (never absent in practice).
-    pub(crate) fn current_group_leader() -> Option<Self> {
-        // SAFETY: returns `current->group_leader` with a reference taken.
-        let t = unsafe { bindings::kmod_helper_current_group_leader() };
-        // INVARIANT: the helper took the reference on a non-NULL task.
-        NonNull::new(t).map(TaskRef)
+/// What a VFIO mapping records of the process that made it: its mm and its
+/// thread-group leader, each with a reference. Taken with one C call and
+/// given back with one, where the two references alone take four (a
+/// `MAP_DMA` and an `UNMAP_DMA` each make one of these).
+///
+/// # Invariants
+///
+/// This value holds an `mmgrab` reference on `mm` and a task reference on
+/// `task`, given back by `Owner::drop`.
+pub(crate) struct Owner {
+    mm: MmGrab,
+    task: TaskRef,
+}
+
+impl Owner {
+    /// The calling process, and whether it has `CAP_IPC_LOCK` (its pins
+    /// then bypass `RLIMIT_MEMLOCK`). `ENODEV` in a kernel thread.
+    #[inline]
+    pub(crate) fn current() -> Result<(Owner, bool)> {
+        let mut mm = core::ptr::null_mut();
+        let mut task = core::ptr::null_mut();
+        let mut lock_cap = false;
+        // SAFETY: the helper writes the three out-parameters, valid for
+        // writes, and takes the references only when it returns true.
+        if !unsafe { bindings::kmod_helper_owner_current(&mut mm, &mut task, &mut lock_cap) } {
+            return Err(ENODEV);
+        }
+        let (Some(mm), Some(task)) = (NonNull::new(mm), NonNull::new(task)) else {
+            // The helper never returns true with a NULL pointer.
+            return Err(ENODEV);
+        };
+        // INVARIANT: the helper took an mmgrab reference on `mm` and a task
+        // reference on `task`, which the `Owner` now holds.
+        let owner = Owner { mm: MmGrab(mm), task: TaskRef(task) };
+        Ok((owner, lock_cap))
+    }
+
+    /// The mm.
+    #[inline]
+    pub(crate) fn mm(&self) -> &MmGrab {
+        &self.mm
+    }
+
+    /// The thread-group leader.
+    #[inline]
+    pub(crate) fn task(&self) -> &TaskRef {
+        &self.task
     }
 }
 
-impl Drop for TaskRef {
+impl Drop for Owner {
+    #[inline]
     fn drop(&mut self) {
-        // SAFETY: by the type invariant we hold one reference.
-        unsafe { bindings::kmod_helper_put_task_struct(self.0.as_ptr()) };
+        // SAFETY: we hold both references (type invariant) and give each
+        // back once; the fields have no drop of their own.
+        unsafe { bindings::kmod_helper_owner_put(self.mm.0.as_ptr(), self.task.0.as_ptr()) };
     }
-}
-
-/// `capable(CAP_IPC_LOCK)` for the calling task: pins it makes bypass
-/// `RLIMIT_MEMLOCK`.
-pub(crate) fn capable_ipc_lock() -> bool {
-    // SAFETY: `capable` only inspects the current task's credentials.
-    unsafe { bindings::capable(bindings::CAP_IPC_LOCK as ffi::c_int) }
 }
 
 /// `access_ok(addr, size)`: the range lies in user address space.

@@ -1,86 +1,211 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! An ordered map from `u64` keys to values on the kernel's red-black tree
-//! (`lib/rbtree.c`), with the neighbour lookups of an IOVA map made in one
-//! descent.
+//! (`lib/rbtree.c`), built for an IOVA map: neighbour lookups in one
+//! descent, and insertions and removals that reuse the last lookup's
+//! descent instead of making their own.
 //!
 //! C header: [`include/linux/rbtree.h`](srctree/include/linux/rbtree.h).
 //!
-//! The 6.12 `kernel::rbtree::RBTree` finds "the first key `>= k`" and then
-//! steps to a neighbour with `rb_prev`/`rb_next` (or `rb_last` when there
-//! is none): the pair an overlap lookup needs, the greatest key `<= k` and
-//! the smallest key `> k`, costs a descent and one or two more calls, and
-//! removing by key a second search. [`RbMap::around`] finds both in one
-//! descent, as `vfio_find_dma()` finds an overlapping mapping in one, and
-//! [`RbMap::remove_then_next`] unlinks a node and returns its successor
-//! from the same search (the C unmap loop's `rb_next()` before
-//! `vfio_remove_dma()`).
-//!
-//! A node's memory is allocated ahead ([`RbSlot`]), so inserting cannot
-//! fail and may happen under a lock; a removal hands the memory back, so
-//! an owner can keep a few nodes for the next insertions.
+//! - [`RbMap::around`] finds the greatest key `<= k` and the smallest key
+//!   `> k` in one descent, the pair an overlap lookup needs (the 6.12
+//!   `kernel::rbtree::RBTree` takes a descent and a call to `rb_prev`,
+//!   `rb_next` or `rb_last`).
+//! - The map remembers where its last lookup ended. An insertion of the key
+//!   just looked up links the new node next to the neighbours that lookup
+//!   found, and a removal of a key just found (or just reached by
+//!   [`RbMap::remove_then_next`]) unlinks it without searching: a `MAP_DMA`
+//!   that checked for overlaps, or an `UNMAP_DMA` that checked the v2 rules,
+//!   descends the tree once in all (the C type1: two and three times).
+//! - Node memory comes from a [`NodeAlloc`] (the type1 module's is a slab
+//!   cache) ahead of the insertion ([`RbSlot`]), so inserting cannot fail
+//!   and may happen under a lock. Values are built in their node and
+//!   dropped there: a removal hands out the node itself ([`RbOwned`]),
+//!   whose memory its owner can keep for the next insertion.
 
 use core::marker::PhantomData;
-use core::mem::MaybeUninit;
-use core::ptr;
-use kernel::alloc::{Flags, KBox};
+use core::mem::{ManuallyDrop, MaybeUninit};
+use core::ops::{Deref, DerefMut};
+use core::ptr::{self, NonNull};
 use kernel::bindings;
 use kernel::prelude::*;
 
 /// One element. `links` comes first and the layout is C's, so a pointer
 /// to a node's `rb_node` is a pointer to the node.
 #[repr(C)]
-struct Node<V> {
+pub(crate) struct Node<V> {
     links: bindings::rb_node,
     key: u64,
     value: V,
 }
 
+/// Where the nodes of an [`RbMap`] come from.
+///
+/// # Safety
+///
+/// `alloc` returns memory valid for a `Node<V>` that nothing else uses,
+/// until it is handed to `free`.
+pub(crate) unsafe trait NodeAlloc<V> {
+    /// Memory for one node (may sleep).
+    fn alloc() -> Result<NonNull<MaybeUninit<Node<V>>>>;
+
+    /// Gives back memory from [`Self::alloc`].
+    ///
+    /// # Safety
+    ///
+    /// `node` came from `alloc`, holds no live value, and is not used again.
+    unsafe fn free(node: NonNull<MaybeUninit<Node<V>>>);
+}
+
 /// The memory of one node: allocated, holding no value, in no tree.
-pub(crate) struct RbSlot<V>(KBox<MaybeUninit<Node<V>>>);
+///
+/// # Invariants
+///
+/// `0` came from `A::alloc()`, is owned by this slot alone and holds no
+/// live value.
+pub(crate) struct RbSlot<V, A: NodeAlloc<V>>(NonNull<MaybeUninit<Node<V>>>, PhantomData<A>);
 
 // SAFETY: a slot is memory that nothing else references (its links are
-// not in any tree): sending it sends at most a `V` (none, in fact).
-unsafe impl<V: Send> Send for RbSlot<V> {}
+// not in any tree) and holds no value.
+unsafe impl<V: Send, A: NodeAlloc<V>> Send for RbSlot<V, A> {}
 
-impl<V> RbSlot<V> {
+impl<V, A: NodeAlloc<V>> RbSlot<V, A> {
     /// Allocates the memory of one node.
-    pub(crate) fn new(flags: Flags) -> Result<Self> {
-        Ok(RbSlot(KBox::new_uninit(flags)?))
+    #[inline]
+    pub(crate) fn new() -> Result<Self> {
+        // INVARIANT: fresh memory from the allocator.
+        Ok(RbSlot(A::alloc()?, PhantomData))
+    }
+
+    /// Gives up ownership of the memory without freeing it.
+    #[inline]
+    fn into_raw(self) -> NonNull<Node<V>> {
+        ManuallyDrop::new(self).0.cast()
+    }
+}
+
+impl<V, A: NodeAlloc<V>> Drop for RbSlot<V, A> {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the memory came from `A::alloc`,
+        // holds no value and is owned by the slot alone.
+        unsafe { A::free(self.0) };
+    }
+}
+
+/// A node taken out of a map, with its key and value still in it.
+///
+/// Derefs to the value. Dropping it drops the value in place and frees
+/// the node; [`RbOwned::into_slot`] keeps the memory for another insertion.
+///
+/// # Invariants
+///
+/// `0` came from `A::alloc()`, holds an initialised `Node<V>`, is in no
+/// tree and is owned by this value alone.
+pub(crate) struct RbOwned<V, A: NodeAlloc<V>>(NonNull<Node<V>>, PhantomData<(V, A)>);
+
+// SAFETY: the node is owned alone; sending it sends its `V`.
+unsafe impl<V: Send, A: NodeAlloc<V>> Send for RbOwned<V, A> {}
+
+impl<V, A: NodeAlloc<V>> RbOwned<V, A> {
+    /// Drops the value in place and returns the memory as a slot.
+    #[inline]
+    pub(crate) fn into_slot(self) -> RbSlot<V, A> {
+        let node = ManuallyDrop::new(self).0;
+        // SAFETY: the node holds an initialised value (type invariant),
+        // dropped once here; what is left is memory from `A::alloc`, owned
+        // alone and holding no value, as a slot requires.
+        unsafe { ptr::drop_in_place(&mut (*node.as_ptr()).value) };
+        // INVARIANT: see above.
+        RbSlot(node.cast(), PhantomData)
+    }
+}
+
+impl<V, A: NodeAlloc<V>> Deref for RbOwned<V, A> {
+    type Target = V;
+
+    #[inline]
+    fn deref(&self) -> &V {
+        // SAFETY: an initialised node owned by `self` (type invariant).
+        unsafe { &(*self.0.as_ptr()).value }
+    }
+}
+
+impl<V, A: NodeAlloc<V>> DerefMut for RbOwned<V, A> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut V {
+        // SAFETY: an initialised node owned by `self` alone (type invariant).
+        unsafe { &mut (*self.0.as_ptr()).value }
+    }
+}
+
+impl<V, A: NodeAlloc<V>> core::borrow::Borrow<V> for RbOwned<V, A> {
+    #[inline]
+    fn borrow(&self) -> &V {
+        self
+    }
+}
+
+impl<V, A: NodeAlloc<V>> core::borrow::BorrowMut<V> for RbOwned<V, A> {
+    #[inline]
+    fn borrow_mut(&mut self) -> &mut V {
+        self
+    }
+}
+
+impl<V, A: NodeAlloc<V>> Drop for RbOwned<V, A> {
+    fn drop(&mut self) {
+        // SAFETY: as in `into_slot`: the value is dropped once, then the
+        // memory (from `A::alloc`, owned alone) is freed.
+        unsafe {
+            ptr::drop_in_place(&mut (*self.0.as_ptr()).value);
+            A::free(self.0.cast());
+        }
     }
 }
 
 /// An entry found by a lookup: its key and value.
 pub(crate) type RbEntry<'a, V> = (u64, &'a V);
 
-/// An entry handed back: its node memory and its value (by a removal, or
-/// by an insertion whose key is taken).
-pub(crate) type RbRemoved<V> = (RbSlot<V>, V);
+/// Where the map's last lookup ended, for the insertion or removal that
+/// follows it.
+#[derive(Clone, Copy)]
+enum Last {
+    /// Nothing usable.
+    None,
+    /// `floor` and `above` are the nodes with the greatest key `<= key` and
+    /// the smallest key `> key` (either may be null).
+    Gap { key: u64, floor: *mut bindings::rb_node, above: *mut bindings::rb_node },
+    /// `node` is the node with key `key`.
+    At { key: u64, node: *mut bindings::rb_node },
+}
 
-/// A map from `u64` to `V`, ordered by key.
+/// A map from `u64` to `V`, ordered by key, with nodes from `A`.
 ///
 /// # Invariants
 ///
-/// `root` is a valid red-black tree whose nodes are ordered by `key`, with
-/// no key twice. Each of its `rb_node`s is the `links` field of an
-/// initialised `Node<V>` that was allocated as a `KBox<Node<V>>`, turned
-/// into a raw pointer, and is owned by this map alone.
-pub(crate) struct RbMap<V> {
+/// - `root` is a valid red-black tree whose nodes are ordered by `key`,
+///   with no key twice. Each of its `rb_node`s is the `links` field of an
+///   initialised `Node<V>` in memory from `A::alloc()`, owned by this map
+///   alone.
+/// - `last` describes the tree as it is: every structural change (link,
+///   unlink) sets it anew or to `Last::None`.
+pub(crate) struct RbMap<V, A: NodeAlloc<V>> {
     root: bindings::rb_root,
-    _owns: PhantomData<KBox<Node<V>>>,
+    last: Last,
+    _owns: PhantomData<(V, A)>,
 }
 
 // SAFETY: the map owns its nodes and shares them with nobody: sending the
 // map sends its values.
-unsafe impl<V: Send> Send for RbMap<V> {}
+unsafe impl<V: Send, A: NodeAlloc<V>> Send for RbMap<V, A> {}
 // SAFETY: a shared map gives out only shared references to its values.
-unsafe impl<V: Sync> Sync for RbMap<V> {}
+unsafe impl<V: Sync, A: NodeAlloc<V>> Sync for RbMap<V, A> {}
 
-impl<V> RbMap<V> {
+impl<V, A: NodeAlloc<V>> RbMap<V, A> {
     /// An empty map.
     pub(crate) const fn new() -> Self {
-        // INVARIANT: the empty tree.
-        RbMap { root: bindings::rb_root { rb_node: ptr::null_mut() }, _owns: PhantomData }
+        // INVARIANT: the empty tree, and nothing remembered.
+        RbMap { root: bindings::rb_root { rb_node: ptr::null_mut() }, last: Last::None, _owns: PhantomData }
     }
 
     /// The key of the node whose links are `n`.
@@ -111,22 +236,30 @@ impl<V> RbMap<V> {
         Some(unsafe { ((*node).key, &(*node).value) })
     }
 
-    /// The node with key `key`, or null.
+    /// The node with key `key`, or null: from what the last lookup
+    /// remembered if it can tell, else by a descent.
     #[inline]
     fn find(&self, key: u64) -> *mut bindings::rb_node {
+        match self.last {
+            // The greatest key `<= key` is `key`'s node if there is one.
+            Last::Gap { key: k, floor, .. } if k == key => {
+                // SAFETY: `floor` is null or a node of the tree (type invariant).
+                let found = !floor.is_null() && unsafe { Self::key_of(floor) } == key;
+                return if found { floor } else { ptr::null_mut() };
+            }
+            Last::At { key: k, node } if k == key => return node,
+            _ => {}
+        }
         let mut n = self.root.rb_node;
         while !n.is_null() {
             // SAFETY: `n` is a non-null node of the tree: the root or a
             // child link of a node of the tree.
             let k = unsafe { Self::key_of(n) };
+            if k == key {
+                break;
+            }
             // SAFETY: as above, `n` points to a valid `rb_node`.
-            n = unsafe {
-                match key.cmp(&k) {
-                    core::cmp::Ordering::Less => (*n).rb_left,
-                    core::cmp::Ordering::Greater => (*n).rb_right,
-                    core::cmp::Ordering::Equal => return n,
-                }
-            };
+            n = unsafe { if key < k { (*n).rb_left } else { (*n).rb_right } };
         }
         n
     }
@@ -151,9 +284,10 @@ impl<V> RbMap<V> {
     }
 
     /// The entries with the greatest key `<= key` and with the smallest key
-    /// `> key`, found in one descent.
+    /// `> key`, found in one descent, which the map remembers for an
+    /// insertion or removal of `key` that follows.
     #[inline]
-    pub(crate) fn around(&self, key: u64) -> (Option<RbEntry<'_, V>>, Option<RbEntry<'_, V>>) {
+    pub(crate) fn around(&mut self, key: u64) -> (Option<RbEntry<'_, V>>, Option<RbEntry<'_, V>>) {
         let (mut floor, mut above) = (ptr::null_mut(), ptr::null_mut());
         let mut n = self.root.rb_node;
         while !n.is_null() {
@@ -168,13 +302,15 @@ impl<V> RbMap<V> {
                 n = unsafe { (*n).rb_left };
             }
         }
+        // INVARIANT: the neighbours of `key` in the tree as it is.
+        self.last = Last::Gap { key, floor, above };
         // SAFETY: both are null or nodes met on the way down.
         unsafe { (self.entry(floor), self.entry(above)) }
     }
 
     /// The greatest key `<= key`.
     #[inline]
-    pub(crate) fn floor_key(&self, key: u64) -> Option<u64> {
+    pub(crate) fn floor_key(&mut self, key: u64) -> Option<u64> {
         self.around(key).0.map(|(k, _)| k)
     }
 
@@ -198,9 +334,42 @@ impl<V> RbMap<V> {
         best
     }
 
-    /// Stores `value` under `key` in the node memory `slot`. If `key` is
-    /// taken, nothing changes and both are handed back.
-    pub(crate) fn insert(&mut self, slot: RbSlot<V>, key: u64, value: V) -> core::result::Result<(), RbRemoved<V>> {
+    /// Where a node with `key` goes: its parent and the null child link
+    /// of that parent (or of the root) to put it in; `None` if `key` is
+    /// taken. Uses the last lookup when it was of `key`.
+    #[inline]
+    fn link_of(&mut self, key: u64) -> Option<(*mut bindings::rb_node, *mut *mut bindings::rb_node)> {
+        if let Last::Gap { key: k, floor, above } = self.last {
+            if k == key {
+                // SAFETY: `floor` and `above` are null or nodes of the tree,
+                // and are `key`'s neighbours in it (type invariant).
+                unsafe {
+                    if !floor.is_null() && Self::key_of(floor) == key {
+                        return None;
+                    }
+                    // Between two neighbours in key order, either the lower
+                    // one has no right child (the new node goes there) or
+                    // the upper one is the leftmost node of that right
+                    // subtree, so it has no left child. At the ends of the
+                    // order the one neighbour has the free side; an empty
+                    // tree takes the new node at the root.
+                    if !floor.is_null() && (*floor).rb_right.is_null() {
+                        return Some((floor, &mut (*floor).rb_right));
+                    }
+                    if !above.is_null() && (*above).rb_left.is_null() {
+                        return Some((above, &mut (*above).rb_left));
+                    }
+                    if floor.is_null() && above.is_null() && self.root.rb_node.is_null() {
+                        return Some((ptr::null_mut(), &mut self.root.rb_node));
+                    }
+                }
+            }
+        }
+        self.descend_for_link(key)
+    }
+
+    /// [`Self::link_of`] by a descent from the root.
+    fn descend_for_link(&mut self, key: u64) -> Option<(*mut bindings::rb_node, *mut *mut bindings::rb_node)> {
         let mut link: *mut *mut bindings::rb_node = &mut self.root.rb_node;
         let mut parent = ptr::null_mut();
         // SAFETY: `link` points to the root pointer or to a child pointer
@@ -209,46 +378,69 @@ impl<V> RbMap<V> {
             while !(*link).is_null() {
                 parent = *link;
                 let k = Self::key_of(parent);
-                link = match key.cmp(&k) {
-                    core::cmp::Ordering::Less => &mut (*parent).rb_left,
-                    core::cmp::Ordering::Greater => &mut (*parent).rb_right,
-                    core::cmp::Ordering::Equal => return Err((slot, value)),
-                };
+                if key == k {
+                    return None;
+                }
+                link = if key < k { &mut (*parent).rb_left } else { &mut (*parent).rb_right };
             }
         }
-        let node = KBox::into_raw(slot.0.write(Node { links: bindings::rb_node::default(), key, value }));
-        // SAFETY: `node` is a new, initialised node that nothing else
-        // references; `parent` and `link` are where the descent found
-        // `key`'s place, so linking and recolouring keep the tree valid and
-        // ordered. INVARIANT: the tree now owns `node`, a `KBox` turned raw.
+        Some((parent, link))
+    }
+
+    /// Stores `value` under `key` in the node memory `slot`. If `key` is
+    /// taken, nothing changes and both are handed back.
+    ///
+    /// Inlined, so that the value is built in the node rather than moved
+    /// into it.
+    #[inline(always)]
+    pub(crate) fn insert(&mut self, slot: RbSlot<V, A>, key: u64, value: V) -> core::result::Result<(), (RbSlot<V, A>, V)> {
+        let Some((parent, link)) = self.link_of(key) else {
+            return Err((slot, value));
+        };
+        let node = slot.into_raw();
+        // SAFETY: `node` is memory for a `Node<V>` that nothing else
+        // references (the slot's invariant). `parent` and `link` are where
+        // `key` belongs in the ordered tree (`link_of`) and `*link` is null:
+        // linking there (what the C `rb_link_node` does) and recolouring
+        // keep the tree valid and ordered. INVARIANT: the tree now owns an
+        // initialised node from `A::alloc`; `last` is forgotten.
         unsafe {
-            bindings::rb_link_node(&mut (*node).links, parent, link);
-            bindings::rb_insert_color(&mut (*node).links, &mut self.root);
+            let p = node.as_ptr();
+            ptr::addr_of_mut!((*p).key).write(key);
+            ptr::addr_of_mut!((*p).value).write(value);
+            ptr::addr_of_mut!((*p).links).write(bindings::rb_node {
+                __rb_parent_color: parent as kernel::ffi::c_ulong,
+                rb_right: ptr::null_mut(),
+                rb_left: ptr::null_mut(),
+            });
+            *link = &mut (*p).links;
+            self.last = Last::None;
+            bindings::rb_insert_color(&mut (*p).links, &mut self.root);
         }
         Ok(())
     }
 
-    /// Unlinks node `n` and returns its memory and value.
+    /// Unlinks node `n` and returns it.
     ///
     /// # Safety
     ///
     /// `n` is a non-null node of this map's tree.
-    unsafe fn unlink(&mut self, n: *mut bindings::rb_node) -> RbRemoved<V> {
-        let node = n.cast::<Node<V>>();
+    #[inline]
+    unsafe fn unlink(&mut self, n: *mut bindings::rb_node) -> RbOwned<V, A> {
         // SAFETY: `n` is in the tree (caller); after `rb_erase` the tree no
-        // longer references it. The node was a `KBox<Node<V>>`: reading its
-        // value out leaves memory that is a valid `MaybeUninit<Node<V>>`
-        // (same layout), which the slot then owns. INVARIANT: the tree
-        // lost exactly this node.
+        // longer references it, so the initialised node is the returned
+        // value's alone. INVARIANT: the tree lost exactly this node, and
+        // `last`, which may name it, is forgotten.
         unsafe {
             bindings::rb_erase(n, &mut self.root);
-            let value = ptr::read(&(*node).value);
-            (RbSlot(KBox::from_raw(node.cast::<MaybeUninit<Node<V>>>())), value)
+            self.last = Last::None;
+            RbOwned(NonNull::new_unchecked(n.cast::<Node<V>>()), PhantomData)
         }
     }
 
-    /// Removes the entry under `key`: its node memory and its value.
-    pub(crate) fn remove(&mut self, key: u64) -> Option<RbRemoved<V>> {
+    /// Removes the entry under `key`.
+    #[inline]
+    pub(crate) fn remove(&mut self, key: u64) -> Option<RbOwned<V, A>> {
         let n = self.find(key);
         if n.is_null() {
             return None;
@@ -258,8 +450,10 @@ impl<V> RbMap<V> {
     }
 
     /// Removes the entry under `key` and returns it with the entry that
-    /// followed it (the smallest key `> key`), from one search.
-    pub(crate) fn remove_then_next(&mut self, key: u64) -> (Option<RbRemoved<V>>, Option<RbEntry<'_, V>>) {
+    /// followed it (the smallest key `> key`), which the map remembers
+    /// for a removal of that one.
+    #[inline]
+    pub(crate) fn remove_then_next(&mut self, key: u64) -> (Option<RbOwned<V, A>>, Option<RbEntry<'_, V>>) {
         let n = self.find(key);
         if n.is_null() {
             return (None, None);
@@ -270,12 +464,16 @@ impl<V> RbMap<V> {
         unsafe {
             let next = bindings::rb_next(n);
             let removed = self.unlink(n);
+            if !next.is_null() {
+                // INVARIANT: `next` is in the tree, under its own key.
+                self.last = Last::At { key: Self::key_of(next), node: next };
+            }
             (Some(removed), self.entry(next))
         }
     }
 }
 
-impl<V> Drop for RbMap<V> {
+impl<V, A: NodeAlloc<V>> Drop for RbMap<V, A> {
     fn drop(&mut self) {
         // Children before parents, each node's successor taken before the
         // node is freed (`rbtree_postorder_for_each_entry_safe`).
@@ -286,10 +484,10 @@ impl<V> Drop for RbMap<V> {
             // only reads `n`, its parent and the parent's right subtree,
             // none of which has been freed yet.
             let next = unsafe { bindings::rb_next_postorder(n) };
-            // SAFETY: every node is a `KBox<Node<V>>` turned raw that the
-            // map owns; each is freed once, and nothing reads it afterwards
-            // (the successor was taken above).
-            drop(unsafe { KBox::from_raw(n.cast::<Node<V>>()) });
+            // SAFETY: every node is an initialised node from `A::alloc`
+            // that the map owns alone; each is dropped once, and nothing
+            // reads it afterwards (the successor was taken above).
+            drop(RbOwned::<V, A>(unsafe { NonNull::new_unchecked(n.cast()) }, PhantomData));
             n = next;
         }
     }

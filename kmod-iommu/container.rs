@@ -43,8 +43,8 @@
 
 use crate::bindings;
 use crate::domain::{self, Domains};
-use crate::mm::{self, MmGrab, TaskRef};
-use crate::store::{Dma, Mappings, PfnSpares, PfnTree};
+use crate::mm;
+use crate::store::{Dma, Mappings, PfnSpares};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
 use crate::type1_core::iommu::VfioIommu;
@@ -55,15 +55,33 @@ use crate::vfio_iommu::{
     DeviceList, DeviceSlot, DmaRwBuffer, GroupKey, GroupType, IommuGroup, Registering, Unregistering,
 };
 use crate::params;
-use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
-use kernel::sync::Mutex;
+use crate::mutex::{new_direct_mutex, Mutex};
 use kernel::uaccess::UserSlice;
 
-/// Turns a `type1_core` errno into a kernel error.
+/// Turns a `type1_core` errno into a kernel error. The core's errnos map
+/// to the kernel's constants without a call (`Error::from_errno` is out of
+/// line, and refused requests, such as a `MAP_DMA` of a mapped IOVA, take
+/// this path every time).
+#[inline]
 pub(crate) fn err(e: Errno) -> Error {
-    Error::from_errno(-e)
+    match e {
+        cerr::EPERM => EPERM,
+        cerr::ENOENT => ENOENT,
+        cerr::ESRCH => ESRCH,
+        cerr::E2BIG => E2BIG,
+        cerr::ENOMEM => ENOMEM,
+        cerr::EACCES => EACCES,
+        cerr::EFAULT => EFAULT,
+        cerr::EBUSY => EBUSY,
+        cerr::EEXIST => EEXIST,
+        cerr::ENODEV => ENODEV,
+        cerr::EINVAL => EINVAL,
+        cerr::ENOTTY => ENOTTY,
+        cerr::ENOSPC => ENOSPC,
+        _ => Error::from_errno(-e),
+    }
 }
 
 /// Everything the container lock protects.
@@ -101,8 +119,8 @@ impl Container {
         let iommu = VfioIommu::open(kind, params::dma_entry_limit()).map_err(err)?;
         KBox::try_pin_init(
             try_pin_init!(Container {
-                devices <- new_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
-                state <- new_mutex!(
+                devices <- new_direct_mutex!(DeviceList::new(), "vfio_iommu_type1_rs::devices"),
+                state <- new_direct_mutex!(
                     State {
                         iommu,
                         dmas: Mappings::new(),
@@ -261,7 +279,7 @@ impl Container {
             let chunk = cpin::dma_rw_chunk(dmas, cur, (total - done) as u64, write).map_err(err)?;
             let count = usize::try_from(chunk.count).map_err(|_| EINVAL)?;
             let entry = dmas.get_mut(chunk.key).ok_or(EINVAL)?;
-            let users = entry.mm.users().ok_or(EPERM)?;
+            let users = entry.owner.mm().users().ok_or(EPERM)?;
             let copied = users
                 .with_user_access(|| -> Result {
                     let user = UserSlice::new(chunk.vaddr as usize, count);
@@ -288,7 +306,7 @@ fn remove_all(st: &mut State) {
     let State { iommu, dmas, domains, .. } = st;
     while let Some(k) = crate::type1_core::dma::first_key(dmas) {
         match crate::type1_core::dma::remove_dma(dmas, iommu, k) {
-            Some(d) => domain::remove_dma(domains, d),
+            Some(d) => domain::remove_dma(domains, dmas, d),
             None => break,
         }
     }
@@ -305,12 +323,12 @@ struct PinContext<'a> {
 
 impl PinOps<Dma> for PinContext<'_> {
     fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
-        let users = entry.mm.users().ok_or(cerr::ENODEV)?;
+        let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
         let pfn = users
             .pin_page(vaddr, entry.info.prot & IOMMU_WRITE != 0)
             .map_err(|e| -e.to_errno())?;
         if do_accounting && mm::pfn_is_accountable(pfn) {
-            if let Err(e) = users.account_locked(&entry.task, 1, entry.info.lock_cap) {
+            if let Err(e) = users.account_locked(entry.owner.task(), 1, entry.info.lock_cap) {
                 mm::unpin_pfn(pfn, entry.info.prot & IOMMU_WRITE != 0);
                 if e == ENOMEM {
                     pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
@@ -331,7 +349,7 @@ impl PinOps<Dma> for PinContext<'_> {
     ) -> core::result::Result<usize, Errno> {
         if out.len() > 1 {
             // The whole run under one mmap lock, charged at once.
-            let users = entry.mm.users().ok_or(cerr::ENODEV)?;
+            let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
             let write = entry.info.prot & IOMMU_WRITE != 0;
             let got = users.pin_pfn_run(vaddr, write, out);
             if got > 0 {
@@ -340,7 +358,7 @@ impl PinOps<Dma> for PinContext<'_> {
                 if !do_accounting || charge == 0 {
                     return Ok(got);
                 }
-                if users.account_locked(&entry.task, charge, entry.info.lock_cap).is_ok() {
+                if users.account_locked(entry.owner.task(), charge, entry.info.lock_cap).is_ok() {
                     entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, charge);
                     return Ok(got);
                 }
@@ -374,9 +392,9 @@ impl PinOps<Dma> for PinContext<'_> {
             return Ok(());
         }
         // The process may have exited: its pins are then already gone.
-        let users = entry.mm.users().ok_or(cerr::ESRCH)?;
+        let users = entry.owner.mm().users().ok_or(cerr::ESRCH)?;
         users
-            .account_locked(&entry.task, npage, entry.info.lock_cap)
+            .account_locked(entry.owner.task(), npage, entry.info.lock_cap)
             .map_err(|e| -e.to_errno())?;
         entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, npage);
         Ok(())
@@ -402,7 +420,19 @@ impl PinOps<Dma> for PinContext<'_> {
 }
 
 impl Drop for Dma {
+    #[inline]
     fn drop(&mut self) {
+        // Almost every mapping ends unmapped from the IOMMU and without pins.
+        if (self.info.iommu_mapped && self.info.size != 0) || !self.pfns.is_empty() {
+            self.drop_leftovers();
+        }
+    }
+}
+
+impl Dma {
+    /// What dropping a mapping should never find: IOMMU pins or device pins.
+    #[cold]
+    fn drop_leftovers(&mut self) {
         // Mappings in IOMMU domains are torn down by `domain::remove_dma`,
         // and the VFIO core detaches every group (so every domain goes, with
         // the mappings) before it releases a container. Should that ever not
@@ -425,20 +455,11 @@ impl Drop for Dma {
             }
         }
         if released > 0 && self.info.locked_vm > 0 {
-            if let Some(users) = self.mm.users() {
-                let _ = users.account_locked(&self.task, -released, self.info.lock_cap);
+            if let Some(users) = self.owner.mm().users() {
+                let _ = users.account_locked(self.owner.task(), -released, self.info.lock_cap);
             }
         }
     }
 }
 
-
-/// A new mapping's owner: the calling process.
-pub(crate) fn new_dma(info: crate::type1_core::dma::VfioDma) -> Result<Dma> {
-    let mm = MmGrab::current().ok_or(ENODEV)?;
-    let task = TaskRef::current_group_leader().ok_or(ESRCH)?;
-    let mut info = info;
-    info.lock_cap = mm::capable_ipc_lock();
-    Ok(Dma { info, pfns: PfnTree::new(), bitmap: None, task, mm })
-}
 

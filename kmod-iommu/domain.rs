@@ -62,7 +62,7 @@ use crate::iommu::{self as kiommu, Domain, IotlbGather, ResvKind, IOMMU_CACHE};
 use crate::mm::{self, MmUsers};
 use crate::params;
 use crate::mm::TaskRef;
-use crate::store::{Dma, Mappings, PfnTree};
+use crate::store::{Dma, Mappings, PfnTree, RemovedDma};
 use crate::type1_core::dma::{first_key, next_key, remove_dma as core_remove_dma, DmaTree};
 use crate::type1_core::errno::Errno;
 use crate::type1_core::dma::VfioDma;
@@ -379,7 +379,7 @@ fn unmap_unpin_all(st: &mut State) {
     let State { iommu, dmas, domains, .. } = st;
     while let Some(k) = first_key(dmas) {
         match core_remove_dma(dmas, iommu, k) {
-            Some(d) => remove_dma(domains, d),
+            Some(d) => remove_dma(domains, dmas, d),
             None => break,
         }
     }
@@ -413,17 +413,18 @@ fn lock_acct(dma: &mut Dma, npage: i64) {
     if npage == 0 {
         return;
     }
-    let Some(users) = dma.mm.users() else { return };
-    if users.account_locked(&dma.task, npage, dma.info.lock_cap).is_ok() {
+    let Some(users) = dma.owner.mm().users() else { return };
+    if users.account_locked(dma.owner.task(), npage, dma.info.lock_cap).is_ok() {
         dma.info.locked_vm = dma.info.locked_vm.wrapping_add(npage as u64);
     }
 }
 
 /// Tears down a mapping removed from the tree (`vfio_remove_dma`): unmaps
-/// it from every domain and gives its pins and their charge back.
-pub(crate) fn remove_dma(domains: &Domains, mut dma: Dma) {
+/// it from every domain and gives its pins and their charge back, then
+/// drops it and keeps its node for the next mapping.
+pub(crate) fn remove_dma(domains: &Domains, dmas: &mut Mappings, mut dma: RemovedDma) {
     unmap_unpin(domains, &mut dma, true);
-    drop(dma);
+    dmas.release(dma);
 }
 
 /// A physically contiguous run of pinned pages.
@@ -447,9 +448,9 @@ struct PinCtx<'a> {
 
 impl PinCtx<'_> {
     fn new(dma: &mut Dma) -> Result<PinCtx<'_>> {
-        let Dma { info, pfns, task, mm, .. } = dma;
-        let users = mm.users().ok_or(ENODEV)?;
-        Ok(PinCtx { info, pfns, task, users })
+        let Dma { info, pfns, owner, .. } = dma;
+        let users = owner.mm().users().ok_or(ENODEV)?;
+        Ok(PinCtx { info, pfns, task: owner.task(), users })
     }
 
     fn write(&self) -> bool {
@@ -590,7 +591,7 @@ pub(crate) fn map_new(iommu: &mut VfioIommu, dmas: &mut Mappings, domains: &Doma
     dma.info.iommu_mapped = true;
     if let Err(e) = r {
         if let Some(d) = core_remove_dma(dmas, iommu, key) {
-            remove_dma(domains, d);
+            remove_dma(domains, dmas, d);
         }
         return Err(e);
     }

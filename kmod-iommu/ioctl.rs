@@ -8,8 +8,8 @@
 //! dirty bitmaps out under the lock (UNMAP_DMA with GET_DIRTY_BITMAP and
 //! DIRTY_PAGES GET_BITMAP), which we do the same way.
 
-use crate::container::{err, new_dma, Container, State};
-use crate::store::Mappings;
+use crate::container::{err, Container, State};
+use crate::store::{Dma, Mappings};
 use crate::type1_core::dirty::{self as cdirty, DirtyOp, UserBitmap};
 use crate::type1_core::dma::{self as cdma, DmaTree};
 use crate::type1_core::errno::{Errno, EFAULT as C_EFAULT};
@@ -17,12 +17,16 @@ use crate::type1_core::map::{self as cmap, MapPlan};
 use crate::type1_core::uapi::{self as u, Type1Ioctl};
 use crate::type1_core::unmap::{self as cunmap, UnmapPlan, UnmapStep};
 use crate::type1_core::{info as cinfo, iommu as ciommu};
-use crate::mm::{self, MmGrab, TaskRef};
+use crate::mm::{self, Owner};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
 /// Dispatches a container ioctl; `c` is `None` before `VFIO_SET_IOMMU`.
+///
+/// Inlined into the C trampoline (`OpsTable::ioctl`), so that an ioctl
+/// enters one Rust function, as it enters one C function in the reference.
+#[inline(always)]
 pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize> {
     let which = u::classify_ioctl(cmd).map_err(err)?;
     if which == Type1Ioctl::CheckExtension {
@@ -49,11 +53,14 @@ pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize
 }
 
 /// Reads `N` bytes of the argument at `offset`; `EFAULT` if they are not readable.
+///
+/// `read::<[u8; N]>` is generic, so it is built here and calls
+/// `_copy_from_user` directly, as the C `copy_from_user` of a fixed size
+/// does (`read_slice` goes through two more functions).
+#[inline]
 fn read_arg<const N: usize>(arg: usize, offset: usize) -> Result<[u8; N]> {
-    let mut buf = [0u8; N];
     let addr = arg.checked_add(offset).ok_or(EFAULT)?;
-    UserSlice::new(addr, N).reader().read_slice(&mut buf)?;
-    Ok(buf)
+    UserSlice::new(addr, N).reader().read::<[u8; N]>()
 }
 
 fn access_ok(addr: u64, size: u64) -> bool {
@@ -89,30 +96,24 @@ fn map_dma(c: &Container, arg: usize) -> Result {
             // is one, else an allocation (the container lock is a mutex, so
             // this may sleep).
             let node = dmas.slot()?;
+            let (owner, lock_cap) = Owner::current()?;
             let iova = new.iova;
-            let info = new.commit(iommu);
-            let mut dma = match new_dma(info) {
-                Ok(d) => d,
-                Err(e) => {
-                    // Give back the slot `commit` took.
-                    iommu.dma_avail = iommu.dma_avail.saturating_add(1);
-                    return Err(e);
-                }
-            };
+            let mut info = new.commit(iommu);
+            info.lock_cap = lock_cap;
             if domains.is_empty() {
                 // No IOMMU domain: nothing to pin or map, the mapping is whole.
-                dma.info.size = map.size;
-                dmas.insert(node, iova, dma);
+                info.size = map.size;
+                dmas.insert(node, iova, Dma::new(info, owner));
             } else {
                 // Linked with size 0, it grows as it is pinned and mapped.
-                dmas.insert(node, iova, dma);
+                dmas.insert(node, iova, Dma::new(info, owner));
                 crate::domain::map_new(iommu, dmas, domains, iova, map.size)?;
             }
             if iommu.dirty_page_tracking {
                 let entry = dmas.get_mut(iova).ok_or(EINVAL)?;
                 if let Err(e) = cdirty::dma_bitmap_alloc(entry, iommu) {
                     if let Some(d) = cdma::remove_dma(dmas, iommu, iova) {
-                        crate::domain::remove_dma(domains, d);
+                        crate::domain::remove_dma(domains, dmas, d);
                     }
                     return Err(err(e));
                 }
@@ -130,22 +131,19 @@ fn map_dma(c: &Container, arg: usize) -> Result {
 /// `vfio_change_dma_owner`: a vaddr update from another process moves the
 /// mapping's locked-memory charge and ownership to that process.
 fn change_dma_owner(dma: &mut crate::store::Dma) -> Result {
-    if dma.mm.is_current() {
+    if dma.owner.mm().is_current() {
         return Ok(());
     }
-    let new_mm = MmGrab::current().ok_or(ENODEV)?;
-    let new_task = TaskRef::current_group_leader().ok_or(ESRCH)?;
-    let lock_cap = mm::capable_ipc_lock();
+    let (new_owner, lock_cap) = Owner::current()?;
     let npage = dma.info.locked_vm as i64;
     {
-        let users = new_mm.users().ok_or(ESRCH)?;
-        users.account_locked(&new_task, npage, lock_cap)?;
+        let users = new_owner.mm().users().ok_or(ESRCH)?;
+        users.account_locked(new_owner.task(), npage, lock_cap)?;
     }
-    if let Some(old) = dma.mm.users() {
-        let _ = old.account_locked(&dma.task, -npage, dma.info.lock_cap);
+    if let Some(old) = dma.owner.mm().users() {
+        let _ = old.account_locked(dma.owner.task(), -npage, dma.info.lock_cap);
     }
-    dma.task = new_task;
-    dma.mm = new_mm;
+    dma.owner = new_owner;
     dma.info.lock_cap = lock_cap;
     Ok(())
 }
@@ -198,7 +196,7 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     loop {
         let State { iommu, dmas, domains, .. } = &mut *st;
         match plan.step(dmas, iommu, user.as_mut()) {
-            UnmapStep::Removed(dma) => crate::domain::remove_dma(domains, dma),
+            UnmapStep::Removed(dma) => crate::domain::remove_dma(domains, dmas, dma),
             UnmapStep::NotifyUnmap { iova, size } => {
                 // Devices unpin through the container lock: drop it first.
                 drop(st);
@@ -216,7 +214,8 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     }
     drop(st);
     unmap.size = plan.unmapped();
-    UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write_slice(&unmap.to_bytes())
+    // A fixed-size `write`, like `read_arg`: one `_copy_to_user`.
+    UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write(&unmap.to_bytes())
 }
 
 fn dirty_pages(c: &Container, arg: usize) -> Result {

@@ -6,17 +6,25 @@
 //!
 //! Data model: one [`Dma`] per `VFIO_IOMMU_MAP_DMA`, keyed by its first IOVA
 //! in the container's tree. A `Dma` owns the references that keep the
-//! mapping process reachable (its group leader for `RLIMIT_MEMLOCK`, its mm
-//! for pinning and accounting), the per-page pins devices made in it (iova
-//! to pfn with a reference count) and, while dirty tracking is on, its
-//! dirty bitmap in units of the smallest page size.
+//! mapping process reachable (its [`Owner`]: the group leader for
+//! `RLIMIT_MEMLOCK`, the mm for pinning and accounting), the per-page pins
+//! devices made in it (iova to pfn with a reference count) and, while dirty
+//! tracking is on, its dirty bitmap in units of the smallest page size.
+//!
+//! Memory: the tree nodes come from the module's slab cache
+//! [`DMA_NODES`]; a mapping is built in its node and dropped there (a
+//! removal hands out the node, [`RemovedDma`]), and up to [`SPARE_NODES`]
+//! nodes of removed mappings are kept for the next maps.
 
-use crate::mm::{MmGrab, TaskRef};
+use crate::mm::Owner;
+use crate::rb_map::{Node, NodeAlloc, RbMap, RbOwned, RbSlot};
+use crate::slab::ModuleCache;
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, VfioPfn};
+use core::mem::{ManuallyDrop, MaybeUninit};
+use core::ptr::NonNull;
 use kernel::prelude::*;
-use crate::rb_map::{RbMap, RbSlot};
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 
 /// One mapping (the C `struct vfio_dma`).
@@ -32,29 +40,76 @@ pub(crate) struct Dma {
     pub(crate) pfns: PfnTree,
     /// Dirty bitmap while tracking is on.
     pub(crate) bitmap: Option<KVVec<u64>>,
-    /// The mapping process's group leader: its `RLIMIT_MEMLOCK` applies.
-    pub(crate) task: TaskRef,
-    /// The mapping process's mm: pins and `locked_vm` charges go there.
-    pub(crate) mm: MmGrab,
+    /// The mapping process: pins and `locked_vm` charges go to its mm,
+    /// against its group leader's `RLIMIT_MEMLOCK`.
+    pub(crate) owner: Owner,
 }
+
+impl Dma {
+    /// A mapping of `owner`'s memory with no pins and no bitmap.
+    #[inline]
+    pub(crate) fn new(info: VfioDma, owner: Owner) -> Self {
+        Dma { info, pfns: PfnTree::new(), bitmap: None, owner }
+    }
+}
+
+/// The slab cache of the mapping tree's nodes: made at module load
+/// (`type1.rs`), destroyed at unload, when no container is left.
+pub(crate) static DMA_NODES: ModuleCache<Node<Dma>> = ModuleCache::new();
+
+/// The allocator of the mapping tree's nodes: [`DMA_NODES`].
+pub(crate) struct DmaNodes;
+
+// SAFETY: `alloc` hands out fresh memory for one `Node<Dma>` from the
+// cache made for that type, which nothing else uses until `free` gives it
+// back to the same cache.
+unsafe impl NodeAlloc<Dma> for DmaNodes {
+    #[inline]
+    fn alloc() -> Result<NonNull<MaybeUninit<Node<Dma>>>> {
+        DMA_NODES.alloc()
+    }
+
+    #[inline]
+    unsafe fn free(node: NonNull<MaybeUninit<Node<Dma>>>) {
+        // SAFETY: the caller hands back memory from `alloc`, holding no value.
+        unsafe { DMA_NODES.free(node) }
+    }
+}
+
+/// A mapping taken out of the tree, in its node.
+pub(crate) type RemovedDma = RbOwned<Dma, DmaNodes>;
 
 /// Pinned pages of one mapping (the C `pfn_list`), and how many there are:
 /// every lookup of a mapping asks whether it has pins, and the 6.12
 /// `RBTree` can only tell by starting an iteration (a call to `rb_first`).
+///
+/// The tree is dropped only when it has nodes: the 6.12 `RBTree` calls
+/// `rb_first_postorder` when dropped, empty or not, and almost every
+/// mapping ends without pins.
 pub(crate) struct PfnTree {
-    tree: RBTree<u64, VfioPfn>,
+    tree: ManuallyDrop<RBTree<u64, VfioPfn>>,
     len: usize,
 }
 
 impl PfnTree {
     pub(crate) fn new() -> Self {
-        PfnTree { tree: RBTree::new(), len: 0 }
+        PfnTree { tree: ManuallyDrop::new(RBTree::new()), len: 0 }
     }
 
     /// Unlinks the lowest pinned page.
     pub(crate) fn pop_first(&mut self) -> Option<(u64, VfioPfn)> {
         let iova = *self.tree.iter().next()?.0;
         self.remove(iova).map(|vpfn| (iova, vpfn))
+    }
+}
+
+impl Drop for PfnTree {
+    #[inline]
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: dropped once, here; `self.tree` is not used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.tree) };
+        }
     }
 }
 
@@ -195,23 +250,24 @@ impl PfnSpares {
 }
 
 /// How many unlinked tree nodes a container keeps for its next mappings.
-const SPARE_NODES: usize = 16;
+pub(crate) const SPARE_NODES: usize = 16;
 
 /// A tree node for a mapping, allocated or taken from the spares.
-pub(crate) type DmaSlot = RbSlot<Dma>;
+pub(crate) type DmaSlot = RbSlot<Dma, DmaNodes>;
 
 /// All mappings of a container (the C `dma_list`), and a few spare nodes.
 ///
 /// The tree is an [`RbMap`] (kmod-common/rb_map.rs): the lookups of
 /// `type1_core` need the mapping at or below an IOVA and the one above it,
-/// which it finds in one descent, as `vfio_find_dma()` does.
+/// which it finds in one descent, as `vfio_find_dma()` does, and the
+/// insertion or removal that follows a lookup reuses its descent.
 ///
 /// Spare nodes make a mapping that replaces a removed one (an unmap
 /// followed by a map, as a VM with a virtual IOMMU does all the time) cost
 /// no allocation and no free: up to [`SPARE_NODES`] nodes of removed
 /// mappings are kept (about 2 KiB) and freed with the container.
 pub(crate) struct Mappings {
-    tree: RbMap<Dma>,
+    tree: RbMap<Dma, DmaNodes>,
     spare: Spares<DmaSlot, SPARE_NODES>,
 }
 
@@ -224,31 +280,38 @@ impl Mappings {
     /// allocation (which may sleep: the container lock is a mutex).
     #[inline]
     pub(crate) fn slot(&mut self) -> Result<DmaSlot> {
-        self.spare.take().map_or_else(|| RbSlot::new(GFP_KERNEL), Ok)
+        self.spare.take().map_or_else(DmaSlot::new, Ok)
     }
 
-    /// Keeps the node of a removed mapping as a spare, or frees it when
-    /// there are enough.
+    /// Drops a removed mapping (its owner references, pins and bitmap go)
+    /// and keeps its node as a spare, or frees it when there are enough.
     #[inline]
-    fn keep_spare(&mut self, slot: DmaSlot) {
-        self.spare.keep(slot);
+    pub(crate) fn release(&mut self, dma: RemovedDma) {
+        self.spare.keep(dma.into_slot());
     }
 
     /// Links a new mapping (whose range overlaps no other: checked by
-    /// `validate_map` under the same lock, so its key is free).
-    #[inline]
+    /// `validate_map` under the same lock, so its key is free). Inlined, so
+    /// that `dma` is built in its node.
+    #[inline(always)]
     pub(crate) fn insert(&mut self, slot: DmaSlot, iova: u64, dma: Dma) {
         if let Err((slot, dma)) = self.tree.insert(slot, iova, dma) {
-            // Cannot happen (see above); keep the tree as it is.
-            pr_warn!("mapping at iova {iova:#x} inserted twice; the second one is dropped\n");
-            self.keep_spare(slot);
-            drop(dma);
+            Self::inserted_twice(iova, slot, dma);
         }
+    }
+
+    /// Cannot happen (see `insert`); keeps the tree as it is.
+    #[cold]
+    fn inserted_twice(iova: u64, slot: DmaSlot, dma: Dma) {
+        pr_warn!("mapping at iova {iova:#x} inserted twice; the second one is dropped\n");
+        drop(slot);
+        drop(dma);
     }
 }
 
 impl DmaTree for Mappings {
     type Entry = Dma;
+    type Removed = RemovedDma;
 
     #[inline]
     fn floor_key(&mut self, key: u64) -> Option<u64> {
@@ -271,10 +334,8 @@ impl DmaTree for Mappings {
     }
 
     #[inline]
-    fn remove(&mut self, key: u64) -> Option<Dma> {
-        let (slot, dma) = self.tree.remove(key)?;
-        self.keep_spare(slot);
-        Some(dma)
+    fn remove(&mut self, key: u64) -> Option<RemovedDma> {
+        self.tree.remove(key)
     }
 
     #[inline]
@@ -286,11 +347,8 @@ impl DmaTree for Mappings {
     }
 
     #[inline]
-    fn remove_then_next(&mut self, key: u64) -> (Option<Dma>, Option<DmaView>) {
+    fn remove_then_next(&mut self, key: u64) -> (Option<RemovedDma>, Option<DmaView>) {
         let (removed, next) = self.tree.remove_then_next(key);
-        let next = next.map(|(k, d)| DmaView::of(k, d));
-        let Some((slot, dma)) = removed else { return (None, next) };
-        self.keep_spare(slot);
-        (Some(dma), next)
+        (removed, next.map(|(k, d)| DmaView::of(k, d)))
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Files: `container.rs` (state, locks, callbacks; the lock order is written
 //! there), `domain.rs` (groups behind a real IOMMU: domains, pinning and
-//! IOMMU page tables), `ioctl.rs` (the uAPI), `store.rs` (mappings in rbtrees),
+//! IOMMU page tables), `ioctl.rs` (the uAPI), `store.rs` (mappings in rbtrees,
+//! their nodes from a slab cache),
 //! `params.rs` (module parameters); the rules live in the `no_std` crate
 //! `core/` (`type1_core`), the FFI in `../kmod-common/`.
 
@@ -22,8 +23,12 @@ mod bindings;
 mod iommu;
 #[path = "../kmod-common/mm.rs"]
 mod mm;
+#[path = "../kmod-common/mutex.rs"]
+mod mutex;
 #[path = "../kmod-common/rb_map.rs"]
 mod rb_map;
+#[path = "../kmod-common/slab.rs"]
+mod slab;
 #[path = "../kmod-common/vfio_iommu.rs"]
 mod vfio_iommu;
 
@@ -51,6 +56,7 @@ mod type1_core {
 }
 
 use container::Container;
+use slab::ModuleCacheGuard;
 use vfio_iommu::{DmaRwBuffer, GroupType, IommuDriver, IommuGroup, Registering, Registration, Unregistering};
 
 module! {
@@ -119,12 +125,17 @@ impl IommuDriver for Type1 {
 }
 
 struct Type1Module {
+    // Dropped in this order: no container is left once the backend is
+    // unregistered (each holds a module reference), so no mapping node is
+    // left when the cache goes.
     _reg: Pin<KBox<Registration<Type1>>>,
+    _dma_nodes: ModuleCacheGuard<rb_map::Node<store::Dma>>,
 }
 
 impl kernel::Module for Type1Module {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        let dma_nodes = store::DMA_NODES.create(c_str!("vfio_dma_rs"))?;
         let reg = KBox::try_pin_init(Registration::new(c_str!("vfio-iommu-type1-rs"), module), GFP_KERNEL)?;
-        Ok(Type1Module { _reg: reg })
+        Ok(Type1Module { _reg: reg, _dma_nodes: dma_nodes })
     }
 }

@@ -13,6 +13,7 @@
 
 use super::iommu::VfioIommu;
 use super::pin::PfnStore;
+use core::borrow::{Borrow, BorrowMut};
 
 /// The kernel-independent fields of `struct vfio_dma`.
 ///
@@ -138,6 +139,11 @@ pub trait DmaTree {
     /// The stored value.
     type Entry: DmaEntry;
 
+    /// A value taken out of the tree by [`Self::remove`]: the entry itself,
+    /// or something that owns it (the kernel hands out the tree node, so
+    /// that the entry is not moved out of it).
+    type Removed: BorrowMut<Self::Entry>;
+
     /// The greatest key `<= key`.
     fn floor_key(&mut self, key: u64) -> Option<u64>;
 
@@ -151,7 +157,7 @@ pub trait DmaTree {
     fn get_mut(&mut self, key: u64) -> Option<&mut Self::Entry>;
 
     /// Unlinks and returns the entry stored under `key` (`vfio_unlink_dma()`).
-    fn remove(&mut self, key: u64) -> Option<Self::Entry>;
+    fn remove(&mut self, key: u64) -> Option<Self::Removed>;
 
     /// The two mappings around `key`, as views: the one with the greatest
     /// key `<= key` and the one with the smallest key `> key`.
@@ -173,7 +179,7 @@ pub trait DmaTree {
     /// the mapping that follows it (the smallest key `> key`): an unmap
     /// walk's `vfio_remove_dma()` and `rb_next()`. The default searches
     /// twice; a tree with cursors removes at the cursor and steps from it.
-    fn remove_then_next(&mut self, key: u64) -> (Option<Self::Entry>, Option<DmaView>) {
+    fn remove_then_next(&mut self, key: u64) -> (Option<Self::Removed>, Option<DmaView>) {
         let removed = self.remove(key);
         let next = next_key(self, key).and_then(|k| view_at(self, k));
         (removed, next)
@@ -278,9 +284,9 @@ pub fn remove_dma<T: DmaTree + ?Sized>(
     tree: &mut T,
     iommu: &mut VfioIommu,
     key: u64,
-) -> Option<T::Entry> {
+) -> Option<T::Removed> {
     let entry = tree.remove(key)?;
-    unaccount_removed(iommu, &entry);
+    unaccount_removed(iommu, entry.borrow());
     Some(entry)
 }
 
@@ -290,10 +296,10 @@ pub fn remove_dma_then_next<T: DmaTree + ?Sized>(
     tree: &mut T,
     iommu: &mut VfioIommu,
     key: u64,
-) -> (Option<T::Entry>, Option<DmaView>) {
+) -> (Option<T::Removed>, Option<DmaView>) {
     let (entry, next) = tree.remove_then_next(key);
     if let Some(e) = &entry {
-        unaccount_removed(iommu, e);
+        unaccount_removed(iommu, e.borrow());
     }
     (entry, next)
 }

@@ -213,7 +213,7 @@ impl UnmapPlan {
         tree: &mut T,
         iommu: &mut VfioIommu,
         user: Option<&mut U>,
-    ) -> UnmapStep<T::Entry>
+    ) -> UnmapStep<T::Removed>
     where
         T: DmaTree + ?Sized,
         U: UserBitmap + ?Sized,
@@ -233,7 +233,7 @@ impl UnmapPlan {
         tree: &mut T,
         iommu: &mut VfioIommu,
         mut user: Option<&mut U>,
-    ) -> UnmapStep<T::Entry>
+    ) -> UnmapStep<T::Removed>
     where
         T: DmaTree + ?Sized,
         U: UserBitmap + ?Sized,
@@ -349,7 +349,7 @@ impl UnmapPlan {
         tree: &mut T,
         iommu: &mut VfioIommu,
         first: Option<u64>,
-    ) -> UnmapStep<T::Entry> {
+    ) -> UnmapStep<T::Removed> {
         let mut n = first;
         while let Some(k) = n {
             let Some(entry) = tree.get_mut(k) else {

@@ -2,6 +2,7 @@
 //! kernel's part (allocation, teardown, device notification) in the tests.
 #![allow(dead_code, unreachable_pub)]
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use type1_core::dirty::{
@@ -105,6 +106,7 @@ pub struct HostTree(pub BTreeMap<u64, HostDma>);
 
 impl DmaTree for HostTree {
     type Entry = HostDma;
+    type Removed = HostDma;
     fn floor_key(&mut self, key: u64) -> Option<u64> {
         self.0.range(..=key).next_back().map(|(k, _)| *k)
     }
@@ -145,6 +147,7 @@ impl CursorTree {
 
 impl DmaTree for CursorTree {
     type Entry = HostDma;
+    type Removed = HostDma;
     fn floor_key(&mut self, key: u64) -> Option<u64> {
         match self.lower_bound(key) {
             Some(c) if c == key => Some(c),
@@ -331,6 +334,7 @@ pub fn do_unmap<T, F>(
 ) -> UnmapOutcome
 where
     T: DmaTree<Entry = HostDma>,
+    T::Removed: Borrow<HostDma>,
     F: FnMut(&mut T, u64, u64),
 {
     let mut out = UnmapOutcome {
@@ -369,7 +373,7 @@ where
     };
     loop {
         match plan.step(t, iommu, user.as_deref_mut()) {
-            UnmapStep::Removed(e) => out.removed.push(e.dma.iova),
+            UnmapStep::Removed(e) => out.removed.push(e.borrow().dma.iova),
             UnmapStep::NotifyUnmap { iova, size } => {
                 out.notifications.push((iova, size));
                 notify(t, iova, size);
