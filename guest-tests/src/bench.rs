@@ -661,6 +661,8 @@ pub struct BenchConfig {
     pub rounds: u32,
     pub scale: f64,
     pub timeout: Duration,
+    /// `perf record -F`: samples per second of the guest's clock.
+    pub perf_freq: u32,
 }
 
 fn json_str(s: &str) -> String {
@@ -843,7 +845,7 @@ pub fn perf(cfg: &BenchConfig) -> bool {
             let data = dir.join(format!("{base}.data"));
             let t = Instant::now();
             let rec = Command::new("perf")
-                .args(["record", "-q", "-N", "-e", "cpu-clock", "-F", "1999", "-g", "-o"])
+                .args(["record", "-q", "-N", "-e", "cpu-clock", "-F", &cfg.perf_freq.to_string(), "-g", "-o"])
                 .arg(&data)
                 .arg("--")
                 .arg(&exe)

@@ -27,7 +27,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -144,6 +144,7 @@ fn main() {
                 rounds: args.value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3),
                 scale: args.value("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
                 timeout: Duration::from_secs(args.value("--timeout").and_then(|s| s.parse().ok()).unwrap_or(600)),
+                perf_freq: args.value("--perf-freq").and_then(|s| s.parse().ok()).unwrap_or(1999),
             };
             let ok = if args.has("--perf") { bench::perf(&cfg) } else { bench::run(&cfg) };
             bench::finish(&results);

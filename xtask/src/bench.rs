@@ -10,7 +10,7 @@ use crate::cmd::{note, step};
 use crate::paths::Paths;
 use crate::report;
 use crate::test;
-use crate::vm::Boot;
+use crate::vm::{Accel, Boot};
 use crate::AccelArg;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -38,8 +38,20 @@ impl PairArg {
     }
 }
 
+/// What the guest's clock counts while the workloads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockArg {
+    /// Wall-clock time (under TCG: the time QEMU takes to emulate the code).
+    Wall,
+    /// Guest instructions: QEMU's instruction counter drives the guest
+    /// clock (`-icount shift=0`), one nanosecond per instruction. Exact and
+    /// repeatable whatever else the host is doing; TCG only.
+    Icount,
+}
+
 /// Options of `cargo xtask bench`.
 pub struct BenchOpts {
+    pub clock: ClockArg,
     pub rounds: u32,
     pub filter: Option<String>,
     pub pair: PairArg,
@@ -533,12 +545,31 @@ fn judge_splats(console: &str, found: &[report::Splat], log: &Path) -> bool {
     failures == 0
 }
 
+/// The first line of a samples file measured with `--clock icount`.
+const ICOUNT_MARK: &str = r#"{"clock":"icount"}"#;
+
+/// The unit of a metric measured on the instruction counter: the guest's
+/// nanoseconds are instructions (`ns/op` -> `insn/op`, `us/copy` ->
+/// `kinsn/copy`).
+fn instruction_unit(unit: &str) -> String {
+    if let Some(per) = unit.strip_prefix("ns/") {
+        format!("insn/{per}")
+    } else if let Some(per) = unit.strip_prefix("us/") {
+        format!("kinsn/{per}")
+    } else {
+        unit.to_owned()
+    }
+}
+
 /// Writes the three result files; returns the Markdown.
 fn write_outputs(dir: &Path, rows: &[Row], meta: &[(&str, String)]) -> Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let icount = meta.iter().any(|(k, v)| *k == "clock" && v.starts_with("icount"));
     let header = format!(
-        "Rust/C time ratios ({}): below 1.00 the Rust type1 is faster. TCG timings; compare ratios, not absolute times.",
-        meta.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        "Rust/C {} ratios ({}): below 1.00 the Rust type1 is faster. {}",
+        if icount { "instruction-count" } else { "time" },
+        meta.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+        if icount { "Guest instructions per operation, counted by QEMU." } else { "TCG timings; compare ratios, not absolute times." }
     );
     let md = markdown(rows, &header);
     std::fs::write(dir.join("results.md"), &md)?;
@@ -605,6 +636,11 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
         }
         if o.perf.is_some() {
             exec.push_str(" --perf");
+            if o.clock == ClockArg::Icount {
+                // The guest's second is 10^9 instructions: sample every
+                // ~50000 instructions, ten times as often as on the wall clock.
+                exec.push_str(" --perf-freq 20011");
+            }
         }
         step(&format!(
             "VM: booting ({:?}); {} round(s) of {} then {} (alternating order); progress below",
@@ -614,6 +650,10 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
             o.pair.guest_list().split(',').nth(1).unwrap_or("")
         ));
         let log = paths.vm_results().join("bench-console.log");
+        let icount = o.clock == ClockArg::Icount;
+        if icount && p.accel != Accel::Tcg {
+            bail!("--clock icount needs TCG (QEMU counts instructions only when it emulates them): add --accel tcg");
+        }
         let boot = Boot {
             accel: p.accel,
             exec,
@@ -621,6 +661,7 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
             timeout: Duration::from_secs(o.timeout_min * 60),
             interactive: false,
             echo: true,
+            icount,
         };
         let run = boot.run(paths, &p.kernel, &log)?;
         let finished = run.console.contains("VFIO-RS-BENCH-DONE");
@@ -635,15 +676,26 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
             return copy_profiles(&results, &out_dir.join("perf")).map(|n| n > 0 && finished && log_clean);
         }
         let samples_path = results.join("samples.jsonl");
-        let s = std::fs::read_to_string(&samples_path).unwrap_or_default();
+        let mut s = std::fs::read_to_string(&samples_path).unwrap_or_default();
+        if icount {
+            // Recorded with the samples, so that `--from` renders the units right.
+            s.insert_str(0, &format!("{ICOUNT_MARK}\n"));
+        }
         std::fs::write(out_dir.join("samples.jsonl"), &s)?;
         (s, log_clean && finished, format!("{:?}", p.accel))
     };
-    let rows = analyze(&samples);
+    let icount = samples.lines().any(|l| l.trim() == ICOUNT_MARK);
+    let mut rows = analyze(&samples);
+    if icount {
+        for r in &mut rows {
+            r.unit = instruction_unit(&r.unit);
+        }
+    }
     if rows.iter().all(|r| r.ratio.is_none()) {
         println!("no samples: nothing to compare (see the output above for why)");
     }
     let meta = [
+        ("clock", if icount { "icount (guest instructions)".to_owned() } else { "wall".to_owned() }),
         ("pair", o.pair.guest_list().replace(',', " vs ")),
         ("rounds", o.rounds.to_string()),
         ("scale", o.scale.to_string()),
@@ -718,6 +770,17 @@ mod tests {
         assert!(!is_known_c_inversion(console, &found[0], rust.as_ref()));
         assert!(!is_known_c_inversion(console, &found[1], side.as_ref()));
         assert_eq!(side_at("[  1.0] WARNING: x\n", "[  1.0] WARNING: x"), None);
+    }
+
+    #[test]
+    fn icount_units_are_instructions() {
+        assert_eq!(instruction_unit("ns/op"), "insn/op");
+        assert_eq!(instruction_unit("ns/desc"), "insn/desc");
+        assert_eq!(instruction_unit("us/copy"), "kinsn/copy");
+        assert_eq!(instruction_unit("count"), "count");
+        // The marker line carries no metric, so the statistics ignore it.
+        let marked = format!("{ICOUNT_MARK}\n{SAMPLES}");
+        assert_eq!(analyze(&marked), analyze(SAMPLES));
     }
 
     #[test]

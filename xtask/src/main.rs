@@ -160,6 +160,11 @@ enum Cmd {
         /// `debug` (the test kernel, with every checker on).
         #[arg(long, value_enum, default_value = "release")]
         kernel: kernel::Flavor,
+        /// What the guest's clock counts: `wall` time, or `icount`, guest
+        /// instructions (QEMU's instruction counter; exact and repeatable,
+        /// TCG only; units become insn/op).
+        #[arg(long, value_enum, default_value = "wall")]
+        clock: bench::ClockArg,
         #[command(flatten)]
         vm: VmOpts,
     },
@@ -195,9 +200,9 @@ fn main() {
         ),
         Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
         Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),
-        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, perf, kernel, vm } => bench::bench(
+        Cmd::Bench { rounds, filter, pair, scale, timeout_min, from, perf, kernel, clock, vm } => bench::bench(
             &paths,
-            &bench::BenchOpts { rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf, kernel },
+            &bench::BenchOpts { clock, rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf, kernel },
         ),
         Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
     };

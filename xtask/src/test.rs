@@ -177,6 +177,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
         timeout: Duration::from_secs(o.timeout_min * 60),
         interactive: false,
         echo: false,
+        icount: false,
     };
     let run = boot.run(paths, &p.kernel, &log)?;
     let guest = judge(&run, &results, &log);
@@ -255,6 +256,7 @@ pub fn shell(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Res
         timeout: Duration::MAX,
         interactive: true,
         echo: true,
+        icount: false,
     };
     let run = boot.run(paths, &p.kernel, &paths.vm_results().join("shell.log"))?;
     Ok(run.success)
@@ -278,7 +280,7 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
     );
     step("VM: booting for the demo");
     let log = paths.vm_results().join("demo.log");
-    let boot = Boot { accel: p.accel, exec, results: None, timeout: Duration::from_secs(600), interactive: false, echo: true };
+    let boot = Boot { accel: p.accel, exec, results: None, timeout: Duration::from_secs(600), interactive: false, echo: true, icount: false };
     let run = boot.run(paths, &p.kernel, &log)?;
     let splats = report::find_splats(&run.console);
     for s in &splats {

@@ -54,6 +54,7 @@ pub fn choose_accel(paths: &Paths, kernel: &KernelBuild, forced: Option<Accel>) 
         timeout: Duration::from_secs(60),
         interactive: false,
         echo: false,
+        icount: false,
     };
     match probe.run(paths, kernel, &log) {
         Ok(run) if run.console.contains(marker) => {
@@ -82,6 +83,11 @@ pub struct Boot {
     pub interactive: bool,
     /// Print program output lines as they arrive.
     pub echo: bool,
+    /// Run the guest on QEMU's instruction counter (`-icount shift=0`, TCG
+    /// only): its clock then advances one nanosecond per guest instruction,
+    /// so a time the guest measures is the number of instructions it ran
+    /// (`cargo xtask bench --clock icount`).
+    pub icount: bool,
 }
 
 /// What a finished boot left.
@@ -114,7 +120,13 @@ impl Boot {
         // `no_timer_check`: under a loaded TCG host the boot-time IO-APIC timer
         // check through interrupt remapping can miss its ticks and panic.
         c.args(["--append", "oops=panic panic=-1 loglevel=6 kasan.fault=report intel_iommu=on no_timer_check"]);
-        c.arg(format!("--qemu-opts={}", real_iommu_qemu_opts(self.accel)));
+        let mut qemu_opts = real_iommu_qemu_opts(self.accel);
+        if self.icount {
+            // `sleep=off`: an idle guest skips ahead instead of waiting, so
+            // timers still fire while the counter stands still.
+            qemu_opts.push_str(" -icount shift=0,sleep=off");
+        }
+        c.arg(format!("--qemu-opts={qemu_opts}"));
         if let Some(r) = &self.results {
             c.arg(format!("--rwdir={}", r.display()));
         }
