@@ -270,7 +270,7 @@ impl Owner {
 }
 
 impl Drop for Owner {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: we hold both references (type invariant) and give each
         // back once; the fields have no drop of their own.

@@ -44,7 +44,7 @@
 use crate::bindings;
 use crate::domain::{self, Domains};
 use crate::mm;
-use crate::store::{Dma, Mappings, PfnSpares};
+use crate::store::{Dma, Mappings, PfnSlot, PfnSpares};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
 use crate::type1_core::iommu::VfioIommu;
@@ -400,11 +400,11 @@ impl PinOps<Dma> for PinContext<'_> {
         Ok(())
     }
 
-    fn take_slot(&mut self) -> core::result::Result<RBTreeNodeReservation<u64, cpin::VfioPfn>, Errno> {
+    fn take_slot(&mut self) -> core::result::Result<PfnSlot, Errno> {
         self.spares.take().map_err(|_| cerr::ENOMEM)
     }
 
-    fn recycle_slot(&mut self, slot: RBTreeNodeReservation<u64, cpin::VfioPfn>) {
+    fn recycle_slot(&mut self, slot: PfnSlot) {
         self.spares.keep(slot);
     }
 
@@ -420,7 +420,7 @@ impl PinOps<Dma> for PinContext<'_> {
 }
 
 impl Drop for Dma {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         // Almost every mapping ends unmapped from the IOMMU and without pins.
         if (self.info.iommu_mapped && self.info.size != 0) || !self.pfns.is_empty() {

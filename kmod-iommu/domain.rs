@@ -422,8 +422,13 @@ fn lock_acct(dma: &mut Dma, npage: i64) {
 /// Tears down a mapping removed from the tree (`vfio_remove_dma`): unmaps
 /// it from every domain and gives its pins and their charge back, then
 /// drops it and keeps its node for the next mapping.
+#[inline]
 pub(crate) fn remove_dma(domains: &Domains, dmas: &mut Mappings, mut dma: RemovedDma) {
-    unmap_unpin(domains, &mut dma, true);
+    // Only a mapping in an IOMMU domain has anything to unmap and unpin:
+    // the test is made here, so that an mdev-only unmap makes no call.
+    if dma.info.size != 0 && !domains.is_empty() {
+        unmap_unpin(domains, &mut dma, true);
+    }
     dmas.release(dma);
 }
 

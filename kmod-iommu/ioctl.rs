@@ -28,28 +28,29 @@ use kernel::uaccess::UserSlice;
 /// enters one Rust function, as it enters one C function in the reference.
 #[inline(always)]
 pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize> {
-    let which = u::classify_ioctl(cmd).map_err(err)?;
-    if which == Type1Ioctl::CheckExtension {
-        // The container lock only for the answers that depend on the state.
-        let state = || {
-            c.map(|c| {
-                let st = c.state.lock();
-                // With no IOMMU domain every domain enforces coherency, vacuously.
-                (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
-            })
-        };
-        return Ok(ciommu::check_extension_with(arg as u64, state) as isize);
+    // One match on the command (one jump table, as the C switch). The VFIO
+    // core passes no container only for CHECK_EXTENSION.
+    match u::classify_ioctl(cmd) {
+        Ok(Type1Ioctl::MapDma) => map_dma(c.ok_or(EINVAL)?, arg).map(|()| 0),
+        Ok(Type1Ioctl::UnmapDma) => unmap_dma(c.ok_or(EINVAL)?, arg).map(|()| 0),
+        Ok(Type1Ioctl::CheckExtension) => Ok(check_extension(c, arg)),
+        Ok(Type1Ioctl::GetInfo) => get_info(c.ok_or(EINVAL)?, arg).map(|()| 0),
+        Ok(Type1Ioctl::DirtyPages) => dirty_pages(c.ok_or(EINVAL)?, arg).map(|()| 0),
+        Err(e) => Err(err(e)),
     }
-    // The VFIO core passes NULL only for CHECK_EXTENSION.
-    let c = c.ok_or(EINVAL)?;
-    match which {
-        Type1Ioctl::GetInfo => get_info(c, arg),
-        Type1Ioctl::MapDma => map_dma(c, arg),
-        Type1Ioctl::UnmapDma => unmap_dma(c, arg),
-        Type1Ioctl::DirtyPages => dirty_pages(c, arg),
-        Type1Ioctl::CheckExtension => Err(ENOTTY),
-    }
-    .map(|()| 0)
+}
+
+/// `VFIO_CHECK_EXTENSION`, taking the container lock only for the answers
+/// that depend on the state.
+fn check_extension(c: Option<&Container>, arg: usize) -> isize {
+    let state = || {
+        c.map(|c| {
+            let st = c.state.lock();
+            // With no IOMMU domain every domain enforces coherency, vacuously.
+            (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
+        })
+    };
+    ciommu::check_extension_with(arg as u64, state) as isize
 }
 
 /// Reads `N` bytes of the argument at `offset`; `EFAULT` if they are not readable.
@@ -82,9 +83,20 @@ fn get_info(c: &Container, arg: usize) -> Result {
     UserSlice::new(arg, n).writer().write_slice(&out[..n])
 }
 
+/// Reads the first `N` 64-bit words of the argument (a fixed-size
+/// `copy_from_user`, see [`read_arg`]).
+#[inline]
+fn read_words<const N: usize>(arg: usize) -> Result<[u64; N]> {
+    UserSlice::new(arg, N * 8).reader().read::<[u64; N]>()
+}
+
+// The two hot ioctls are functions of their own (`ioctl` is inlined into
+// the trampoline), each with its lookups inlined: one function per ioctl,
+// as the C reference has, without making one frame serve all of them.
+#[inline(never)]
 fn map_dma(c: &Container, arg: usize) -> Result {
-    let raw: [u8; u::DMA_MAP_MINSZ as usize] = read_arg(arg, 0)?;
-    let map = u::DmaMap::from_bytes(&raw).ok_or(EINVAL)?;
+    const _: () = assert!(u::DMA_MAP_MINSZ == 32);
+    let map = u::DmaMap::from_words(read_words::<4>(arg)?);
     cmap::check_map_args(&map).map_err(err)?;
     let mut st = c.state.lock();
     let State { iommu, dmas, domains, .. } = &mut *st;
@@ -103,10 +115,10 @@ fn map_dma(c: &Container, arg: usize) -> Result {
             if domains.is_empty() {
                 // No IOMMU domain: nothing to pin or map, the mapping is whole.
                 info.size = map.size;
-                dmas.insert(node, iova, Dma::new(info, owner));
+                dmas.insert(node, Dma::new(info, owner));
             } else {
                 // Linked with size 0, it grows as it is pinned and mapped.
-                dmas.insert(node, iova, Dma::new(info, owner));
+                dmas.insert(node, Dma::new(info, owner));
                 crate::domain::map_new(iommu, dmas, domains, iova, map.size)?;
             }
             if iommu.dirty_page_tracking {
@@ -178,9 +190,10 @@ impl UserBitmap for UserBitmapAt {
 /// Warns once that a vendor driver keeps pins after being told to drop them.
 static STUCK_PINS_WARNED: AtomicBool = AtomicBool::new(false);
 
+#[inline(never)]
 fn unmap_dma(c: &Container, arg: usize) -> Result {
-    let raw: [u8; u::DMA_UNMAP_MINSZ as usize] = read_arg(arg, 0)?;
-    let mut unmap = u::DmaUnmap::from_bytes(&raw).ok_or(EINVAL)?;
+    const _: () = assert!(u::DMA_UNMAP_MINSZ == 24);
+    let mut unmap = u::DmaUnmap::from_words(read_words::<3>(arg)?);
     cunmap::check_unmap_args(&unmap).map_err(err)?;
     let mut bitmap = None;
     if unmap.flags & u::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
@@ -215,7 +228,7 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     drop(st);
     unmap.size = plan.unmapped();
     // A fixed-size `write`, like `read_arg`: one `_copy_to_user`.
-    UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write(&unmap.to_bytes())
+    UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write(&unmap.to_words())
 }
 
 fn dirty_pages(c: &Container, arg: usize) -> Result {

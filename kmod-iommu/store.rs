@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The container's mappings in kernel memory: `type1_core`'s storage traits
-//! implemented over [`RbMap`] (the mappings) and `kernel::rbtree::RBTree`
-//! (each mapping's pinned pages).
+//! implemented over [`RbMap`]s, the mappings' and each mapping's pinned
+//! pages'.
 //!
 //! Data model: one [`Dma`] per `VFIO_IOMMU_MAP_DMA`, keyed by its first IOVA
 //! in the container's tree. A `Dma` owns the references that keep the
@@ -11,39 +11,49 @@
 //! devices made in it (iova to pfn with a reference count) and, while dirty
 //! tracking is on, its dirty bitmap in units of the smallest page size.
 //!
-//! Memory: the tree nodes come from the module's slab cache
-//! [`DMA_NODES`]; a mapping is built in its node and dropped there (a
-//! removal hands out the node, [`RemovedDma`]), and up to [`SPARE_NODES`]
-//! nodes of removed mappings are kept for the next maps.
+//! Memory: tree nodes come from the module's slab caches [`DMA_NODES`] and
+//! [`PFN_NODES`]. A mapping's node is 96 bytes, as the C `struct vfio_dma`
+//! is: the tree links, the fields a lookup reads (iova, size) next to them,
+//! the pin tree as one pointer, the bitmap, which only dirty tracking
+//! makes, behind one. The fewer pages a lookup's nodes spread over, the
+//! fewer TLB and cache misses it takes; with 65535 mappings, C's 96 bytes
+//! against 136 make a lookup about a fifth cheaper (measured on the C
+//! module, docs/bench.md). A mapping is built in its node and dropped there
+//! (a removal hands out the node, [`RemovedDma`]), and up to
+//! [`SPARE_NODES`] nodes of removed mappings, and [`SPARE_PFN_NODES`] of
+//! unpinned pages, are kept for the next maps and pins.
 
 use crate::mm::Owner;
-use crate::rb_map::{Node, NodeAlloc, RbMap, RbOwned, RbSlot};
+use crate::rb_map::{Forget, Node, NodeAlloc, RbMap, RbOwned, RbSlot, RbValue};
 use crate::slab::ModuleCache;
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, VfioPfn};
-use core::mem::{ManuallyDrop, MaybeUninit};
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 
 /// One mapping (the C `struct vfio_dma`).
 ///
 /// `repr(C)` with `info` first: in an [`RbMap`] node it then follows the
-/// tree links and the key, so a lookup finds the range it compares in the
+/// tree links, and a lookup finds the key and range it compares in the
 /// cache line it already read (as in the C struct).
 #[repr(C)]
 pub(crate) struct Dma {
-    /// Range, vaddr, protection and accounting state.
+    /// Range, vaddr, protection and accounting state; `info.iova` is the key.
     pub(crate) info: VfioDma,
     /// Pages pinned by devices, by iova.
     pub(crate) pfns: PfnTree,
     /// Dirty bitmap while tracking is on.
-    pub(crate) bitmap: Option<KVVec<u64>>,
+    pub(crate) bitmap: Option<KBox<KVVec<u64>>>,
     /// The mapping process: pins and `locked_vm` charges go to its mm,
     /// against its group leader's `RLIMIT_MEMLOCK`.
     pub(crate) owner: Owner,
 }
+
+// The size the module doc promises, the C `struct vfio_dma`'s.
+const _: () = assert!(core::mem::size_of::<Node<Dma>>() == 96);
 
 impl Dma {
     /// A mapping of `owner`'s memory with no pins and no bitmap.
@@ -53,108 +63,130 @@ impl Dma {
     }
 }
 
+impl RbValue for Dma {
+    #[inline(always)]
+    fn rb_key(&self) -> u64 {
+        // Set at MAP_DMA and never changed.
+        self.info.iova
+    }
+}
+
+/// A value whose tree nodes come from a [`ModuleCache`] of their own.
+pub(crate) trait CacheNodes: Sized + 'static {
+    /// The cache.
+    fn cache() -> &'static ModuleCache<Node<Self>>;
+}
+
+/// The allocator of `V`'s tree nodes: its [`CacheNodes::cache`].
+pub(crate) struct FromCache<V>(PhantomData<V>);
+
+// SAFETY: `alloc` hands out fresh memory for one `Node<V>` from the cache
+// made for that type, which nothing else uses until `free` gives it back
+// to the same cache.
+unsafe impl<V: CacheNodes> NodeAlloc<V> for FromCache<V> {
+    #[inline]
+    fn alloc() -> Result<NonNull<MaybeUninit<Node<V>>>> {
+        V::cache().alloc()
+    }
+
+    #[inline]
+    unsafe fn free(node: NonNull<MaybeUninit<Node<V>>>) {
+        // SAFETY: the caller hands back memory from `alloc`, holding no value.
+        unsafe { V::cache().free(node) }
+    }
+}
+
 /// The slab cache of the mapping tree's nodes: made at module load
 /// (`type1.rs`), destroyed at unload, when no container is left.
 pub(crate) static DMA_NODES: ModuleCache<Node<Dma>> = ModuleCache::new();
 
-/// The allocator of the mapping tree's nodes: [`DMA_NODES`].
-pub(crate) struct DmaNodes;
-
-// SAFETY: `alloc` hands out fresh memory for one `Node<Dma>` from the
-// cache made for that type, which nothing else uses until `free` gives it
-// back to the same cache.
-unsafe impl NodeAlloc<Dma> for DmaNodes {
-    #[inline]
-    fn alloc() -> Result<NonNull<MaybeUninit<Node<Dma>>>> {
-        DMA_NODES.alloc()
-    }
-
-    #[inline]
-    unsafe fn free(node: NonNull<MaybeUninit<Node<Dma>>>) {
-        // SAFETY: the caller hands back memory from `alloc`, holding no value.
-        unsafe { DMA_NODES.free(node) }
+impl CacheNodes for Dma {
+    #[inline(always)]
+    fn cache() -> &'static ModuleCache<Node<Dma>> {
+        &DMA_NODES
     }
 }
 
 /// A mapping taken out of the tree, in its node.
-pub(crate) type RemovedDma = RbOwned<Dma, DmaNodes>;
+pub(crate) type RemovedDma = RbOwned<Dma, FromCache<Dma>>;
 
-/// Pinned pages of one mapping (the C `pfn_list`), and how many there are:
-/// every lookup of a mapping asks whether it has pins, and the 6.12
-/// `RBTree` can only tell by starting an iteration (a call to `rb_first`).
-///
-/// The tree is dropped only when it has nodes: the 6.12 `RBTree` calls
-/// `rb_first_postorder` when dropped, empty or not, and almost every
-/// mapping ends without pins.
-pub(crate) struct PfnTree {
-    tree: ManuallyDrop<RBTree<u64, VfioPfn>>,
-    len: usize,
+/// One page a device pinned (the C `struct vfio_pfn`): its iova and pin.
+pub(crate) struct PinnedPage {
+    iova: u64,
+    vpfn: VfioPfn,
 }
 
+impl RbValue for PinnedPage {
+    #[inline(always)]
+    fn rb_key(&self) -> u64 {
+        self.iova
+    }
+}
+
+/// The slab cache of the pin trees' nodes, made and destroyed with
+/// [`DMA_NODES`].
+pub(crate) static PFN_NODES: ModuleCache<Node<PinnedPage>> = ModuleCache::new();
+
+impl CacheNodes for PinnedPage {
+    #[inline(always)]
+    fn cache() -> &'static ModuleCache<Node<PinnedPage>> {
+        &PFN_NODES
+    }
+}
+
+/// A tree node for a pinned page.
+pub(crate) type PfnSlot = RbSlot<PinnedPage, FromCache<PinnedPage>>;
+
+/// Pinned pages of one mapping (the C `pfn_list`): a tree that remembers
+/// nothing, one pointer wide, so that whether a mapping has pins (every
+/// lookup of an unmap asks) is a test of its root.
+pub(crate) struct PfnTree(RbMap<PinnedPage, FromCache<PinnedPage>, Forget>);
+
 impl PfnTree {
-    pub(crate) fn new() -> Self {
-        PfnTree { tree: ManuallyDrop::new(RBTree::new()), len: 0 }
+    pub(crate) const fn new() -> Self {
+        PfnTree(RbMap::new())
     }
 
     /// Unlinks the lowest pinned page.
     pub(crate) fn pop_first(&mut self) -> Option<(u64, VfioPfn)> {
-        let iova = *self.tree.iter().next()?.0;
-        self.remove(iova).map(|vpfn| (iova, vpfn))
-    }
-}
-
-impl Drop for PfnTree {
-    #[inline]
-    fn drop(&mut self) {
-        if self.len != 0 {
-            // SAFETY: dropped once, here; `self.tree` is not used afterwards.
-            unsafe { ManuallyDrop::drop(&mut self.tree) };
-        }
+        self.0.pop_first().map(|p| (p.iova, p.vpfn))
     }
 }
 
 impl PfnStore for PfnTree {
-    type Slot = RBTreeNodeReservation<u64, VfioPfn>;
+    type Slot = PfnSlot;
 
     #[inline]
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.0.is_empty()
     }
 
     fn get(&self, iova: u64) -> Option<&VfioPfn> {
-        self.tree.get(&iova)
+        self.0.get(iova).map(|p| &p.vpfn)
     }
 
     fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn> {
-        self.tree.get_mut(&iova)
+        self.0.get_mut(iova).map(|p| &mut p.vpfn)
     }
 
-    fn insert(&mut self, slot: Self::Slot, iova: u64, vpfn: VfioPfn) {
+    fn insert(&mut self, slot: PfnSlot, iova: u64, vpfn: VfioPfn) {
         // The iova was looked up and found unpinned under the same lock, so
-        // nothing is displaced.
-        if self.tree.insert(slot.into_node(iova, vpfn)).is_none() {
-            self.len += 1;
-        }
+        // it is free; were it not, the new pin would be dropped.
+        let _ = self.0.insert(slot, PinnedPage { iova, vpfn });
     }
 
     fn remove(&mut self, iova: u64) -> Option<VfioPfn> {
-        let vpfn = self.tree.remove(&iova)?;
-        self.len -= 1;
-        Some(vpfn)
+        self.0.remove(iova).map(|p| p.vpfn)
     }
 
-    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
-        let entry = self.tree.find_mut(&iova)?;
-        let vpfn = *entry.get();
-        let slot = entry.remove_node().into_reservation();
-        self.len -= 1;
-        Some((vpfn, Some(slot)))
+    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<PfnSlot>)> {
+        let p = self.0.remove(iova)?;
+        let vpfn = p.vpfn;
+        Some((vpfn, Some(p.into_slot())))
     }
 
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, mut f: F) {
-        for (k, v) in self.tree.iter() {
-            f(*k, v);
-        }
+        self.0.for_each(|p| f(p.iova, &p.vpfn));
     }
 }
 
@@ -173,12 +205,13 @@ impl DmaEntry for Dma {
         DmaPartsMut {
             dma: &mut self.info,
             pfn_list: &mut self.pfns,
-            bitmap: self.bitmap.as_deref_mut(),
+            bitmap: self.bitmap.as_deref_mut().map(|b| &mut b[..]),
         }
     }
 
     fn alloc_bitmap(&mut self, words: usize) -> core::result::Result<(), Errno> {
-        self.bitmap = Some(KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| ENOMEM)?);
+        let words = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| ENOMEM)?;
+        self.bitmap = Some(KBox::new(words, GFP_KERNEL).map_err(|_| ENOMEM)?);
         Ok(())
     }
 
@@ -223,13 +256,13 @@ impl<T, const N: usize> Spares<T, N> {
 }
 
 /// How many nodes of unpinned pages a container keeps for its next pins.
-const SPARE_PFN_NODES: usize = 8;
+pub(crate) const SPARE_PFN_NODES: usize = 8;
 
 /// Nodes of unpinned pages, kept for the next pins of any mapping of the
 /// container: a device that pins and unpins buffer pages all the time (as
 /// the mtty DMA engine does per descriptor) then allocates and frees no
 /// node per page.
-pub(crate) struct PfnSpares(Spares<RBTreeNodeReservation<u64, VfioPfn>, SPARE_PFN_NODES>);
+pub(crate) struct PfnSpares(Spares<PfnSlot, SPARE_PFN_NODES>);
 
 impl PfnSpares {
     pub(crate) fn new() -> Self {
@@ -238,13 +271,13 @@ impl PfnSpares {
 
     /// A node for a new pin: a spare one, else a new allocation.
     #[inline]
-    pub(crate) fn take(&mut self) -> Result<RBTreeNodeReservation<u64, VfioPfn>> {
-        self.0.take().map_or_else(|| RBTreeNodeReservation::new(GFP_KERNEL), Ok)
+    pub(crate) fn take(&mut self) -> Result<PfnSlot> {
+        self.0.take().map_or_else(PfnSlot::new, Ok)
     }
 
     /// Keeps a node (frees it when there are enough spares).
     #[inline]
-    pub(crate) fn keep(&mut self, slot: RBTreeNodeReservation<u64, VfioPfn>) {
+    pub(crate) fn keep(&mut self, slot: PfnSlot) {
         self.0.keep(slot);
     }
 }
@@ -253,7 +286,7 @@ impl PfnSpares {
 pub(crate) const SPARE_NODES: usize = 16;
 
 /// A tree node for a mapping, allocated or taken from the spares.
-pub(crate) type DmaSlot = RbSlot<Dma, DmaNodes>;
+pub(crate) type DmaSlot = RbSlot<Dma, FromCache<Dma>>;
 
 /// All mappings of a container (the C `dma_list`), and a few spare nodes.
 ///
@@ -267,7 +300,7 @@ pub(crate) type DmaSlot = RbSlot<Dma, DmaNodes>;
 /// no allocation and no free: up to [`SPARE_NODES`] nodes of removed
 /// mappings are kept (about 2 KiB) and freed with the container.
 pub(crate) struct Mappings {
-    tree: RbMap<Dma, DmaNodes>,
+    tree: RbMap<Dma, FromCache<Dma>>,
     spare: Spares<DmaSlot, SPARE_NODES>,
 }
 
@@ -294,16 +327,16 @@ impl Mappings {
     /// `validate_map` under the same lock, so its key is free). Inlined, so
     /// that `dma` is built in its node.
     #[inline(always)]
-    pub(crate) fn insert(&mut self, slot: DmaSlot, iova: u64, dma: Dma) {
-        if let Err((slot, dma)) = self.tree.insert(slot, iova, dma) {
-            Self::inserted_twice(iova, slot, dma);
+    pub(crate) fn insert(&mut self, slot: DmaSlot, dma: Dma) {
+        if let Err((slot, dma)) = self.tree.insert(slot, dma) {
+            Self::inserted_twice(slot, dma);
         }
     }
 
     /// Cannot happen (see `insert`); keeps the tree as it is.
     #[cold]
-    fn inserted_twice(iova: u64, slot: DmaSlot, dma: Dma) {
-        pr_warn!("mapping at iova {iova:#x} inserted twice; the second one is dropped\n");
+    fn inserted_twice(slot: DmaSlot, dma: Dma) {
+        pr_warn!("mapping at iova {:#x} inserted twice; the second one is dropped\n", dma.info.iova);
         drop(slot);
         drop(dma);
     }
@@ -338,12 +371,25 @@ impl DmaTree for Mappings {
         self.tree.remove(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
         // One descent (see `RbMap::around`).
         let (floor, above) = self.tree.around(key);
         let view = |e: Option<(u64, &Dma)>| e.map(|(k, d)| DmaView::of(k, d));
         (view(floor), view(above))
+    }
+
+    #[inline(always)]
+    fn find_any(&mut self, start: u64, size: u64) -> Option<u64> {
+        self.find_any_view(start, size).map(|v| v.key)
+    }
+
+    #[inline(always)]
+    fn find_any_view(&mut self, start: u64, size: u64) -> Option<DmaView> {
+        // `vfio_find_dma()`'s descent: stops at the first selected mapping;
+        // a miss leaves the gap remembered for the insertion that follows.
+        let found = self.tree.find_overlap(start, size, |d| d.info.size);
+        found.map(|(k, d)| DmaView::of(k, d))
     }
 
     #[inline]

@@ -130,12 +130,14 @@ struct Type1Module {
     // left when the cache goes.
     _reg: Pin<KBox<Registration<Type1>>>,
     _dma_nodes: ModuleCacheGuard<rb_map::Node<store::Dma>>,
+    _pfn_nodes: ModuleCacheGuard<rb_map::Node<store::PinnedPage>>,
 }
 
 impl kernel::Module for Type1Module {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let dma_nodes = store::DMA_NODES.create(c_str!("vfio_dma_rs"))?;
+        let pfn_nodes = store::PFN_NODES.create(c_str!("vfio_pfn_rs"))?;
         let reg = KBox::try_pin_init(Registration::new(c_str!("vfio-iommu-type1-rs"), module), GFP_KERNEL)?;
-        Ok(Type1Module { _reg: reg, _dma_nodes: dma_nodes })
+        Ok(Type1Module { _reg: reg, _dma_nodes: dma_nodes, _pfn_nodes: pfn_nodes })
     }
 }

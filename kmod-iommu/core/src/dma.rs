@@ -53,13 +53,49 @@ impl VfioDma {
         }
     }
 
+    /// The mapped range.
+    #[inline]
+    pub fn range(&self) -> IovaRange {
+        IovaRange { iova: self.iova, size: self.size }
+    }
+
     /// True if `addr` lies inside `[iova, iova + size)`.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.range().contains(addr)
+    }
+
+    /// True if `[iova, iova + size)` ends exactly where `[start, start + len)` ends.
+    pub fn ends_at(&self, start: u64, len: u64) -> bool {
+        self.range().ends_at(start, len)
+    }
+
+    /// The C predicate used by `vfio_find_dma(start, size)` to select this mapping.
+    #[inline]
+    pub fn matches_find(&self, start: u64, size: u64) -> bool {
+        self.range().matches_find(start, size)
+    }
+}
+
+/// The IOVA range `[iova, iova + size)` of a mapping, compared in exact
+/// arithmetic (the end may be 2^64).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IovaRange {
+    /// First iova.
+    pub iova: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl IovaRange {
+    /// True if `addr` lies inside `[iova, iova + size)`.
+    #[inline]
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.iova && addr - self.iova < self.size
     }
 
     /// True if `[iova, iova + size)` ends exactly where `[start, start + len)` ends,
     /// i.e. the C test `dma->iova + dma->size == start + len` in exact arithmetic.
+    #[inline]
     pub fn ends_at(&self, start: u64, len: u64) -> bool {
         // Compare (a + b) with (c + d) without overflow: the sums are equal
         // iff a - c == d - b when a >= c, or c - a == b - d otherwise.
@@ -175,6 +211,25 @@ pub trait DmaTree {
         (floor, next)
     }
 
+    /// The key of a mapping that [`VfioDma::matches_find`] selects for
+    /// `[start, start + size)`, or `None`: any of them when several do,
+    /// like `vfio_find_dma()`, which returns the first its descent meets.
+    /// For callers that ask only whether one exists, or whether the one
+    /// found is exactly a given range (when several overlap none is).
+    ///
+    /// The default is [`find_dma`] (the lowest); a tree may stop its
+    /// descent at the first selected mapping on the way to `start` (the
+    /// mappings around `start`, the only candidates, are on that way).
+    fn find_any(&mut self, start: u64, size: u64) -> Option<u64> {
+        find_dma(self, start, size)
+    }
+
+    /// [`Self::find_any`], as a view. With a `size` of 0 or 1 at most one
+    /// mapping can be selected, so this is then [`find_dma_view`].
+    fn find_any_view(&mut self, start: u64, size: u64) -> Option<DmaView> {
+        find_dma_view(self, start, size)
+    }
+
     /// Unlinks the entry stored under `key` and returns it with a view of
     /// the mapping that follows it (the smallest key `> key`): an unmap
     /// walk's `vfio_remove_dma()` and `rb_next()`. The default searches
@@ -186,15 +241,16 @@ pub trait DmaTree {
     }
 }
 
-/// A mapping as a lookup finds it: its key, a copy of its fields and
-/// whether devices hold pins in it. What the searches of an unmap need,
-/// so that they do not search again for the entry itself.
+/// A mapping as a lookup finds it: its key, its range and whether devices
+/// hold pins in it. What the searches of a map or an unmap need, so that
+/// they do not search again for the entry itself; small, so that a lookup
+/// hands two of them back in registers or a few stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DmaView {
     /// The tree key (the mapping's first iova).
     pub key: u64,
-    /// The kernel-independent fields.
-    pub dma: VfioDma,
+    /// The mapped range.
+    pub range: IovaRange,
     /// `!RB_EMPTY_ROOT(&dma->pfn_list)`.
     pub pinned: bool,
 }
@@ -205,7 +261,7 @@ impl DmaView {
     pub fn of<E: DmaEntry + ?Sized>(key: u64, entry: &E) -> Self {
         DmaView {
             key,
-            dma: *entry.dma(),
+            range: entry.dma().range(),
             pinned: !entry.pfn_list().is_empty(),
         }
     }
@@ -234,41 +290,41 @@ pub fn first_key<T: DmaTree + ?Sized>(tree: &mut T) -> Option<u64> {
 /// shape of the rbtree; we return the lowest one.  Every caller in the
 /// reference either only tests for existence, or passes a range that can
 /// overlap at most one mapping, so the choice is never observable there.
-#[inline]
+#[inline(always)]
 pub fn find_dma<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
     find_dma_view(tree, start, size).map(|v| v.key)
 }
 
 /// [`find_dma`], returning the mapping's view (one search in all).
-#[inline]
+#[inline(always)]
 pub fn find_dma_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     // The only mapping starting at or below `start` that can match is the
     // closest one; every other candidate starts above `start`, and the
     // lowest of those is the only one that can be the lowest match.
     let (floor, next) = tree.around(start);
     if let Some(v) = floor {
-        if v.dma.matches_find(start, size) {
+        if v.range.matches_find(start, size) {
             return Some(v);
         }
     }
-    next.filter(|v| v.dma.matches_find(start, size))
+    next.filter(|v| v.range.matches_find(start, size))
 }
 
 /// Mirrors `vfio_find_dma_first_node()`: the lowest mapping that ends after
 /// `start`, or `None` if there is none or (for a non-zero `size`) it starts at
 /// or beyond `start + size`.
-#[inline]
+#[inline(always)]
 pub fn find_dma_first<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<u64> {
     find_dma_first_view(tree, start, size).map(|v| v.key)
 }
 
 /// [`find_dma_first`], returning the mapping's view (one search in all).
-#[inline]
+#[inline(always)]
 pub fn find_dma_first_view<T: DmaTree + ?Sized>(tree: &mut T, start: u64, size: u64) -> Option<DmaView> {
     let (floor, next) = tree.around(start);
     // start < dma->iova + dma->size
-    let v = floor.filter(|v| start - v.dma.iova < v.dma.size).or(next)?;
-    let d = v.dma;
+    let v = floor.filter(|v| start - v.range.iova < v.range.size).or(next)?;
+    let d = v.range;
     // dma_res->iova >= start + size
     if size != 0 && d.iova >= start && d.iova - start >= size {
         return None;

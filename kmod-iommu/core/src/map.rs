@@ -9,7 +9,7 @@
 //! the core fields with [`NewDma::commit`], inserts the node, and pins and
 //! maps.
 
-use super::dma::{find_dma, DmaEntry, DmaTree, VfioDma};
+use super::dma::{DmaEntry, DmaTree, VfioDma};
 use super::errno::{Errno, EEXIST, EINVAL, ENOENT, ENOSPC};
 use super::iommu::VfioIommu;
 use super::iova::{iova_dma_valid, VfioIova};
@@ -87,6 +87,7 @@ pub fn check_map_args(map: &DmaMap) -> Result<(), Errno> {
 /// 7. without VADDR: `EEXIST` if any mapping overlaps;
 /// 8. `ENOSPC` when `dma_avail` is 0;
 /// 9. `EINVAL` when the range is not inside one allowed IOVA range.
+#[inline(always)]
 pub fn validate_map<T: DmaTree + ?Sized>(
     tree: &mut T,
     iommu: &VfioIommu,
@@ -130,7 +131,9 @@ pub fn validate_map<T: DmaTree + ?Sized>(
         return Err(EINVAL);
     }
 
-    let found = find_dma(tree, iova, size);
+    // Any selected mapping decides: with VADDR only one that is exactly
+    // this range passes, and no other can then overlap it.
+    let found = tree.find_any(iova, size);
     if set_vaddr {
         let Some(key) = found else {
             return Err(ENOENT);

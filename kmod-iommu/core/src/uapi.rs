@@ -124,7 +124,30 @@ pub struct DmaMap {
     pub size: u64,
 }
 
+/// Splits a native-endian `u64` into the two `__u32` fields stored in it
+/// (the first in memory first).
+#[inline]
+fn split_u32s(w: u64) -> (u32, u32) {
+    let b = w.to_ne_bytes();
+    (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), u32::from_ne_bytes([b[4], b[5], b[6], b[7]]))
+}
+
+/// Joins two `__u32` fields into the native-endian `u64` that holds them.
+#[inline]
+fn join_u32s(first: u32, second: u32) -> u64 {
+    let (a, b) = (first.to_ne_bytes(), second.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
+}
+
 impl DmaMap {
+    /// Decodes the structure copied from userspace as the four `u64`
+    /// words it occupies: what the kernel copies in, with no byte shuffling.
+    #[inline]
+    pub fn from_words(w: [u64; 4]) -> Self {
+        let (argsz, flags) = split_u32s(w[0]);
+        Self { argsz, flags, vaddr: w[1], iova: w[2], size: w[3] }
+    }
+
     /// Decodes the first `DMA_MAP_MINSZ` bytes copied from userspace; `None` if fewer were given.
     pub fn from_bytes(buf: &[u8]) -> Option<Self> {
         Some(Self {
@@ -151,6 +174,20 @@ pub struct DmaUnmap {
 }
 
 impl DmaUnmap {
+    /// Decodes the fixed part copied from userspace as the three `u64`
+    /// words it occupies.
+    #[inline]
+    pub fn from_words(w: [u64; 3]) -> Self {
+        let (argsz, flags) = split_u32s(w[0]);
+        Self { argsz, flags, iova: w[1], size: w[2] }
+    }
+
+    /// Encodes the fixed part as the three `u64` words it occupies.
+    #[inline]
+    pub fn to_words(&self) -> [u64; 3] {
+        [join_u32s(self.argsz, self.flags), self.iova, self.size]
+    }
+
     /// Decodes the first `DMA_UNMAP_MINSZ` bytes copied from userspace; `None` if fewer were given.
     pub fn from_bytes(buf: &[u8]) -> Option<Self> {
         Some(Self {

@@ -12,7 +12,7 @@
 //! state machine whose steps the kernel carries out between calls.
 
 use super::dirty::{copy_dma_to_user, user_pgshift, verify_bitmap_size, UserBitmap};
-use super::dma::{find_dma_first_view, find_dma_view, next_key, remove_dma_then_next, DmaEntry, DmaTree, DmaView};
+use super::dma::{find_dma_first_view, next_key, remove_dma_then_next, DmaEntry, DmaTree, DmaView};
 use super::errno::{Errno, EBUSY, EINVAL};
 use super::iommu::VfioIommu;
 use super::uapi::{
@@ -263,7 +263,7 @@ impl UnmapPlan {
             return self.invalidate_vaddrs(tree, iommu, n.map(|v| v.key));
         }
 
-        while let Some(DmaView { key: k, dma, pinned }) = n {
+        while let Some(DmaView { key: k, range: dma, pinned }) = n {
             if self.beyond_end(dma.iova) {
                 break;
             }
@@ -319,9 +319,10 @@ impl UnmapPlan {
     /// mapping at its first or its last byte. Returns the mapping that
     /// contains the first byte (it then starts there), if any.
     fn check_v2_bisect<T: DmaTree + ?Sized>(&self, tree: &mut T) -> Result<Option<DmaView>, Errno> {
-        let first = find_dma_view(tree, self.iova, 1);
+        // One byte, and below zero bytes: at most one mapping is selected.
+        let first = tree.find_any_view(self.iova, 1);
         if let Some(v) = first {
-            if v.dma.iova != self.iova {
+            if v.range.iova != self.iova {
                 return Err(EINVAL);
             }
         }
@@ -330,11 +331,11 @@ impl UnmapPlan {
         // `find_dma(last, 0)` selects the one mapping with `last` strictly
         // inside it: when that is the first byte's mapping, no search.
         let at_last = match first {
-            Some(v) if v.dma.matches_find(last, 0) => Some(v),
-            _ => find_dma_view(tree, last, 0),
+            Some(v) if v.range.matches_find(last, 0) => Some(v),
+            _ => tree.find_any_view(last, 0),
         };
         if let Some(v) = at_last {
-            if !v.dma.ends_at(self.iova, self.size) {
+            if !v.range.ends_at(self.iova, self.size) {
                 return Err(EINVAL);
             }
         }

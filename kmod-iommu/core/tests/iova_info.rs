@@ -119,6 +119,15 @@ fn uapi_structs_decode_native_endian() {
     let u = DmaUnmap::from_bytes(&b).unwrap();
     assert_eq!((u.iova, u.size), (0x1000, 0x2000));
     assert_eq!(DmaUnmap::from_bytes(&u.to_bytes()), Some(u));
+    // The word forms the kernel copies decode the same bytes the same way.
+    let words = |n: usize| -> Vec<u64> {
+        (0..n).map(|i| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())).collect()
+    };
+    let w = words(4);
+    assert_eq!(DmaMap::from_words([w[0], w[1], w[2], w[3]]), m);
+    assert_eq!(DmaUnmap::from_words([w[0], w[1], w[2]]), u);
+    let back: Vec<u8> = u.to_words().iter().flat_map(|w| w.to_ne_bytes()).collect();
+    assert_eq!(back, u.to_bytes());
     let g = DirtyBitmapGet::from_bytes(&b).unwrap();
     assert_eq!(
         (g.iova, g.bitmap.pgsize, g.bitmap.data),

@@ -167,6 +167,12 @@ impl DmaTree for CursorTree {
     fn remove(&mut self, key: u64) -> Option<HostDma> {
         self.0.remove(key)
     }
+    /// The highest selected mapping, where `HostTree` gives the lowest: what
+    /// `validate_map` decides must not depend on which one a tree returns
+    /// (the kernel's tree returns the first its descent meets).
+    fn find_any(&mut self, start: u64, size: u64) -> Option<u64> {
+        self.0 .0.iter().rev().find(|(_, e)| e.dma.matches_find(start, size)).map(|(k, _)| *k)
+    }
     /// The one-search recipe documented on `DmaTree::around`.
     fn around(&mut self, key: u64) -> (Option<DmaView>, Option<DmaView>) {
         let with = |k: Option<u64>| k.and_then(|k| self.0.get(k).map(|e| DmaView::of(k, e)));
