@@ -11,6 +11,7 @@
 //! whatever context a device driver calls in: these types make that safe.
 
 use crate::bindings;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use kernel::ffi;
 use kernel::prelude::*;
@@ -37,85 +38,169 @@ impl MmGrab {
         self.0.as_ptr() == unsafe { bindings::kmod_helper_current_mm() }
     }
 
-    /// Takes a user reference (`mmget_not_zero`), or `None` once the process
-    /// has exited and its address space is gone.
+    /// Copies `buf.len()` bytes of this address space from `vaddr` into
+    /// `buf` ([`Self::write_user`] the other way): `EPERM` once the process
+    /// has exited, `EFAULT` if the calling thread may not reach the address
+    /// space (another process; a kernel thread may) or not every byte was
+    /// copied. One C call takes the user reference, switches to the mm from
+    /// a kernel thread, copies and gives everything back, as the C type1's
+    /// `vfio_dma_rw_chunk()` does inline.
+    pub(crate) fn read_user(&self, vaddr: u64, buf: &mut [u8]) -> Result {
+        // SAFETY: by the type invariant the mm is allocated; `buf` is valid
+        // for `buf.len()` writes, which the helper makes at most.
+        let ret = unsafe {
+            bindings::kmod_helper_copy_mm_user(
+                self.0.as_ptr(),
+                vaddr as ffi::c_ulong,
+                buf.as_mut_ptr().cast(),
+                buf.len() as ffi::c_ulong,
+                false,
+            )
+        };
+        errno_result(ret)
+    }
+
+    /// Copies `buf` into this address space at `vaddr`, as [`Self::read_user`].
+    pub(crate) fn write_user(&self, vaddr: u64, buf: &[u8]) -> Result {
+        // SAFETY: by the type invariant the mm is allocated; `buf` is valid
+        // for `buf.len()` reads, and the helper only reads it when `write`.
+        let ret = unsafe {
+            bindings::kmod_helper_copy_mm_user(
+                self.0.as_ptr(),
+                vaddr as ffi::c_ulong,
+                buf.as_ptr().cast_mut().cast(),
+                buf.len() as ffi::c_ulong,
+                true,
+            )
+        };
+        errno_result(ret)
+    }
+
+    /// Makes the address space usable for as long as the guard lives:
+    /// `None` once the process has exited and it is gone. The C type1 takes
+    /// a user reference for that (`mmget_not_zero`, then `mmput`); here no
+    /// reference is taken when this is the calling task's own mm, which
+    /// cannot go while the task runs (the usual case: a device pins and
+    /// copies on behalf of the process that drives it), so those two atomic
+    /// operations and the `mmput` call are skipped.
+    #[inline]
     pub(crate) fn users(&self) -> Option<MmUsers<'_>> {
         // SAFETY: by the type invariant the mm is allocated.
-        if unsafe { bindings::kmod_helper_mmget_not_zero(self.0.as_ptr()) } {
-            // INVARIANT: mmget_not_zero succeeded.
-            Some(MmUsers(self))
-        } else {
-            None
+        match unsafe { bindings::kmod_helper_mm_enter(self.0.as_ptr()) } {
+            // INVARIANT: a reference was taken, or the mm is the calling
+            // task's; the guard cannot leave this thread.
+            1 => Some(MmUsers { mm: self, counted: true, _thread: PhantomData }),
+            0 => Some(MmUsers { mm: self, counted: false, _thread: PhantomData }),
+            _ => None,
         }
     }
 }
 
-/// A live address space: `mmget` held until drop.
+/// A live address space, kept live until drop.
 ///
 /// # Invariants
 ///
-/// Holds one `mm_users` reference on `self.0`'s mm.
-pub(crate) struct MmUsers<'a>(&'a MmGrab);
+/// If `counted`, holds one `mm_users` reference on `mm`'s mm; otherwise
+/// the mm is the one of the task that made the guard, which keeps it live
+/// while it runs. The guard stays on that task's thread (it is not `Send`).
+pub(crate) struct MmUsers<'a> {
+    mm: &'a MmGrab,
+    counted: bool,
+    _thread: PhantomData<*mut ()>,
+}
 
 impl Drop for MmUsers<'_> {
+    #[inline]
     fn drop(&mut self) {
-        // SAFETY: by the type invariant we hold one mm_users reference.
-        unsafe { bindings::kmod_helper_mmput(self.0 .0.as_ptr()) };
+        if self.counted {
+            // SAFETY: by the type invariant we hold one mm_users reference.
+            unsafe { bindings::kmod_helper_mmput(self.mm.0.as_ptr()) };
+        }
+    }
+}
+
+/// A C return value: 0, or a negative errno. Inlined, where
+/// `kernel::error::to_result` is a call.
+#[inline(always)]
+fn errno_result(ret: ffi::c_int) -> Result {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Error::from_errno(ret))
     }
 }
 
 /// A page frame number as VFIO records pins.
 pub(crate) type Pfn = u64;
 
-/// Most pages [`MmUsers::pin_pages`] pins in one call (its page array is
-/// on the stack).
-pub(crate) const PIN_RUN_MAX: usize = 16;
+/// Most pages [`MmUsers::pin_pfns`] pins in one call (the helper's page
+/// array is on its stack).
+pub(crate) const PIN_RUN_MAX: usize = bindings::KMOD_PIN_RUN_MAX as usize;
+
+// `Pfn` is the C `unsigned long`, so arrays of pfns pass to C as they are.
+const _: () = assert!(core::mem::size_of::<Pfn>() == core::mem::size_of::<ffi::c_ulong>());
 
 impl MmUsers<'_> {
     fn mm(&self) -> *mut bindings::mm_struct {
-        self.0 .0.as_ptr()
+        self.mm.0.as_ptr()
     }
 
-    /// Pins the page at `vaddr` for long-term device access and returns its
-    /// pfn ([`Self::pin_pages`] for one page).
-    pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<Pfn> {
-        let mut page = [core::ptr::null_mut::<bindings::page>()];
-        self.pin_pages(vaddr, &mut page, write)?;
-        Ok(page_to_pfn(page[0]))
-    }
-
-    /// Pins the pages from `vaddr` into `out` as pfns with one
-    /// [`Self::pin_pages`] call: at most `out.len()` and at most
-    /// [`PIN_RUN_MAX`] pages. Returns how many it pinned from the start (`0`
-    /// if not even the first page could be: the caller then retries that
-    /// page alone with [`Self::pin_page`] for its errno).
-    pub(crate) fn pin_pfn_run(&self, vaddr: u64, write: bool, out: &mut [Pfn]) -> usize {
-        let mut pages = [core::ptr::null_mut::<bindings::page>(); PIN_RUN_MAX];
-        let n = out.len().min(PIN_RUN_MAX);
-        let got = self.pin_pages(vaddr, &mut pages[..n], write).unwrap_or(0);
-        for (slot, page) in out.iter_mut().zip(pages.iter()).take(got) {
-            *slot = page_to_pfn(*page);
+    /// Pins pages from `vaddr` for long-term device access (`FOLL_LONGTERM`,
+    /// plus `FOLL_WRITE` when the device may write) and stores each one's
+    /// pfn in `pfns` and whether it is reserved (not accounted, never
+    /// unpinned: `is_invalid_reserved_pfn`) in `reserved`: at most
+    /// `pfns.len()`, `reserved.len()` and [`PIN_RUN_MAX`] pages, with one C
+    /// call (lock, pin, look up, unlock). Returns how many were pinned from
+    /// the start, at least one; memory without struct pages is `EFAULT`.
+    pub(crate) fn pin_pfns(&self, vaddr: u64, write: bool, pfns: &mut [Pfn], reserved: &mut [bool]) -> Result<usize> {
+        let n = pfns.len().min(reserved.len()).min(PIN_RUN_MAX);
+        if n == 0 {
+            return Err(EINVAL);
         }
-        got
+        let mut flags = bindings::FOLL_LONGTERM;
+        if write {
+            flags |= bindings::FOLL_WRITE;
+        }
+        // SAFETY: we hold a user reference on the mm (type invariant), so the
+        // address space is live; `pfns` and `reserved` have room for `n`
+        // entries, which the helper writes for each page it pinned.
+        let ret = unsafe {
+            bindings::kmod_helper_pin_pfns(
+                self.mm(),
+                vaddr as ffi::c_ulong,
+                n as ffi::c_ulong,
+                flags as ffi::c_uint,
+                pfns.as_mut_ptr().cast::<ffi::c_ulong>(),
+                reserved.as_mut_ptr(),
+            )
+        };
+        match ret {
+            r if r < 0 => Err(Error::from_errno(r as i32)),
+            0 => Err(EFAULT),
+            r => Ok((r as usize).min(n)),
+        }
     }
 
-    /// `__account_locked_vm`: adds (`npage > 0`) or removes `npage` pages to
-    /// the mm's `locked_vm`, checking `RLIMIT_MEMLOCK` of `task` on increase
-    /// unless `bypass_rlimit` (the mapping task had `CAP_IPC_LOCK`).
+    /// Pins the page at `vaddr` for long-term device access: its pfn, and
+    /// whether it is reserved ([`Self::pin_pfns`] for one page).
+    pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<(Pfn, bool)> {
+        let (mut pfn, mut reserved) = ([0], [false]);
+        self.pin_pfns(vaddr, write, &mut pfn, &mut reserved)?;
+        Ok((pfn[0], reserved[0]))
+    }
+
+    /// `__account_locked_vm` under the mmap write lock (`mm_lock_acct` of
+    /// the C type1), in one C call: adds (`npage > 0`) or removes `npage`
+    /// pages to the mm's `locked_vm`, checking `RLIMIT_MEMLOCK` of `task` on
+    /// increase unless `bypass_rlimit` (the mapping task had `CAP_IPC_LOCK`).
     pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
         if npage == 0 {
             return Ok(());
         }
-        // SAFETY: the address space is live; mmap_write_lock_killable pairs
-        // with the unlock below only when it returns 0.
-        let ret = unsafe { bindings::kmod_helper_mmap_write_lock_killable(self.mm()) };
-        if ret != 0 {
-            return Err(Error::from_errno(ret));
-        }
-        // SAFETY: the mmap lock is held for writing, as required; `task` is
-        // a live task reference.
+        // SAFETY: the address space is live (we hold a user reference);
+        // `task` is a live task reference.
         let ret = unsafe {
-            bindings::__account_locked_vm(
+            bindings::kmod_helper_account_locked_vm(
                 self.mm(),
                 npage.unsigned_abs() as ffi::c_ulong,
                 npage > 0,
@@ -123,35 +208,11 @@ impl MmUsers<'_> {
                 bypass_rlimit,
             )
         };
-        // SAFETY: we took the lock above.
-        unsafe { bindings::kmod_helper_mmap_write_unlock(self.mm()) };
-        kernel::error::to_result(ret)
-    }
-
-    /// Runs `f` with this address space as the user address space, so that
-    /// user copies reach it: directly when it is the caller's own mm, through
-    /// `kthread_use_mm` from a kernel thread. A user thread of another
-    /// process may not reach it (`None`), as in the C type1.
-    pub(crate) fn with_user_access<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        // SAFETY: reading `current->mm` has no precondition.
-        let kthread = unsafe { bindings::kmod_helper_current_is_kthread() };
-        if kthread {
-            // SAFETY: we are a kernel thread without an mm, and we hold a user
-            // reference for the duration of the borrow.
-            unsafe { bindings::kthread_use_mm(self.mm()) };
-            let r = f();
-            // SAFETY: paired with the kthread_use_mm above.
-            unsafe { bindings::kthread_unuse_mm(self.mm()) };
-            Some(r)
-        } else if self.0.is_current() {
-            Some(f())
-        } else {
-            None
-        }
+        errno_result(ret)
     }
 }
 
-/// Unpins a page pinned by [`MmUsers::pin_page`], marking it dirty if the
+/// Unpins a page pinned by [`MmUsers::pin_pfns`], marking it dirty if the
 /// device could write it (`unpin_user_pages_dirty_lock`).
 pub(crate) fn unpin_pfn(pfn: Pfn, dirty: bool) {
     // SAFETY: `pfn_to_page` only computes an address.
@@ -160,37 +221,39 @@ pub(crate) fn unpin_pfn(pfn: Pfn, dirty: bool) {
     unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, dirty) };
 }
 
+/// `put_pfn` of the C type1: gives back a pin of `pfn` (marking the page
+/// dirty if the device could write it) unless the pfn is reserved; true if
+/// it did. One C call.
+pub(crate) fn put_pfn(pfn: Pfn, dirty: bool) -> bool {
+    // SAFETY: the caller pinned this pfn once and gives that pin back; a
+    // reserved pfn is left alone, as it was never pinned for real.
+    unsafe { bindings::kmod_helper_put_pfn(pfn as ffi::c_ulong, dirty) }
+}
+
 /// `pfn_valid(pfn) && !PageReserved`: a pin of this pfn is accounted as
 /// locked memory (`!is_invalid_reserved_pfn` in the C type1).
 pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
-    // SAFETY: pure computations on a frame number.
-    unsafe {
-        if !bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) {
-            return false;
-        }
-        !bindings::kmod_helper_page_reserved(bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong))
-    }
+    // SAFETY: a pure computation on a frame number.
+    !unsafe { bindings::kmod_helper_pfn_reserved(pfn as ffi::c_ulong) }
 }
 
-/// The frame number of each page of `pages` and whether it is reserved
-/// (`!pfn_is_accountable`), for a batch of pinned pages in one call.
-/// Only the first `min(pages.len(), pfns.len(), reserved.len())` are done.
-pub(crate) fn pages_to_pfns(pages: &[*mut bindings::page], pfns: &mut [Pfn], reserved: &mut [bool]) {
-    let n = pages.len().min(pfns.len()).min(reserved.len());
-    // `Pfn` is the C `unsigned long`, so `pfns` can be written in place.
-    const _: () = assert!(core::mem::size_of::<Pfn>() == core::mem::size_of::<ffi::c_ulong>());
-    // SAFETY: the three arrays have at least `n` elements; `pages` holds
-    // pages pinned by the caller (valid `struct page` pointers); `pfns` and
-    // `reserved` are written, `Pfn` has the layout of `unsigned long` and
-    // `bool` that of C's `bool`.
-    unsafe {
-        bindings::kmod_helper_pages_to_pfns(
-            pages.as_ptr(),
-            pfns.as_mut_ptr().cast::<ffi::c_ulong>(),
-            reserved.as_mut_ptr(),
-            n as ffi::c_uint,
-        )
-    }
+/// A run of physically contiguous pinned pages of one kind (reserved or
+/// not), as [`pages_to_runs`] describes a batch.
+pub(crate) type PfnRun = bindings::kmod_pfn_run;
+
+/// Describes the pinned `pages` as runs of physically contiguous pages of
+/// one kind, each at most `max_npage` long, in `runs` (it must have room
+/// for one run per page), with one C call: the number of runs, and how
+/// many pages are not reserved.
+pub(crate) fn pages_to_runs(pages: &[*mut bindings::page], max_npage: u32, runs: &mut [PfnRun]) -> (usize, usize) {
+    let n = pages.len().min(runs.len());
+    let mut unreserved: ffi::c_uint = 0;
+    // SAFETY: `pages` holds `n` pages pinned by the caller (valid `struct
+    // page` pointers); `runs` has room for `n` runs, the most `n` pages make.
+    let nruns = unsafe {
+        bindings::kmod_helper_pages_to_runs(pages.as_ptr(), n as ffi::c_uint, max_npage, runs.as_mut_ptr(), &mut unreserved)
+    };
+    (nruns as usize, unreserved as usize)
 }
 
 /// `pfn_valid(pfn)`.
@@ -199,10 +262,16 @@ pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
     unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) }
 }
 
-/// The `struct page` of a pinned pfn, as `vfio_pin_pages` returns it.
-pub(crate) fn pfn_to_page(pfn: Pfn) -> *mut bindings::page {
-    // SAFETY: `pfn_to_page` only computes an address.
-    unsafe { bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong) }
+/// The `struct page` of each pinned pfn of `pfns`, as `vfio_pin_pages`
+/// returns them, in one C call. Only the first `min(pfns.len(),
+/// pages.len())` are done.
+pub(crate) fn pfns_to_pages(pfns: &[Pfn], pages: &mut [*mut bindings::page]) {
+    let n = pfns.len().min(pages.len());
+    // SAFETY: both arrays have at least `n` elements; `pfn_to_page` only
+    // computes addresses, which are written to `pages`.
+    unsafe {
+        bindings::kmod_helper_pfns_to_pages(pfns.as_ptr().cast::<ffi::c_ulong>(), pages.as_mut_ptr(), n as ffi::c_uint)
+    }
 }
 
 /// A counted task (the mapping process's group leader). Only an [`Owner`]
@@ -322,12 +391,6 @@ impl MmUsers<'_> {
             r => Ok((r as usize).min(pages.len())),
         }
     }
-}
-
-/// The pfn of a page pinned by [`MmUsers::pin_pages`].
-pub(crate) fn page_to_pfn(page: *mut bindings::page) -> Pfn {
-    // SAFETY: `page_to_pfn` only computes a frame number from the address.
-    unsafe { bindings::kmod_helper_page_to_pfn(page) as Pfn }
 }
 
 /// Gives back one pin of each of `npage` pages from `pfn`, a physically

@@ -183,9 +183,8 @@ pub(crate) type RbEntry<'a, V> = (u64, &'a V);
 pub(crate) enum Last {
     /// Nothing usable.
     None,
-    /// `floor` and `above` are the nodes with the greatest key `<= key` and
-    /// the smallest key `> key` (either may be null).
-    Gap { key: u64, floor: *mut bindings::rb_node, above: *mut bindings::rb_node },
+    /// `floor` is the node with the greatest key `<= key` (null if none).
+    Gap { key: u64, floor: *mut bindings::rb_node },
     /// `node` is the node with key `key`.
     At { key: u64, node: *mut bindings::rb_node },
     /// `key` is not in the tree, and a descent towards it ended below
@@ -362,8 +361,8 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
     }
 
     /// The entries with the greatest key `<= key` and with the smallest key
-    /// `> key`, found in one (branch-free) descent, which the map remembers
-    /// for an insertion or removal of `key` that follows.
+    /// `> key`, found in one (branch-free) descent; the map remembers the
+    /// first, for a removal of `key` that follows.
     #[inline(always)]
     pub(crate) fn around(&mut self, key: u64) -> (Option<RbEntry<'_, V>>, Option<RbEntry<'_, V>>) {
         let (mut floor, mut above) = (ptr::null_mut(), ptr::null_mut());
@@ -380,8 +379,8 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
                 n = unsafe { (*n).rb_left };
             }
         }
-        // INVARIANT: the neighbours of `key` in the tree as it is.
-        self.memory.set(Last::Gap { key, floor, above });
+        // INVARIANT: `key`'s floor in the tree as it is.
+        self.memory.set(Last::Gap { key, floor });
         // SAFETY: both are null or nodes met on the way down.
         unsafe { (self.entry(floor), self.entry(above)) }
     }
@@ -501,7 +500,8 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
 
     /// Where a node with `key` goes: its parent and the null child link
     /// of that parent (or of the root) to put it in; `None` if `key` is
-    /// taken. Uses the last lookup when it was of `key`.
+    /// taken. Uses the last lookup when it was a [`Self::find_overlap`] of
+    /// `key` (the one an insertion follows), else descends.
     #[inline]
     fn link_of(&mut self, key: u64) -> Option<(*mut bindings::rb_node, *mut *mut bindings::rb_node)> {
         match self.memory.get() {
@@ -519,30 +519,6 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
                     }
                 };
                 return Some((parent, link));
-            }
-            Last::Gap { key: k, floor, above } if k == key => {
-                // SAFETY: `floor` and `above` are null or nodes of the tree,
-                // and are `key`'s neighbours in it (type invariant).
-                unsafe {
-                    if !floor.is_null() && Self::key_of(floor) == key {
-                        return None;
-                    }
-                    // Between two neighbours in key order, either the lower
-                    // one has no right child (the new node goes there) or
-                    // the upper one is the leftmost node of that right
-                    // subtree, so it has no left child. At the ends of the
-                    // order the one neighbour has the free side; an empty
-                    // tree takes the new node at the root.
-                    if !floor.is_null() && (*floor).rb_right.is_null() {
-                        return Some((floor, &mut (*floor).rb_right));
-                    }
-                    if !above.is_null() && (*above).rb_left.is_null() {
-                        return Some((above, &mut (*above).rb_left));
-                    }
-                    if floor.is_null() && above.is_null() && self.root.rb_node.is_null() {
-                        return Some((ptr::null_mut(), &mut self.root.rb_node));
-                    }
-                }
             }
             Last::At { key: k, .. } if k == key => return None,
             _ => {}
@@ -628,6 +604,24 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
         }
         // SAFETY: `n` is a node of the tree.
         Some(unsafe { self.unlink(n) })
+    }
+
+    /// Lets `update` change the value under `key` (not its key) and removes
+    /// the entry if it returns true: `None` if there is no such entry, else
+    /// the removed entry, if it was. One search.
+    #[inline]
+    pub(crate) fn remove_if(&mut self, key: u64, update: impl FnOnce(&mut V) -> bool) -> Option<Option<RbOwned<V, A>>> {
+        let n = self.find(key);
+        if n.is_null() {
+            return None;
+        }
+        // SAFETY: `n` is a node of the tree, a live `Node<V>` owned by the
+        // map, borrowed exclusively through `&mut self` for the call.
+        if !update(unsafe { &mut (*n.cast::<Node<V>>()).value }) {
+            return Some(None);
+        }
+        // SAFETY: `n` is a node of the tree.
+        Some(Some(unsafe { self.unlink(n) }))
     }
 
     /// Removes the entry with the lowest key.

@@ -58,7 +58,6 @@ use crate::params;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use crate::mutex::{new_direct_mutex, Mutex};
-use kernel::uaccess::UserSlice;
 
 /// Turns a `type1_core` errno into a kernel error. The core's errnos map
 /// to the kernel's constants without a call (`Error::from_errno` is out of
@@ -241,9 +240,7 @@ impl Container {
         let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
         let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
         drop(st);
-        for (slot, pfn) in pages.iter_mut().zip(pfns.iter()) {
-            *slot = mm::pfn_to_page(*pfn);
-        }
+        mm::pfns_to_pages(pfns, pages);
         usize::try_from(pinned).map_err(|_| EINVAL)
     }
 
@@ -276,22 +273,19 @@ impl Container {
         let mut done = 0usize;
         while done < total {
             let cur = iova.checked_add(done as u64).ok_or(EINVAL)?;
-            let chunk = cpin::dma_rw_chunk(dmas, cur, (total - done) as u64, write).map_err(err)?;
+            // The mapping that contains `cur` (the lookup remembers its node,
+            // so `get_mut` does not search again), then the chunk's rules.
+            let key = dmas.find_any(cur, 1).ok_or(EINVAL)?;
+            let entry = dmas.get_mut(key).ok_or(EINVAL)?;
+            let chunk = cpin::dma_rw_chunk_of(&entry.info, cur, (total - done) as u64, write).map_err(err)?;
             let count = usize::try_from(chunk.count).map_err(|_| EINVAL)?;
-            let entry = dmas.get_mut(chunk.key).ok_or(EINVAL)?;
-            let users = entry.owner.mm().users().ok_or(EPERM)?;
-            let copied = users
-                .with_user_access(|| -> Result {
-                    let user = UserSlice::new(chunk.vaddr as usize, count);
-                    match &mut buf {
-                        DmaRwBuffer::Write(b) => user.writer().write_slice(&b[done..done + count]),
-                        DmaRwBuffer::Read(b) => user.reader().read_slice(&mut b[done..done + count]),
-                    }
-                })
-                .unwrap_or(Err(EFAULT));
-            drop(users);
-            // The C code reports a chunk that did not fully copy as EFAULT.
-            copied.map_err(|_| EFAULT)?;
+            let mm = entry.owner.mm();
+            // `EPERM` once the process is gone; `EFAULT` for a chunk that did
+            // not fully copy, as in C.
+            match &mut buf {
+                DmaRwBuffer::Write(b) => mm.write_user(chunk.vaddr, b.get(done..done + count).ok_or(EINVAL)?)?,
+                DmaRwBuffer::Read(b) => mm.read_user(chunk.vaddr, b.get_mut(done..done + count).ok_or(EINVAL)?)?,
+            }
             if write {
                 cpin::dma_rw_mark_dirty(iommu, entry, chunk.offset, chunk.count);
             }
@@ -324,12 +318,11 @@ struct PinContext<'a> {
 impl PinOps<Dma> for PinContext<'_> {
     fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
         let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
-        let pfn = users
-            .pin_page(vaddr, entry.info.prot & IOMMU_WRITE != 0)
-            .map_err(|e| -e.to_errno())?;
-        if do_accounting && mm::pfn_is_accountable(pfn) {
+        let write = entry.info.prot & IOMMU_WRITE != 0;
+        let (pfn, reserved) = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
+        if do_accounting && !reserved {
             if let Err(e) = users.account_locked(entry.owner.task(), 1, entry.info.lock_cap) {
-                mm::unpin_pfn(pfn, entry.info.prot & IOMMU_WRITE != 0);
+                mm::put_pfn(pfn, write);
                 if e == ENOMEM {
                     pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
                 }
@@ -351,10 +344,10 @@ impl PinOps<Dma> for PinContext<'_> {
             // The whole run under one mmap lock, charged at once.
             let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
             let write = entry.info.prot & IOMMU_WRITE != 0;
-            let got = users.pin_pfn_run(vaddr, write, out);
+            let mut reserved = [false; mm::PIN_RUN_MAX];
+            let got = users.pin_pfns(vaddr, write, out, &mut reserved).unwrap_or(0);
             if got > 0 {
-                let pinned = out.get(..got).unwrap_or(&[]);
-                let charge = pinned.iter().filter(|p| mm::pfn_is_accountable(**p)).count() as i64;
+                let charge = reserved.iter().take(got).filter(|r| !**r).count() as i64;
                 if !do_accounting || charge == 0 {
                     return Ok(got);
                 }
@@ -364,8 +357,8 @@ impl PinOps<Dma> for PinContext<'_> {
                 }
                 // Over the limit (or interrupted): give the run back; page by
                 // page finds the page that crosses the limit and its errno.
-                for pfn in pinned {
-                    mm::unpin_pfn(*pfn, write);
+                for pfn in out.iter().take(got) {
+                    mm::put_pfn(*pfn, write);
                 }
             }
         }
@@ -380,11 +373,7 @@ impl PinOps<Dma> for PinContext<'_> {
     }
 
     fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool {
-        if !mm::pfn_is_accountable(pfn) {
-            return false;
-        }
-        mm::unpin_pfn(pfn, prot & IOMMU_WRITE != 0);
-        true
+        mm::put_pfn(pfn, prot & IOMMU_WRITE != 0)
     }
 
     fn lock_acct(&mut self, entry: &mut Dma, npage: i64, _is_async: bool) -> core::result::Result<(), Errno> {

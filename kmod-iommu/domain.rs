@@ -506,9 +506,14 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
     let single = params::disable_hugepages();
     let batch_len = if single { 1 } else { PIN_BATCH };
     let mut batch = KVec::from_elem(core::ptr::null_mut(), batch_len, GFP_KERNEL)?;
-    // The batch's pfns and whether each is reserved, looked up in one call.
-    let mut pfn_of = KVec::from_elem(0u64, batch_len, GFP_KERNEL)?;
-    let mut rsvd_of = KVec::from_elem(false, batch_len, GFP_KERNEL)?;
+    // Each batch as physically contiguous runs of one kind, worked out in
+    // one C call (the C code goes page by page); page by page when huge
+    // IOMMU pages are off.
+    let mut runs = KVec::with_capacity(batch_len, GFP_KERNEL)?;
+    for _ in 0..batch_len {
+        runs.push(mm::PfnRun::default(), GFP_KERNEL)?;
+    }
+    let max_run = if single { 1 } else { u32::MAX };
     let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
     let prot = cx.info.prot;
@@ -528,50 +533,60 @@ fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Resul
             }
         };
         let first_iova = cx.info.iova + (done << PAGE_SHIFT);
+        let (nruns, unreserved) = mm::pages_to_runs(&batch[..got], max_run, &mut runs);
+        let runs = runs.get(..nruns).unwrap_or(&[]);
         // Charge the new pins (device-pinned pages are charged already).
-        mm::pages_to_pfns(&batch[..got], &mut pfn_of, &mut rsvd_of);
-        let mut charge = 0i64;
-        for (i, &rsvd) in rsvd_of[..got].iter().enumerate() {
-            if !rsvd && (!device_pins || !cx.charged_by_device(first_iova + ((i as u64) << PAGE_SHIFT))) {
-                charge += 1;
+        let mut charge = unreserved as i64;
+        if device_pins {
+            charge = 0;
+            let mut iova = first_iova;
+            for r in runs {
+                for j in 0..u64::from(r.npage) {
+                    if !r.reserved && !cx.charged_by_device(iova + (j << PAGE_SHIFT)) {
+                        charge += 1;
+                    }
+                }
+                iova += u64::from(r.npage) << PAGE_SHIFT;
             }
         }
         if let Err(e) = cx.charge(charge) {
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded while pinning a mapping at iova {:#x}\n", cx.info.iova);
             }
-            for (&pfn, &rsvd) in pfn_of[..got].iter().zip(&rsvd_of[..got]) {
-                if !rsvd {
-                    mm::unpin_pfn(pfn, write);
-                }
+            for r in runs.iter().filter(|r| !r.reserved) {
+                mm::unpin_pfn_range(r.pfn as u64, u64::from(r.npage), write);
             }
             if let Some(r) = run {
                 cx.give_back(r.iova, r.pfn, r.npage);
             }
             return Err(e);
         }
-        for i in 0..got {
-            let (pfn, rsvd) = (pfn_of[i], rsvd_of[i]);
-            let iova = first_iova + ((i as u64) << PAGE_SHIFT);
-            if let Some(r) = run.as_mut() {
-                if !single && pfn == r.pfn + r.npage && rsvd == r.rsvd {
-                    r.npage += 1;
+        let mut iova = first_iova;
+        for (i, r) in runs.iter().enumerate() {
+            let (pfn, n, rsvd) = (r.pfn as u64, u64::from(r.npage), r.reserved);
+            if let Some(cur) = run.as_mut() {
+                if !single && pfn == cur.pfn + cur.npage && rsvd == cur.rsvd {
+                    cur.npage += n;
+                    iova += n << PAGE_SHIFT;
                     continue;
                 }
             }
-            if let Some(r) = run.take() {
-                if let Err(e) = targets.map(r.iova, r.pfn, r.npage, prot) {
-                    cx.give_back(r.iova, r.pfn, r.npage);
-                    for (j, &p) in pfn_of[i..got].iter().enumerate() {
-                        cx.give_back(iova + ((j as u64) << PAGE_SHIFT), p, 1);
+            if let Some(cur) = run.take() {
+                if let Err(e) = targets.map(cur.iova, cur.pfn, cur.npage, prot) {
+                    cx.give_back(cur.iova, cur.pfn, cur.npage);
+                    let mut at = iova;
+                    for rest in runs.iter().skip(i) {
+                        cx.give_back(at, rest.pfn as u64, u64::from(rest.npage));
+                        at += u64::from(rest.npage) << PAGE_SHIFT;
                     }
                     return Err(e);
                 }
                 if grow {
-                    cx.info.size += r.npage << PAGE_SHIFT;
+                    cx.info.size += cur.npage << PAGE_SHIFT;
                 }
             }
-            run = Some(Run { iova, pfn, npage: 1, rsvd });
+            run = Some(Run { iova, pfn, npage: n, rsvd });
+            iova += n << PAGE_SHIFT;
         }
         done += got as u64;
     }

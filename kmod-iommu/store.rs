@@ -28,7 +28,7 @@ use crate::rb_map::{Forget, Node, NodeAlloc, RbMap, RbOwned, RbSlot, RbValue};
 use crate::slab::ModuleCache;
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
-use crate::type1_core::pin::{PfnStore, VfioPfn};
+use crate::type1_core::pin::{PfnStore, PutPfn, VfioPfn};
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
@@ -179,10 +179,18 @@ impl PfnStore for PfnTree {
         self.0.remove(iova).map(|p| p.vpfn)
     }
 
-    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<PfnSlot>)> {
-        let p = self.0.remove(iova)?;
-        let vpfn = p.vpfn;
-        Some((vpfn, Some(p.into_slot())))
+    fn put_ref(&mut self, iova: u64) -> (PutPfn, Option<PfnSlot>) {
+        // One search: the reference is dropped in the node, which is unlinked
+        // when it was the last one.
+        let put = self.0.remove_if(iova, |p| {
+            p.vpfn.ref_count = p.vpfn.ref_count.wrapping_sub(1);
+            p.vpfn.ref_count == 0
+        });
+        match put {
+            None => (PutPfn::NotPinned, None),
+            Some(None) => (PutPfn::StillPinned, None),
+            Some(Some(p)) => (PutPfn::Released(p.vpfn.pfn), Some(p.into_slot())),
+        }
     }
 
     fn for_each<F: FnMut(u64, &VfioPfn)>(&self, mut f: F) {

@@ -118,6 +118,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.set_iommu_errors", run: type1::set_iommu_errors },
     Case { name: "type1.get_info_argsz_walk", run: type1::get_info_argsz_walk },
     Case { name: "type1.map_many_unmap_shuffled", run: type1::map_many_unmap_shuffled },
+    Case { name: "type1.random_map_unmap_model", run: type1::random_map_unmap_model },
     Case { name: "type1.v1_semantics", run: type1::v1_semantics },
     Case { name: "type1.dma_entry_limit", run: type1::dma_entry_limit },
     Case { name: "type1.dirty_pages", run: type1::dirty_pages },

@@ -295,6 +295,73 @@ pub fn map_many_unmap_shuffled(ctx: &Ctx) -> CaseResult {
     Ok(())
 }
 
+/// Random MAP_DMA and UNMAP_DMA over a small IOVA window, each result
+/// checked against a model of the v2 rules: a map overlapping a mapping is
+/// `EEXIST`, an unmap whose first or last page falls inside a mapping that
+/// it does not start or end with is `EINVAL`, any other unmap removes the
+/// mappings inside it and reports their bytes. Crowded, so that lookups
+/// find neighbours on both sides, maps land between and beside mappings,
+/// and unmaps walk several: the paths where the backend reuses a lookup's
+/// place in its tree for the insertion or removal that follows.
+pub fn random_map_unmap_model(ctx: &Ctx) -> CaseResult {
+    use std::collections::BTreeMap;
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let c = &s.container;
+    const PAGES: u64 = 96;
+    const BASE: u64 = 0x20_0000_0000;
+    let mem = Buffer::new((PAGES * PAGE) as usize);
+    // Mapped ranges by first page: (first page, pages).
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    let (mut maps, mut eexist, mut unmaps, mut einval, mut walked) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    for op in 0..6000u32 {
+        let first = next(PAGES);
+        let wide = next(4) == 0;
+        let len = 1 + next(if wide { 12 } else { 3 }).min(PAGES - first - 1);
+        let (iova, size) = (BASE + first * PAGE, len * PAGE);
+        let end = first + len;
+        if next(5) < 3 {
+            let overlaps = model.range(..end).next_back().is_some_and(|(&f, &l)| f + l > first);
+            let got = c.map_rw(mem.vaddr() + first * PAGE, iova, size);
+            if overlaps {
+                check_eq!(got.err(), Some(Errno(libc::EEXIST)), "op {op}: map of pages {first}..{end} over a mapping");
+                eexist += 1;
+            } else {
+                check_eq!(got.err(), None, "op {op}: map of free pages {first}..{end}");
+                model.insert(first, len);
+                maps += 1;
+            }
+        } else {
+            let splits = |p: u64| model.range(..p).next_back().is_some_and(|(&f, &l)| f < p && f + l > p);
+            let got = c.unmap_range(iova, size);
+            if splits(first) || splits(end) {
+                check_eq!(got.err(), Some(Errno(libc::EINVAL)), "op {op}: unmap of pages {first}..{end} bisecting a mapping");
+                einval += 1;
+            } else {
+                let inside: Vec<(u64, u64)> = model.range(first..end).map(|(&f, &l)| (f, l)).collect();
+                let bytes: u64 = inside.iter().map(|(_, l)| l * PAGE).sum();
+                check_eq!(got.ok(), Some(bytes), "op {op}: unmap of pages {first}..{end} over {inside:?}");
+                walked += u32::from(inside.len() > 1);
+                for (f, _) in inside {
+                    model.remove(&f);
+                }
+                unmaps += 1;
+            }
+        }
+    }
+    let left: u64 = model.values().map(|l| l * PAGE).sum();
+    check_eq!(c.unmap_range(0, u64::MAX - PAGE + 1)?, left, "unmap of everything left");
+    // The sequence must have reached every path it is meant for.
+    check!(maps > 500 && eexist > 500 && unmaps > 500 && einval > 100 && walked > 50,
+        "too few of some operation: {maps} maps, {eexist} EEXIST, {unmaps} unmaps, {einval} EINVAL, {walked} multi-mapping unmaps");
+    println!("{maps} maps, {eexist} EEXIST, {unmaps} unmaps ({walked} of several mappings), {einval} EINVAL");
+    Ok(())
+}
+
 /// Type1 v1 keeps the old unmap rules: a request starting inside a mapping
 /// unmaps nothing and succeeds with size 0, one covering a mapping's first
 /// IOVA unmaps all of it; DIRTY_PAGES is v2-only (EACCES).

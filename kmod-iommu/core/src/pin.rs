@@ -9,7 +9,7 @@
 //! the [`PinOps`] trait.
 
 use super::dirty::bitmap_set;
-use super::dma::{find_dma, DmaEntry, DmaTree, VfioDma};
+use super::dma::{DmaEntry, DmaTree, VfioDma};
 use super::errno::{Errno, E2BIG, EACCES, EBUSY, EINVAL, EPERM};
 use super::iommu::{VfioIommu, PAGE_SIZE};
 use super::uapi::{IOMMU_READ, IOMMU_WRITE};
@@ -50,11 +50,13 @@ pub trait PfnStore {
     /// `vfio_unlink_pfn()`.
     fn remove(&mut self, iova: u64) -> Option<VfioPfn>;
 
-    /// `vfio_unlink_pfn()`, keeping the entry's node if the store can:
-    /// the unpin path hands it to [`PinOps::recycle_slot`] so that a later
-    /// pin can use it again. The default frees it.
-    fn remove_keep(&mut self, iova: u64) -> Option<(VfioPfn, Option<Self::Slot>)> {
-        self.remove(iova).map(|v| (v, None))
+    /// Drops one reference of the pin at `iova` and unlinks the entry when
+    /// that was the last one ([`put_vfio_pfn`]), keeping the entry's node if
+    /// the store can: the unpin path hands it to [`PinOps::recycle_slot`]
+    /// so that a later pin can use it again. The default searches twice and
+    /// frees the node; a store may do it with one search.
+    fn put_ref(&mut self, iova: u64) -> (PutPfn, Option<Self::Slot>) {
+        (put_vfio_pfn(self, iova), None)
     }
 
     /// Calls `f` with every pinned iova and its entry, in iova order.
@@ -157,13 +159,13 @@ fn page_iova(user_iova: u64, i: i32) -> u64 {
 /// `iova` starts below the selected mapping (it only overlaps it), which
 /// pins a page outside the mapping.  We refuse such a page (`None`, which
 /// the callers turn into the same `EINVAL` as "not mapped").
+///
+/// That is the mapping that contains `iova`, if any: it is the lowest one
+/// selected, and any other starts above `iova`. At most one mapping
+/// contains a byte, so [`DmaTree::find_any`] of that byte finds it.
+#[inline]
 fn pin_lookup<T: DmaTree + ?Sized>(tree: &mut T, iova: u64) -> Option<u64> {
-    let k = find_dma(tree, iova, PAGE_SIZE)?;
-    let d = tree.get(k)?.dma();
-    if iova < d.iova {
-        return None;
-    }
-    Some(k)
+    tree.find_any(iova, 1)
 }
 
 /// Mirrors `vfio_unpin_page_external()`: drops one pin of `iova` in the
@@ -186,22 +188,14 @@ where
         let parts = entry.parts_mut();
         let prot = parts.dma.prot;
         // `put_vfio_pfn`, keeping the node of a released entry.
-        let Some(vpfn) = parts.pfn_list.get_mut(iova) else {
-            return 0;
-        };
-        vpfn.ref_count = vpfn.ref_count.wrapping_sub(1);
-        if vpfn.ref_count != 0 {
-            0
-        } else {
-            match parts.pfn_list.remove_keep(iova) {
-                Some((v, slot)) => {
-                    if let Some(slot) = slot {
-                        ops.recycle_slot(slot);
-                    }
-                    u32::from(ops.put_pfn(v.pfn, prot))
-                }
-                None => return 0,
-            }
+        let (put, slot) = parts.pfn_list.put_ref(iova);
+        if let Some(slot) = slot {
+            ops.recycle_slot(slot);
+        }
+        match put {
+            PutPfn::NotPinned => return 0,
+            PutPfn::StillPinned => 0,
+            PutPfn::Released(pfn) => u32::from(ops.put_pfn(pfn, prot)),
         }
     };
     if do_accounting && unlocked != 0 {
@@ -540,15 +534,22 @@ pub fn dma_rw_chunk<T: DmaTree + ?Sized>(
     count: u64,
     write: bool,
 ) -> Result<DmaRwChunk, Errno> {
-    let key = find_dma(tree, iova, 1).ok_or(EINVAL)?;
-    let dma = *tree.get(key).ok_or(EINVAL)?.dma();
+    // The one mapping that contains `iova` (`vfio_find_dma(iova, 1)`).
+    let key = tree.find_any(iova, 1).ok_or(EINVAL)?;
+    dma_rw_chunk_of(tree.get(key).ok_or(EINVAL)?.dma(), iova, count, write)
+}
+
+/// [`dma_rw_chunk`] once the mapping `dma` that contains `iova` is found.
+#[inline]
+pub fn dma_rw_chunk_of(dma: &VfioDma, iova: u64, count: u64, write: bool) -> Result<DmaRwChunk, Errno> {
     if (write && dma.prot & IOMMU_WRITE == 0) || dma.prot & IOMMU_READ == 0 {
         return Err(EPERM);
     }
-    let offset = iova - dma.iova;
-    let count = count.min(dma.size - offset);
+    // `dma` contains `iova` (caller), so the subtractions do not wrap.
+    let offset = iova.wrapping_sub(dma.iova);
+    let count = count.min(dma.size.wrapping_sub(offset));
     Ok(DmaRwChunk {
-        key,
+        key: dma.iova,
         offset,
         vaddr: dma.vaddr.wrapping_add(offset),
         count,
