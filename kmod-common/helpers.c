@@ -197,13 +197,17 @@ bool kmod_helper_put_pfn(unsigned long pfn, bool dirty)
 	return true;
 }
 
-/* The struct page of each of @n pfns, for the pages vfio_pin_pages() returns. */
-void kmod_helper_pfns_to_pages(const unsigned long *pfns, struct page **pages, unsigned int n)
+/*
+ * Turns each of the @n pfns in @slots into the address of its struct page,
+ * in place: the pages vfio_pin_pages() returns, in the array the pfns were
+ * gathered in (a pointer and an unsigned long have the same size).
+ */
+void kmod_helper_pfns_to_pages(unsigned long *slots, unsigned int n)
 {
 	unsigned int i;
 
 	for (i = 0; i < n; i++)
-		pages[i] = pfn_to_page(pfns[i]);
+		slots[i] = (unsigned long)pfn_to_page(slots[i]);
 }
 
 /* mm_lock_acct() of the C type1: __account_locked_vm() under the mmap write lock. */

@@ -39,7 +39,7 @@ bool kmod_helper_pfn_reserved(unsigned long pfn);
 long kmod_helper_pin_pfns(struct mm_struct *mm, unsigned long vaddr, unsigned long n,
 			  unsigned int gup_flags, unsigned long *pfns, bool *reserved);
 bool kmod_helper_put_pfn(unsigned long pfn, bool dirty);
-void kmod_helper_pfns_to_pages(const unsigned long *pfns, struct page **pages, unsigned int n);
+void kmod_helper_pfns_to_pages(unsigned long *slots, unsigned int n);
 int kmod_helper_account_locked_vm(struct mm_struct *mm, unsigned long npage, bool inc,
 				  struct task_struct *task, bool bypass_rlimit);
 int kmod_helper_copy_mm_user(struct mm_struct *mm, unsigned long vaddr, void *buf,

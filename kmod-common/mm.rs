@@ -262,15 +262,35 @@ pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
     unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) }
 }
 
-/// The `struct page` of each pinned pfn of `pfns`, as `vfio_pin_pages`
-/// returns them, in one C call. Only the first `min(pfns.len(),
-/// pages.len())` are done.
-pub(crate) fn pfns_to_pages(pfns: &[Pfn], pages: &mut [*mut bindings::page]) {
-    let n = pfns.len().min(pages.len());
-    // SAFETY: both arrays have at least `n` elements; `pfn_to_page` only
-    // computes addresses, which are written to `pages`.
-    unsafe {
-        bindings::kmod_helper_pfns_to_pages(pfns.as_ptr().cast::<ffi::c_ulong>(), pages.as_mut_ptr(), n as ffi::c_uint)
+/// The output of `vfio_pin_pages`: lends `pages` to `pin` as room for as
+/// many pfns (a `struct page` pointer and a pfn have the same size), then
+/// turns the pfns of the pages `pin` pinned, from the start, into their
+/// `struct page` addresses in place, with one C call. No other buffer, and
+/// nothing to zero. If `pin` fails, every entry is null, as C leaves them.
+pub(crate) fn pin_into_pages(
+    pages: &mut [*mut bindings::page],
+    pin: impl FnOnce(&mut [Pfn]) -> Result<usize>,
+) -> Result<usize> {
+    const _: () = assert!(core::mem::size_of::<*mut bindings::page>() == core::mem::size_of::<Pfn>());
+    const _: () = assert!(core::mem::align_of::<*mut bindings::page>() == core::mem::align_of::<Pfn>());
+    let len = pages.len();
+    // SAFETY: a `*mut page` and a `Pfn` have the same size and alignment
+    // (checked above) and every bit pattern is a valid `Pfn`, so the memory
+    // of `pages` is a valid `[Pfn]`; `pages` is not used while this borrow
+    // of it lives (until `pin` returns).
+    let pfns = unsafe { core::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<Pfn>(), len) };
+    match pin(pfns) {
+        Ok(n) => {
+            let n = n.min(len);
+            // SAFETY: the first `n` slots hold pfns of pinned pages;
+            // `pfn_to_page` only computes addresses, written back in place.
+            unsafe { bindings::kmod_helper_pfns_to_pages(pages.as_mut_ptr().cast::<ffi::c_ulong>(), n as ffi::c_uint) };
+            Ok(n)
+        }
+        Err(e) => {
+            pages.fill(core::ptr::null_mut());
+            Err(e)
+        }
     }
 }
 

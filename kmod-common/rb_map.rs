@@ -502,7 +502,7 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
     /// of that parent (or of the root) to put it in; `None` if `key` is
     /// taken. Uses the last lookup when it was a [`Self::find_overlap`] of
     /// `key` (the one an insertion follows), else descends.
-    #[inline]
+    #[inline(always)]
     fn link_of(&mut self, key: u64) -> Option<(*mut bindings::rb_node, *mut *mut bindings::rb_node)> {
         match self.memory.get() {
             Last::Below { key: k, parent } if k == key => {
@@ -527,6 +527,7 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
     }
 
     /// [`Self::link_of`] by a descent from the root.
+    #[inline(never)]
     fn descend_for_link(&mut self, key: u64) -> Option<(*mut bindings::rb_node, *mut *mut bindings::rb_node)> {
         let mut link: *mut *mut bindings::rb_node = &mut self.root.rb_node;
         let mut parent = ptr::null_mut();

@@ -433,8 +433,13 @@ impl<T: IommuDriver> OpsTable<T> {
             // SAFETY: see the function's safety section.
             let (data, group) = unsafe { (Self::data(iommu_data), IommuGroup::from_raw(group)) };
             // SAFETY: `pages` is valid for `n` writes and the caller does not
-            // touch it until we return.
-            let slots = unsafe { core::slice::from_raw_parts_mut(pages, n) };
+            // touch it until we return. The caller's array may be
+            // uninitialised, and a slice of pointers must not be: it is
+            // nulled first (what C leaves in it on failure anyway).
+            let slots = unsafe {
+                core::ptr::write_bytes(pages, 0, n);
+                core::slice::from_raw_parts_mut(pages, n)
+            };
             let pinned = T::pin_pages(data, group, user_iova, prot, slots)?;
             ffi::c_int::try_from(pinned).map_err(|_| EINVAL)
         })

@@ -222,26 +222,18 @@ impl Container {
     ) -> Result<usize> {
         let npage = i32::try_from(pages.len()).map_err(|_| EINVAL)?;
         let prot = u32::try_from(prot).map_err(|_| EINVAL)?;
-        // Out-parameter for the pfns; single pages (the usual case) stay on the stack.
-        let mut small = [0u64; 16];
-        let mut big;
-        let pfns: &mut [u64] = if pages.len() <= small.len() {
-            &mut small[..pages.len()]
-        } else {
-            big = KVec::from_elem(0u64, pages.len(), GFP_KERNEL)?;
-            &mut big[..]
-        };
-        let mut st = self.state.lock();
-        if st.registrations_lost {
-            // A device missing from the list could not be told to unpin.
-            return Err(ENOMEM);
-        }
-        let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
-        let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
-        drop(st);
-        mm::pfns_to_pages(pfns, pages);
-        usize::try_from(pinned).map_err(|_| EINVAL)
+        // The core pins into pfns, gathered in `pages` itself.
+        mm::pin_into_pages(pages, |pfns| {
+            let mut st = self.state.lock();
+            if st.registrations_lost {
+                // A device missing from the list could not be told to unpin.
+                return Err(ENOMEM);
+            }
+            let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
+            let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
+            let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
+            usize::try_from(pinned).map_err(|_| EINVAL)
+        })
     }
 
     /// `unpin_pages`.

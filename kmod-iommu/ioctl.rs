@@ -42,6 +42,11 @@ pub(crate) fn ioctl(c: Option<&Container>, cmd: u32, arg: usize) -> Result<isize
 
 /// `VFIO_CHECK_EXTENSION`, taking the container lock only for the answers
 /// that depend on the state.
+///
+/// This and the other ioctls are functions of their own (as `map_dma` and
+/// `unmap_dma` are), so that the dispatch in the trampoline saves no
+/// registers for any of them.
+#[inline(never)]
 fn check_extension(c: Option<&Container>, arg: usize) -> isize {
     let state = || {
         c.map(|c| {
@@ -68,6 +73,7 @@ fn access_ok(addr: u64, size: u64) -> bool {
     mm::access_ok(addr, size)
 }
 
+#[inline(never)]
 fn get_info(c: &Container, arg: usize) -> Result {
     let raw: [u8; u::IOMMU_INFO_MINSZ as usize] = read_arg(arg, 0)?;
     let argsz = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
@@ -231,6 +237,7 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     UserSlice::new(arg, u::DMA_UNMAP_MINSZ as usize).writer().write(&unmap.to_words())
 }
 
+#[inline(never)]
 fn dirty_pages(c: &Container, arg: usize) -> Result {
     cdirty::dirty_pages_v2_check(&c.state.lock().iommu).map_err(err)?;
     let raw: [u8; u::DIRTY_BITMAP_MINSZ as usize] = read_arg(arg, 0)?;

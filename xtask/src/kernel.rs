@@ -150,7 +150,8 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     let modroot = dir.join("modroot");
     let stamp = dir.join("ready");
 
-    if let Ok(release) = std::fs::read_to_string(&stamp) {
+    let cached = || -> Option<KernelBuild> {
+        let release = std::fs::read_to_string(&stamp).ok()?;
         let kb = KernelBuild {
             src: src.clone(),
             build: build.clone(),
@@ -159,10 +160,27 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
             flavor,
         };
         if kb.bzimage().exists() {
-            step(&format!("kernel {}: cached in {}", kb.release, dir.display()));
-            return Ok(kb);
+            return Some(kb);
         }
         note("the cache stamp exists but bzImage is gone: rebuilding");
+        None
+    };
+    if let Some(kb) = cached() {
+        step(&format!("kernel {}: cached in {}", kb.release, dir.display()));
+        return Ok(kb);
+    }
+    // One build per cache directory at a time: a second `cargo xtask` that
+    // needs the same kernel waits for the first, then uses its build (two
+    // makes in one tree break each other's objects).
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join("build.lock"))?;
+    if lock.try_lock().is_err() {
+        note(&format!("another cargo xtask is building this kernel in {}: waiting for it", dir.display()));
+        lock.lock().context("cannot lock the kernel cache directory")?;
+    }
+    if let Some(kb) = cached() {
+        step(&format!("kernel {}: built by the other cargo xtask, in {}", kb.release, dir.display()));
+        return Ok(kb);
     }
     report_other_caches(paths);
     step(&format!("kernel: building {SOURCE_PACKAGE} {pkg_version} ({flavor:?}) into {}", dir.display()));
