@@ -77,11 +77,6 @@ struct page *kmod_helper_pfn_to_page(unsigned long pfn)
 	return pfn_to_page(pfn);
 }
 
-bool kmod_helper_pfn_valid(unsigned long pfn)
-{
-	return pfn_valid(pfn);
-}
-
 unsigned long kmod_helper_rlimit_memlock(struct task_struct *task)
 {
 	return task_rlimit(task, RLIMIT_MEMLOCK);
@@ -110,16 +105,16 @@ void kmod_helper_mmput(struct mm_struct *mm)
 /*
  * The frame number of each of @n pinned pages, and whether it is reserved
  * (`is_invalid_reserved_pfn` of the C type1: not accounted, not unpinned).
+ * A pinned page has a struct page, so its pfn is valid: only PageReserved
+ * is left to test.
  */
 static void kmod_pages_to_pfns(struct page *const *pages, unsigned long *pfns, bool *reserved, unsigned int n)
 {
 	unsigned int i;
 
 	for (i = 0; i < n; i++) {
-		unsigned long pfn = page_to_pfn(pages[i]);
-
-		pfns[i] = pfn;
-		reserved[i] = !pfn_valid(pfn) || PageReserved(pfn_to_page(pfn));
+		pfns[i] = page_to_pfn(pages[i]);
+		reserved[i] = PageReserved(pages[i]);
 	}
 }
 
@@ -139,7 +134,8 @@ unsigned int kmod_helper_pages_to_runs(struct page *const *pages, unsigned int n
 
 	for (i = 0; i < n; i++) {
 		unsigned long pfn = page_to_pfn(pages[i]);
-		bool rsvd = !pfn_valid(pfn) || PageReserved(pfn_to_page(pfn));
+		/* A pinned page's pfn is valid: is_invalid_reserved_pfn() is PageReserved. */
+		bool rsvd = PageReserved(pages[i]);
 
 		plain += !rsvd;
 		if (run && pfn == run->pfn + run->npage && rsvd == run->reserved && run->npage < max_npage) {
@@ -210,16 +206,27 @@ void kmod_helper_pfns_to_pages(unsigned long *slots, unsigned int n)
 		slots[i] = (unsigned long)pfn_to_page(slots[i]);
 }
 
-/* mm_lock_acct() of the C type1: __account_locked_vm() under the mmap write lock. */
+/*
+ * mm_lock_acct() of the C type1: __account_locked_vm() under the mmap write
+ * lock, with a user reference on @mm for the time (none is needed for the
+ * calling task's own mm). -ESRCH once the process has exited. The caller
+ * holds an mmgrab reference on @mm.
+ */
 int kmod_helper_account_locked_vm(struct mm_struct *mm, unsigned long npage, bool inc,
 				  struct task_struct *task, bool bypass_rlimit)
 {
-	int ret = mmap_write_lock_killable(mm);
+	bool counted = current->mm != mm;
+	int ret;
 
-	if (ret)
-		return ret;
-	ret = __account_locked_vm(mm, npage, inc, task, bypass_rlimit);
-	mmap_write_unlock(mm);
+	if (counted && !mmget_not_zero(mm))
+		return -ESRCH;
+	ret = mmap_write_lock_killable(mm);
+	if (!ret) {
+		ret = __account_locked_vm(mm, npage, inc, task, bypass_rlimit);
+		mmap_write_unlock(mm);
+	}
+	if (counted)
+		mmput(mm);
 	return ret;
 }
 
@@ -231,33 +238,40 @@ int kmod_helper_account_locked_vm(struct mm_struct *mm, unsigned long npage, boo
  * exited, or -EFAULT if @mm is another process's or not every byte was
  * copied. The caller holds an mmgrab reference on @mm.
  */
-int kmod_helper_copy_mm_user(struct mm_struct *mm, unsigned long vaddr, void *buf,
-			     unsigned long n, bool write)
+static noinline int kmod_copy_mm_user_other(struct mm_struct *mm, unsigned long vaddr, void *buf,
+					    unsigned long n, bool write)
 {
 	bool kthread = current->mm == NULL;
 	int ret = -EFAULT;
 
-	/* The calling task's own mm is live while it runs: no reference. */
-	if (current->mm == mm) {
-		if (write)
-			return copy_to_user((void __user *)vaddr, buf, n) ? -EFAULT : 0;
-		return copy_from_user(buf, (const void __user *)vaddr, n) ? -EFAULT : 0;
-	}
 	if (!mmget_not_zero(mm))
 		return -EPERM;
-	if (kthread)
-		kthread_use_mm(mm);
-	else if (current->mm != mm)
+	if (!kthread)
 		goto out;
+	kthread_use_mm(mm);
 	if (write)
 		ret = copy_to_user((void __user *)vaddr, buf, n) ? -EFAULT : 0;
 	else
 		ret = copy_from_user(buf, (const void __user *)vaddr, n) ? -EFAULT : 0;
-	if (kthread)
-		kthread_unuse_mm(mm);
+	kthread_unuse_mm(mm);
 out:
 	mmput(mm);
 	return ret;
+}
+
+int kmod_helper_copy_mm_user(struct mm_struct *mm, unsigned long vaddr, void *buf,
+			     unsigned long n, bool write)
+{
+	/*
+	 * The calling task's own mm is live while it runs: no reference, and
+	 * nothing on this path needs a stack frame.
+	 */
+	if (likely(current->mm == mm)) {
+		if (write)
+			return copy_to_user((void __user *)vaddr, buf, n) ? -EFAULT : 0;
+		return copy_from_user(buf, (const void __user *)vaddr, n) ? -EFAULT : 0;
+	}
+	return kmod_copy_mm_user_other(mm, vaddr, buf, n, write);
 }
 
 bool kmod_helper_access_ok(unsigned long addr, unsigned long size)

@@ -76,6 +76,31 @@ impl MmGrab {
         errno_result(ret)
     }
 
+    /// `__account_locked_vm` under the mmap write lock (`mm_lock_acct` of
+    /// the C type1), in one C call that also takes and drops a user
+    /// reference (`ESRCH` once the process has exited): adds (`npage > 0`)
+    /// or removes `npage` pages to the mm's `locked_vm`, checking
+    /// `RLIMIT_MEMLOCK` of `task` on increase unless `bypass_rlimit` (the
+    /// mapping task had `CAP_IPC_LOCK`).
+    pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
+        if npage == 0 {
+            return Ok(());
+        }
+        // SAFETY: by the type invariant the mm is allocated; the helper
+        // makes it live for the time or fails; `task` is a live task
+        // reference.
+        let ret = unsafe {
+            bindings::kmod_helper_account_locked_vm(
+                self.0.as_ptr(),
+                npage.unsigned_abs() as ffi::c_ulong,
+                npage > 0,
+                task.0.as_ptr(),
+                bypass_rlimit,
+            )
+        };
+        errno_result(ret)
+    }
+
     /// Makes the address space usable for as long as the guard lives:
     /// `None` once the process has exited and it is gone. The C type1 takes
     /// a user reference for that (`mmget_not_zero`, then `mmput`); here no
@@ -145,6 +170,13 @@ impl MmUsers<'_> {
         self.mm.0.as_ptr()
     }
 
+    /// [`MmGrab::account_locked`], for a caller that holds the address space
+    /// live anyway.
+    #[inline]
+    pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
+        self.mm.account_locked(task, npage, bypass_rlimit)
+    }
+
     /// Pins pages from `vaddr` for long-term device access (`FOLL_LONGTERM`,
     /// plus `FOLL_WRITE` when the device may write) and stores each one's
     /// pfn in `pfns` and whether it is reserved (not accounted, never
@@ -187,28 +219,6 @@ impl MmUsers<'_> {
         let (mut pfn, mut reserved) = ([0], [false]);
         self.pin_pfns(vaddr, write, &mut pfn, &mut reserved)?;
         Ok((pfn[0], reserved[0]))
-    }
-
-    /// `__account_locked_vm` under the mmap write lock (`mm_lock_acct` of
-    /// the C type1), in one C call: adds (`npage > 0`) or removes `npage`
-    /// pages to the mm's `locked_vm`, checking `RLIMIT_MEMLOCK` of `task` on
-    /// increase unless `bypass_rlimit` (the mapping task had `CAP_IPC_LOCK`).
-    pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
-        if npage == 0 {
-            return Ok(());
-        }
-        // SAFETY: the address space is live (we hold a user reference);
-        // `task` is a live task reference.
-        let ret = unsafe {
-            bindings::kmod_helper_account_locked_vm(
-                self.mm(),
-                npage.unsigned_abs() as ffi::c_ulong,
-                npage > 0,
-                task.0.as_ptr(),
-                bypass_rlimit,
-            )
-        };
-        errno_result(ret)
     }
 }
 
@@ -254,12 +264,6 @@ pub(crate) fn pages_to_runs(pages: &[*mut bindings::page], max_npage: u32, runs:
         bindings::kmod_helper_pages_to_runs(pages.as_ptr(), n as ffi::c_uint, max_npage, runs.as_mut_ptr(), &mut unreserved)
     };
     (nruns as usize, unreserved as usize)
-}
-
-/// `pfn_valid(pfn)`.
-pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
-    // SAFETY: a pure computation on a frame number.
-    unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) }
 }
 
 /// The output of `vfio_pin_pages`: lends `pages` to `pin` as room for as

@@ -435,9 +435,14 @@ impl<T: IommuDriver> OpsTable<T> {
             // SAFETY: `pages` is valid for `n` writes and the caller does not
             // touch it until we return. The caller's array may be
             // uninitialised, and a slice of pointers must not be: it is
-            // nulled first (what C leaves in it on failure anyway).
+            // nulled first (what C leaves in it on failure anyway). One
+            // page, the usual request, is one store rather than a memset call.
             let slots = unsafe {
-                core::ptr::write_bytes(pages, 0, n);
+                if n == 1 {
+                    pages.write(core::ptr::null_mut());
+                } else {
+                    core::ptr::write_bytes(pages, 0, n);
+                }
                 core::slice::from_raw_parts_mut(pages, n)
             };
             let pinned = T::pin_pages(data, group, user_iova, prot, slots)?;

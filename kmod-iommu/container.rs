@@ -47,6 +47,7 @@ use crate::mm;
 use crate::store::{Dma, Mappings, PfnSlot, PfnSpares};
 use crate::type1_core::dma::DmaTree;
 use crate::type1_core::errno::{self as cerr, Errno};
+use crate::type1_core::dma::VfioDma;
 use crate::type1_core::iommu::VfioIommu;
 use crate::type1_core::pin::{self as cpin, PfnStore, PinOps};
 use crate::type1_core::uapi::IOMMU_WRITE;
@@ -213,6 +214,7 @@ impl Container {
     }
 
     /// `pin_pages` from a device of `group`.
+    #[inline(always)]
     pub(crate) fn pin_pages(
         &self,
         group: &IommuGroup,
@@ -252,6 +254,7 @@ impl Container {
 
     /// `dma_rw`: copies between `buf` and the memory mapped at `iova`,
     /// chunk by chunk across mappings.
+    #[inline(always)]
     pub(crate) fn dma_rw(&self, iova: u64, mut buf: DmaRwBuffer<'_>) -> Result {
         let total = match &buf {
             DmaRwBuffer::Read(b) => b.len(),
@@ -307,22 +310,36 @@ struct PinContext<'a> {
     spares: &'a mut PfnSpares,
 }
 
+/// `vfio_pin_page_external()` with the address space already held live:
+/// pins the page at `vaddr` and charges it to `task` unless it is reserved.
+#[inline(always)]
+fn pin_one(
+    users: &mm::MmUsers<'_>,
+    task: &mm::TaskRef,
+    info: &mut VfioDma,
+    vaddr: u64,
+    do_accounting: bool,
+) -> core::result::Result<u64, Errno> {
+    let write = info.prot & IOMMU_WRITE != 0;
+    let (pfn, reserved) = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
+    if do_accounting && !reserved {
+        if let Err(e) = users.account_locked(task, 1, info.lock_cap) {
+            mm::put_pfn(pfn, write);
+            if e == ENOMEM {
+                pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
+            }
+            return Err(-e.to_errno());
+        }
+        info.locked_vm = acct::dma_locked_vm_after(info.locked_vm, 1);
+    }
+    Ok(pfn)
+}
+
 impl PinOps<Dma> for PinContext<'_> {
     fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
-        let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
-        let write = entry.info.prot & IOMMU_WRITE != 0;
-        let (pfn, reserved) = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
-        if do_accounting && !reserved {
-            if let Err(e) = users.account_locked(entry.owner.task(), 1, entry.info.lock_cap) {
-                mm::put_pfn(pfn, write);
-                if e == ENOMEM {
-                    pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
-                }
-                return Err(-e.to_errno());
-            }
-            entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, 1);
-        }
-        Ok(pfn)
+        let Dma { info, owner, .. } = entry;
+        let users = owner.mm().users().ok_or(cerr::ENODEV)?;
+        pin_one(&users, owner.task(), info, vaddr, do_accounting)
     }
 
     fn pin_run_external(
@@ -332,10 +349,11 @@ impl PinOps<Dma> for PinContext<'_> {
         out: &mut [u64],
         do_accounting: bool,
     ) -> core::result::Result<usize, Errno> {
+        let Dma { info, owner, .. } = entry;
+        let users = owner.mm().users().ok_or(cerr::ENODEV)?;
         if out.len() > 1 {
             // The whole run under one mmap lock, charged at once.
-            let users = entry.owner.mm().users().ok_or(cerr::ENODEV)?;
-            let write = entry.info.prot & IOMMU_WRITE != 0;
+            let write = info.prot & IOMMU_WRITE != 0;
             let mut reserved = [false; mm::PIN_RUN_MAX];
             let got = users.pin_pfns(vaddr, write, out, &mut reserved).unwrap_or(0);
             if got > 0 {
@@ -343,8 +361,8 @@ impl PinOps<Dma> for PinContext<'_> {
                 if !do_accounting || charge == 0 {
                     return Ok(got);
                 }
-                if users.account_locked(entry.owner.task(), charge, entry.info.lock_cap).is_ok() {
-                    entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, charge);
+                if users.account_locked(owner.task(), charge, info.lock_cap).is_ok() {
+                    info.locked_vm = acct::dma_locked_vm_after(info.locked_vm, charge);
                     return Ok(got);
                 }
                 // Over the limit (or interrupted): give the run back; page by
@@ -356,12 +374,18 @@ impl PinOps<Dma> for PinContext<'_> {
         }
         // One page, exactly as the C loop pins it.
         let first = out.first_mut().ok_or(cerr::EINVAL)?;
-        *first = self.pin_page_external(entry, vaddr, do_accounting)?;
+        *first = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
         Ok(1)
     }
 
-    fn pfn_valid(&self, pfn: u64) -> bool {
-        mm::pfn_valid(pfn)
+    fn pfn_valid(&self, _pfn: u64) -> bool {
+        // Holds by construction: the core asks only about pfns that
+        // `pin_run_external` returned, which `MmUsers::pin_pfns` takes from
+        // the `struct page`s `pin_user_pages_remote` pinned. The C type1
+        // checks because its `vaddr_get_pfns` also follows `VM_PFNMAP`
+        // mappings, whose pfns may have no `struct page`; `pin_pfns` refuses
+        // those (`EFAULT`).
+        true
     }
 
     fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool {
@@ -372,9 +396,10 @@ impl PinOps<Dma> for PinContext<'_> {
         if npage == 0 {
             return Ok(());
         }
-        // The process may have exited: its pins are then already gone.
-        let users = entry.owner.mm().users().ok_or(cerr::ESRCH)?;
-        users
+        // The process may have exited (`ESRCH`): its pins are then already gone.
+        entry
+            .owner
+            .mm()
             .account_locked(entry.owner.task(), npage, entry.info.lock_cap)
             .map_err(|e| -e.to_errno())?;
         entry.info.locked_vm = acct::dma_locked_vm_after(entry.info.locked_vm, npage);
@@ -436,9 +461,7 @@ impl Dma {
             }
         }
         if released > 0 && self.info.locked_vm > 0 {
-            if let Some(users) = self.owner.mm().users() {
-                let _ = users.account_locked(self.owner.task(), -released, self.info.lock_cap);
-            }
+            let _ = self.owner.mm().account_locked(self.owner.task(), -released, self.info.lock_cap);
         }
     }
 }

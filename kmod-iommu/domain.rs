@@ -413,8 +413,7 @@ fn lock_acct(dma: &mut Dma, npage: i64) {
     if npage == 0 {
         return;
     }
-    let Some(users) = dma.owner.mm().users() else { return };
-    if users.account_locked(dma.owner.task(), npage, dma.info.lock_cap).is_ok() {
+    if dma.owner.mm().account_locked(dma.owner.task(), npage, dma.info.lock_cap).is_ok() {
         dma.info.locked_vm = dma.info.locked_vm.wrapping_add(npage as u64);
     }
 }

@@ -154,13 +154,9 @@ fn change_dma_owner(dma: &mut crate::store::Dma) -> Result {
     }
     let (new_owner, lock_cap) = Owner::current()?;
     let npage = dma.info.locked_vm as i64;
-    {
-        let users = new_owner.mm().users().ok_or(ESRCH)?;
-        users.account_locked(new_owner.task(), npage, lock_cap)?;
-    }
-    if let Some(old) = dma.owner.mm().users() {
-        let _ = old.account_locked(dma.owner.task(), -npage, dma.info.lock_cap);
-    }
+    new_owner.mm().account_locked(new_owner.task(), npage, lock_cap)?;
+    // Nothing to give back if the old process is gone (`ESRCH`).
+    let _ = dma.owner.mm().account_locked(dma.owner.task(), -npage, dma.info.lock_cap);
     dma.owner = new_owner;
     dma.info.lock_cap = lock_cap;
     Ok(())

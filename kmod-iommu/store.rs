@@ -263,8 +263,11 @@ impl<T, const N: usize> Spares<T, N> {
     }
 }
 
-/// How many nodes of unpinned pages a container keeps for its next pins.
-pub(crate) const SPARE_PFN_NODES: usize = 8;
+/// How many nodes of unpinned pages a container keeps for its next pins:
+/// enough for the pages a few devices hold at once (an mtty DMA engine
+/// holds its two ring pages and one buffer, so eight engines unmapped and
+/// restarted together reuse nodes rather than free and allocate them).
+pub(crate) const SPARE_PFN_NODES: usize = 32;
 
 /// Nodes of unpinned pages, kept for the next pins of any mapping of the
 /// container: a device that pins and unpins buffer pages all the time (as

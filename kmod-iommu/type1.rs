@@ -92,6 +92,7 @@ impl IommuDriver for Type1 {
         c.detach_group(group)
     }
 
+    #[inline(always)]
     fn pin_pages(
         c: &Container,
         group: &IommuGroup,
@@ -114,6 +115,7 @@ impl IommuDriver for Type1 {
         c.unregister_device(dev)
     }
 
+    #[inline(always)]
     fn dma_rw(c: &Container, iova: u64, buf: DmaRwBuffer<'_>) -> Result {
         c.dma_rw(iova, buf)
     }
