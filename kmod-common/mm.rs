@@ -269,8 +269,8 @@ pub(crate) fn pages_to_runs(pages: &[*mut bindings::page], max_npage: u32, runs:
 /// The output of `vfio_pin_pages`: lends `pages` to `pin` as room for as
 /// many pfns (a `struct page` pointer and a pfn have the same size), then
 /// turns the pfns of the pages `pin` pinned, from the start, into their
-/// `struct page` addresses in place, with one C call. No other buffer, and
-/// nothing to zero. If `pin` fails, every entry is null, as C leaves them.
+/// `struct page` addresses in place, with one C call: no buffer of our own.
+/// If `pin` fails, every entry is null, as C leaves them.
 pub(crate) fn pin_into_pages(
     pages: &mut [*mut bindings::page],
     pin: impl FnOnce(&mut [Pfn]) -> Result<usize>,
