@@ -1,6 +1,7 @@
 //! The test cases. Each case runs in its own process against whichever
 //! backend is loaded, and must give the same results on both.
 
+pub mod bench_smoke;
 pub mod mdevctl;
 pub mod mtty;
 pub mod mtty_dma;
@@ -178,6 +179,7 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.copy_bad_length", run: mtty_dma::copy_bad_length },
     Case { name: "mtty.dma.copy_waits_for_bus_master", run: mtty_dma::copy_waits_for_bus_master },
     Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
+    Case { name: "bench.workloads_run", run: bench_smoke::workloads_run },
 ];
 
 /// Cases that need longer than the runner's default per-case timeout.
@@ -185,6 +187,8 @@ pub fn case_timeout(name: &str) -> Option<std::time::Duration> {
     match name {
         // QEMU boots a kernel under TCG inside this TCG guest.
         "mtty.qemu.guest_8250" => Some(mtty_qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
+        // Fifteen workload processes, each with its warm-up pass.
+        "bench.workloads_run" => Some(std::time::Duration::from_secs(600)),
         _ => None,
     }
 }
