@@ -72,11 +72,6 @@ void kmod_helper_mmap_read_unlock(struct mm_struct *mm)
 	mmap_read_unlock(mm);
 }
 
-struct page *kmod_helper_pfn_to_page(unsigned long pfn)
-{
-	return pfn_to_page(pfn);
-}
-
 unsigned long kmod_helper_rlimit_memlock(struct task_struct *task)
 {
 	return task_rlimit(task, RLIMIT_MEMLOCK);

@@ -18,7 +18,6 @@ void kmod_helper_owner_put(struct mm_struct *mm, struct task_struct *task);
 int kmod_helper_mm_enter(struct mm_struct *mm);
 void kmod_helper_mmap_read_lock(struct mm_struct *mm);
 void kmod_helper_mmap_read_unlock(struct mm_struct *mm);
-struct page *kmod_helper_pfn_to_page(unsigned long pfn);
 unsigned long kmod_helper_rlimit_memlock(struct task_struct *task);
 void kmod_helper_eventfd_signal(struct eventfd_ctx *ctx);
 bool kmod_helper_is_err(const void *ptr);

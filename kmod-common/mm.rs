@@ -222,15 +222,6 @@ impl MmUsers<'_> {
     }
 }
 
-/// Unpins a page pinned by [`MmUsers::pin_pfns`], marking it dirty if the
-/// device could write it (`unpin_user_pages_dirty_lock`).
-pub(crate) fn unpin_pfn(pfn: Pfn, dirty: bool) {
-    // SAFETY: `pfn_to_page` only computes an address.
-    let mut page = unsafe { bindings::kmod_helper_pfn_to_page(pfn as ffi::c_ulong) };
-    // SAFETY: the caller pinned this pfn once and gives that pin back.
-    unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, dirty) };
-}
-
 /// `put_pfn` of the C type1: gives back a pin of `pfn` (marking the page
 /// dirty if the device could write it) unless the pfn is reserved; true if
 /// it did. One C call.

@@ -451,11 +451,10 @@ impl Dma {
             return;
         }
         pr_warn!("mapping at iova {:#x} removed with pages still pinned\n", self.info.iova);
-        let prot = self.info.prot;
+        let write = self.info.prot & IOMMU_WRITE != 0;
         let mut released = 0i64;
         while let Some((_, vpfn)) = self.pfns.pop_first() {
-            if mm::pfn_is_accountable(vpfn.pfn) {
-                mm::unpin_pfn(vpfn.pfn, prot & IOMMU_WRITE != 0);
+            if mm::put_pfn(vpfn.pfn, write) {
                 released += 1;
             }
         }

@@ -482,11 +482,9 @@ impl PinCtx<'_> {
         let write = self.write();
         let mut uncharge = 0i64;
         for i in 0..npage {
-            let p = pfn + i;
-            if !mm::pfn_is_accountable(p) {
+            if !mm::put_pfn(pfn + i, write) {
                 continue;
             }
-            mm::unpin_pfn(p, write);
             if !self.charged_by_device(iova + i * PAGE_SIZE) {
                 uncharge += 1;
             }
