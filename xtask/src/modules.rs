@@ -144,9 +144,26 @@ fn mirror(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The options of every `*.args` file in `dir` (one per subsystem), in name
+/// order: one option per line, `#` comments and blank lines skipped.
+fn read_bindgen_args(dir: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "args"))
+        .collect();
+    files.sort();
+    let mut opts = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        opts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
+    }
+    Ok(opts)
+}
+
 /// Runs bindgen on `kmod-common/bindings_helper.h` with the kernel's own
 /// recorded command line (through the shell, which keeps its quoting intact),
-/// restricted to the allowlist in `kmod-common/bindgen.args`.
+/// restricted to the allowlists in `kmod-common/bindgen/*.args`.
 fn generate_bindings(kernel: &KernelBuild, tree: &Path) -> Result<()> {
     let recorded = kernel.build.join("rust/bindings/.bindings_generated.rs.cmd");
     let text = std::fs::read_to_string(&recorded).with_context(|| {
@@ -180,10 +197,7 @@ fn generate_bindings(kernel: &KernelBuild, tree: &Path) -> Result<()> {
         .collect();
     let common = tree.join("kmod-common");
     let header = common.join("bindings_helper.h");
-    let args_file = common.join("bindgen.args");
-    let extra = std::fs::read_to_string(&args_file)
-        .with_context(|| format!("cannot read {}", args_file.display()))?;
-    let extra: Vec<&str> = extra.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let extra = read_bindgen_args(&common.join("bindgen"))?;
     let out = common.join("bindings_generated.rs");
     let tmp = common.join("bindings_generated.rs.tmp");
     // `-I<src>` lets the header include the internal drivers/vfio/vfio.h.
