@@ -12,6 +12,8 @@
 //! handed to C as `iommu_data` and back to every callback as `&Data`.
 
 use crate::bindings;
+use crate::iommu_domain::DomainHandle;
+use crate::mm::Pfn;
 use core::marker::PhantomData;
 use kernel::error::{from_result, to_result};
 use kernel::ffi;
@@ -254,6 +256,26 @@ pub(crate) enum DmaRwBuffer<'a> {
     Write(&'a [u8]),
 }
 
+/// The caller's `struct page *` array of a `vfio_pin_pages` call: the
+/// backend fills it with the pages it pinned, given as frame numbers.
+pub(crate) struct PinnedPages<'a>(&'a mut [*mut bindings::page]);
+
+impl PinnedPages<'_> {
+    /// How many pages the caller asked for.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Lends the array to `pin` as room for as many frame numbers; `pin`
+    /// pins pages from the start of the request and returns how many. Their
+    /// `struct page`s are then stored in place (no buffer of our own). If
+    /// `pin` fails, every entry is null, as C leaves them.
+    #[inline]
+    pub(crate) fn fill(self, pin: impl FnOnce(&mut [Pfn]) -> Result<usize>) -> Result<usize> {
+        crate::mm::pin_into_pages(self.0, pin)
+    }
+}
+
 /// A VFIO IOMMU backend (the C `struct vfio_iommu_driver_ops`).
 ///
 /// Every method except `open` runs on the container state that `open` made.
@@ -284,14 +306,15 @@ pub(crate) trait IommuDriver: Sized + 'static {
     /// A group leaves the container.
     fn detach_group(data: &Self::Data, group: &IommuGroup);
 
-    /// `vfio_pin_pages`: pins `pages.len()` pages from `iova` and stores
-    /// their `struct page` pointers; returns how many were pinned.
+    /// `vfio_pin_pages`: pins `pages.len()` pages from `iova` and hands
+    /// their frame numbers to `pages` ([`PinnedPages::fill`]); returns how
+    /// many were pinned.
     fn pin_pages(
         _data: &Self::Data,
         _group: &IommuGroup,
         _iova: u64,
         _prot: i32,
-        _pages: &mut [*mut bindings::page],
+        _pages: PinnedPages<'_>,
     ) -> Result<usize> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
@@ -317,10 +340,7 @@ pub(crate) trait IommuDriver: Sized + 'static {
     }
 
     /// The IOMMU domain a group is attached to (for KVM and iommufd users).
-    fn group_iommu_domain(
-        _data: &Self::Data,
-        _group: &IommuGroup,
-    ) -> Result<*mut bindings::iommu_domain> {
+    fn group_iommu_domain(_data: &Self::Data, _group: &IommuGroup) -> Result<DomainHandle> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 }
@@ -445,7 +465,7 @@ impl<T: IommuDriver> OpsTable<T> {
                 }
                 core::slice::from_raw_parts_mut(pages, n)
             };
-            let pinned = T::pin_pages(data, group, user_iova, prot, slots)?;
+            let pinned = T::pin_pages(data, group, user_iova, prot, PinnedPages(slots))?;
             ffi::c_int::try_from(pinned).map_err(|_| EINVAL)
         })
     }
@@ -518,7 +538,7 @@ impl<T: IommuDriver> OpsTable<T> {
         // SAFETY: see the function's safety section.
         let (data, group) = unsafe { (Self::data(iommu_data), IommuGroup::from_raw(group)) };
         match T::group_iommu_domain(data, group) {
-            Ok(d) => d,
+            Ok(d) => d.as_ptr(),
             Err(e) => err_ptr(e),
         }
     }

@@ -23,15 +23,14 @@
 //! [`SPARE_NODES`] nodes of removed mappings, and [`SPARE_PFN_NODES`] of
 //! unpinned pages, are kept for the next maps and pins.
 
+#![deny(unsafe_code)]
+
 use crate::mm::Owner;
-use crate::rb_map::{Forget, Node, NodeAlloc, RbMap, RbOwned, RbSlot, RbValue};
-use crate::slab::ModuleCache;
+use crate::rb_map::{Forget, Node, RbMap, RbOwned, RbSlot, RbValue};
+use crate::slab::{CacheNodes, FromCache, ModuleCache};
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, PutPfn, VfioPfn};
-use core::marker::PhantomData;
-use core::mem::MaybeUninit;
-use core::ptr::NonNull;
 use kernel::prelude::*;
 
 /// One mapping (the C `struct vfio_dma`).
@@ -68,31 +67,6 @@ impl RbValue for Dma {
     fn rb_key(&self) -> u64 {
         // Set at MAP_DMA and never changed.
         self.info.iova
-    }
-}
-
-/// A value whose tree nodes come from a [`ModuleCache`] of their own.
-pub(crate) trait CacheNodes: Sized + 'static {
-    /// The cache.
-    fn cache() -> &'static ModuleCache<Node<Self>>;
-}
-
-/// The allocator of `V`'s tree nodes: its [`CacheNodes::cache`].
-pub(crate) struct FromCache<V>(PhantomData<V>);
-
-// SAFETY: `alloc` hands out fresh memory for one `Node<V>` from the cache
-// made for that type, which nothing else uses until `free` gives it back
-// to the same cache.
-unsafe impl<V: CacheNodes> NodeAlloc<V> for FromCache<V> {
-    #[inline]
-    fn alloc() -> Result<NonNull<MaybeUninit<Node<V>>>> {
-        V::cache().alloc()
-    }
-
-    #[inline]
-    unsafe fn free(node: NonNull<MaybeUninit<Node<V>>>) {
-        // SAFETY: the caller hands back memory from `alloc`, holding no value.
-        unsafe { V::cache().free(node) }
     }
 }
 

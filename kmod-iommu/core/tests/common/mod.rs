@@ -10,7 +10,7 @@ use type1_core::dirty::{
 };
 use type1_core::dma::{remove_dma, DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use type1_core::errno::{Errno, EFAULT, ENOMEM};
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::iova::VfioIova;
 use type1_core::map::{apply_update_vaddr, validate_map, MapPlan};
 use type1_core::pin::{PfnStore, PinOps, VfioPfn};
