@@ -17,7 +17,7 @@
 
 use crate::bindings;
 use crate::kvec_ext::VecExt;
-use crate::vfio_iommu::{GroupKey, IommuGroup};
+use crate::vfio_iommu_devices::{GroupKey, IommuGroup};
 use core::ptr::NonNull;
 use kernel::error::{from_err_ptr, to_result};
 use kernel::ffi;

@@ -11,6 +11,9 @@
 //! whatever context a device driver calls in: these types make that safe.
 //! The C helpers (`helpers/mm.c`) only wrap static inline functions; the
 //! decisions and loops are here.
+//!
+//! The small functions here are `#[inline]`: they run per `vfio_pin_pages`
+//! and `vfio_dma_rw` call, and per pinned page on the real-IOMMU path.
 
 use crate::bindings;
 use core::marker::PhantomData;
@@ -18,9 +21,6 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi;
 use kernel::prelude::*;
-
-// Frame numbers and page sizes below are the kernel's: type1 assumes 4 KiB
-// pages (`type1_core::container::PAGE_SHIFT`), checked where it is mounted.
 
 #[cfg(not(CONFIG_SPARSEMEM_VMEMMAP))]
 compile_error!("mm.rs converts between pages and frame numbers as SPARSEMEM_VMEMMAP lays them out");
@@ -121,7 +121,8 @@ impl MmGrab {
     }
 
     /// [`Self::copy`] for an mm that is not the caller's: only a kernel
-    /// thread may reach it, by taking it over (`kthread_use_mm`).
+    /// thread may reach it, by taking it over (`kthread_use_mm`). Out of
+    /// line: the usual copy, to the caller's own mm, needs none of it.
     ///
     /// # Safety
     ///

@@ -58,8 +58,9 @@ use crate::type1_core::container::VfioIommu;
 use crate::type1_core::pin::{self as cpin, PfnStore, PinOps};
 use crate::type1_core::uapi::IOMMU_WRITE;
 use crate::type1_core::{acct, dirty as cdirty};
-use crate::vfio_iommu::{
-    DeviceList, DeviceSlot, DmaRwBuffer, GroupKey, GroupType, IommuGroup, PinnedPages, Registering, Unregistering,
+use crate::vfio_iommu::{DmaRwBuffer, PinnedPages};
+use crate::vfio_iommu_devices::{
+    DeviceList, DeviceSlot, GroupKey, GroupType, IommuGroup, Registering, Unregistering,
 };
 use crate::mutex::{new_direct_mutex, Mutex};
 use crate::params;
@@ -102,7 +103,7 @@ pub(crate) struct State {
     /// the device-list lock.
     pub(crate) registrations_lost: bool,
     /// The IOMMU domains of groups behind a real IOMMU, and the valid IOVA
-    /// ranges (`domain.rs`).
+    /// ranges (`real_iommu.rs`).
     pub(crate) domains: Domains,
     /// Nodes of unpinned pages, for the next pins.
     pub(crate) pfn_spares: PfnSpares,
@@ -219,7 +220,8 @@ impl Container {
         self.devices.lock().notify_dma_unmap(iova, size);
     }
 
-    /// `pin_pages` from a device of `group`.
+    /// `pin_pages` from a device of `group`. Inlined into the trampoline:
+    /// one Rust frame per `vfio_pin_pages`.
     #[inline(always)]
     pub(crate) fn pin_pages(&self, group: &IommuGroup, iova: u64, prot: i32, pages: PinnedPages<'_>) -> Result<usize> {
         let npage = i32::try_from(pages.len()).map_err(|_| EINVAL)?;
@@ -253,7 +255,8 @@ impl Container {
     }
 
     /// `dma_rw`: copies between `buf` and the memory mapped at `iova`,
-    /// chunk by chunk across mappings.
+    /// chunk by chunk across mappings. Inlined into the trampoline: one Rust
+    /// frame per `vfio_dma_rw`.
     #[inline(always)]
     pub(crate) fn dma_rw(&self, iova: u64, mut buf: DmaRwBuffer<'_>) -> Result {
         let total = match &buf {
@@ -312,6 +315,7 @@ struct PinContext<'a> {
 
 /// `vfio_pin_page_external()` with the address space already held live:
 /// pins the page at `vaddr` and charges it to `task` unless it is reserved.
+/// Inlined into the pin path, which calls it for every single-page pin.
 #[inline(always)]
 fn pin_one(
     users: &mm::MmUsers<'_>,
@@ -426,6 +430,7 @@ impl PinOps<Dma> for PinContext<'_> {
 }
 
 impl Drop for Dma {
+    // Inlined into every removal: the usual mapping needs only the test.
     #[inline(always)]
     fn drop(&mut self) {
         // Almost every mapping ends unmapped from the IOMMU and without pins.

@@ -75,7 +75,7 @@ pub(crate) use unmap::remove_dma;
 use crate::iommu_domain::{Domain, DomainHandle};
 use crate::type1_core::container::update_pgsize_bitmap;
 use crate::type1_core::iova::VfioIova;
-use crate::vfio_iommu::GroupKey;
+use crate::vfio_iommu_devices::GroupKey;
 use kernel::prelude::*;
 
 // type1_core's protection bits are the kernel's, passed to `iommu_map` as they are.

@@ -37,6 +37,8 @@ mod rb_map;
 mod slab;
 #[path = "../kmod-common/vfio_iommu.rs"]
 mod vfio_iommu;
+#[path = "../kmod-common/vfio_iommu_devices.rs"]
+mod vfio_iommu_devices;
 
 mod container;
 mod ioctl;
@@ -68,9 +70,8 @@ const _: () = assert!(type1_core::container::PAGE_SHIFT as usize == kernel::page
 use container::Container;
 use iommu_domain::DomainHandle;
 use slab::ModuleCacheGuard;
-use vfio_iommu::{
-    DmaRwBuffer, GroupType, IommuDriver, IommuGroup, PinnedPages, Registering, Registration, Unregistering,
-};
+use vfio_iommu::{DmaRwBuffer, IommuDriver, PinnedPages, Registration};
+use vfio_iommu_devices::{GroupType, IommuGroup, Registering, Unregistering};
 
 module! {
     type: Type1Module,
@@ -107,6 +108,7 @@ impl IommuDriver for Type1 {
         c.detach_group(group)
     }
 
+    // Inlined into the trampoline, as `ioctl`.
     #[inline(always)]
     fn pin_pages(c: &Container, group: &IommuGroup, iova: u64, prot: i32, pages: PinnedPages<'_>) -> Result<usize> {
         c.pin_pages(group, iova, prot, pages)
@@ -124,6 +126,7 @@ impl IommuDriver for Type1 {
         c.unregister_device(dev)
     }
 
+    // Inlined into the trampoline, as `ioctl`.
     #[inline(always)]
     fn dma_rw(c: &Container, iova: u64, buf: DmaRwBuffer<'_>) -> Result {
         c.dma_rw(iova, buf)

@@ -17,7 +17,7 @@ use crate::params;
 use crate::type1_core::dma::{first_key, next_key, remove_dma as core_remove_dma, DmaTree};
 use crate::type1_core::iova::{self as ciova, IovaList, ResvRegion, ResvType, VfioIova};
 use crate::type1_core::pin::PfnStore;
-use crate::vfio_iommu::{GroupKey, IommuGroup};
+use crate::vfio_iommu_devices::{GroupKey, IommuGroup};
 use kernel::prelude::*;
 use kernel::rbtree::RBTreeNodeReservation;
 

@@ -32,7 +32,8 @@ pub(super) fn lock_acct(dma: &mut Dma, npage: i64) {
 
 /// Tears down a mapping removed from the tree (`vfio_remove_dma`): unmaps
 /// it from every domain and gives its pins and their charge back, then
-/// drops it and keeps its node for the next mapping.
+/// drops it and keeps its node for the next mapping. Inlined into every
+/// unmap, most of which (no IOMMU domain) need only the test.
 #[inline]
 pub(crate) fn remove_dma(domains: &Domains, dmas: &mut Mappings, mut dma: RemovedDma) {
     // Only a mapping in an IOMMU domain has anything to unmap and unpin:

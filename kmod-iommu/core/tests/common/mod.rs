@@ -490,7 +490,7 @@ impl PinOps<HostDma> for MockPin {
         // a failing first page falls back to the single-page path.
         let n = out.len().min(self.batch);
         let ok = (0..n as u64)
-            .take_while(|j| self.fail_vaddr.map_or(true, |(v, _)| v != vaddr + j * PG))
+            .take_while(|j| self.fail_vaddr.is_none_or(|(v, _)| v != vaddr + j * PG))
             .count();
         if ok == 0 {
             out[0] = self.pin_page_external(e, vaddr, do_accounting)?;
