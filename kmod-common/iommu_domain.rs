@@ -144,7 +144,7 @@ impl Domain {
     pub(crate) fn for_each_group(&self, mut f: impl FnMut(&IommuGroup) -> Result) -> Result {
         for g in self.groups.iter() {
             // SAFETY: attached groups are alive (type invariant) while `self` is borrowed.
-            f(unsafe { IommuGroup::from_raw_group(g.as_ptr()) })?;
+            f(unsafe { IommuGroup::from_raw(g.as_ptr()) })?;
         }
         Ok(())
     }

@@ -546,9 +546,6 @@ pub(crate) struct PinBatch {
     runs: KVec<PfnRun>,
 }
 
-// SAFETY: the page pointers are scratch space, only read back in `pin`.
-unsafe impl Send for PinBatch {}
-
 impl PinBatch {
     /// Room for `len` pages.
     pub(crate) fn new(len: usize) -> Result<Self> {

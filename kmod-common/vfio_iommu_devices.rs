@@ -47,21 +47,9 @@ impl IommuGroup {
         GroupKey(self.0.get() as usize)
     }
 
-    /// The raw pointer, for the C calls of the IOMMU abstraction.
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
+    /// The raw pointer, for the C calls of `iommu_domain.rs`.
     pub(crate) fn as_raw(&self) -> *mut bindings::iommu_group {
         self.0.get()
-    }
-
-    /// A group the IOMMU abstraction recorded as attached to a domain.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must point to a valid `iommu_group` that outlives `'a`.
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
-    pub(crate) unsafe fn from_raw_group<'a>(ptr: *mut bindings::iommu_group) -> &'a Self {
-        // SAFETY: the caller's contract is that of `from_raw`.
-        unsafe { Self::from_raw(ptr) }
     }
 }
 
@@ -74,7 +62,6 @@ impl GroupKey {
     pub(crate) const NONE: GroupKey = GroupKey(0);
 
     /// The key of the group at `ptr` (compared, never dereferenced).
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
     pub(crate) fn of_raw(ptr: *mut bindings::iommu_group) -> GroupKey {
         GroupKey(ptr as usize)
     }
