@@ -572,24 +572,35 @@ impl PinBatch {
         let want = want.min(self.pages.len());
         let got = users.pin_pages(vaddr, &mut self.pages[..want], write)?;
         let frames = PageFrames::get();
+        // The run being built stays in registers; `runs` gets it when the
+        // next page does not continue it (one run per page at most, so
+        // `runs`, as long as the batch, has room).
+        let runs = &mut self.runs[..got];
         let (mut nruns, mut unreserved) = (0usize, 0usize);
+        let mut cur = PfnRun::default();
         for &page in self.pages[..got].iter() {
             let pfn = frames.pfn(page);
             // SAFETY: a pinned page is a page of the memory map.
             let rsvd = unsafe { page_reserved(page) };
             unreserved += usize::from(!rsvd);
-            if let Some(run) = nruns.checked_sub(1).and_then(|last| self.runs.get_mut(last)) {
-                if pfn == run.pfn + run.npage && rsvd == run.reserved && run.npage < max_npage {
-                    run.npage += 1;
-                    continue;
+            if cur.npage != 0 && pfn == cur.pfn + cur.npage && rsvd == cur.reserved && cur.npage < max_npage {
+                cur.npage += 1;
+                continue;
+            }
+            if cur.npage != 0 {
+                if let Some(slot) = runs.get_mut(nruns) {
+                    *slot = cur;
+                    nruns += 1;
                 }
             }
-            // One run per page at most: `runs` has room.
-            if let Some(slot) = self.runs.get_mut(nruns) {
-                *slot = PfnRun { pfn, npage: 1, reserved: rsvd };
+            cur = PfnRun { pfn, npage: 1, reserved: rsvd };
+        }
+        if cur.npage != 0 {
+            if let Some(slot) = runs.get_mut(nruns) {
+                *slot = cur;
                 nruns += 1;
             }
         }
-        Ok((got, &self.runs[..nruns], unreserved))
+        Ok((got, &runs[..nruns], unreserved))
     }
 }
