@@ -9,12 +9,30 @@
 //! A VFIO mapping records the mm and the task (thread-group leader) of the
 //! process that made it. Pins and accounting later happen on that mm from
 //! whatever context a device driver calls in: these types make that safe.
+//! The C helpers (`helpers/mm.c`) only wrap static inline functions; the
+//! decisions and loops are here.
+//!
+//! The small functions here are `#[inline]`: they run per `vfio_pin_pages`
+//! and `vfio_dma_rw` call, and per pinned page on the real-IOMMU path.
 
 use crate::bindings;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi;
 use kernel::prelude::*;
+
+#[cfg(not(CONFIG_SPARSEMEM_VMEMMAP))]
+compile_error!("mm.rs converts between pages and frame numbers as SPARSEMEM_VMEMMAP lays them out");
+
+/// The calling task's mm (`current->mm`); null in a kernel thread.
+#[inline]
+fn current_mm() -> *mut bindings::mm_struct {
+    // SAFETY: `current` is the running task, valid while it runs; only the
+    // task itself changes its `mm` (exec, exit, `kthread_use_mm`), so it
+    // reads it without a lock.
+    unsafe { (*bindings::get_current()).mm }
+}
 
 /// A grabbed `mm_struct` (`mmgrab`: kept allocated, not its address
 /// space): pages can only be reached through [`MmGrab::users`] while the
@@ -31,74 +49,111 @@ unsafe impl Send for MmGrab {}
 // SAFETY: shared access only reads the pointer.
 unsafe impl Sync for MmGrab {}
 
+/// `_copy_to_user` (`write`) or `_copy_from_user` of `n` bytes between `buf`
+/// and `vaddr` in the address space the calling thread uses: `EFAULT`
+/// unless every byte was copied (both check `access_ok` themselves).
+///
+/// # Safety
+///
+/// `buf` is valid for `n` writes, or for `n` reads if `write`.
+#[inline(always)]
+unsafe fn copy_user(vaddr: u64, buf: *mut ffi::c_void, n: usize, write: bool) -> Result {
+    let (user, n) = (vaddr as usize as *mut ffi::c_void, n as ffi::c_ulong);
+    // SAFETY: `buf` per the function's contract; the user address is
+    // checked by the callee.
+    let left = unsafe {
+        if write {
+            bindings::_copy_to_user(user, buf, n)
+        } else {
+            bindings::_copy_from_user(buf, user, n)
+        }
+    };
+    if left == 0 {
+        Ok(())
+    } else {
+        Err(EFAULT)
+    }
+}
+
 impl MmGrab {
+    fn as_ptr(&self) -> *mut bindings::mm_struct {
+        self.0.as_ptr()
+    }
+
     /// Whether this is the calling process's mm.
+    #[inline]
     pub(crate) fn is_current(&self) -> bool {
-        // SAFETY: reading `current->mm` has no precondition.
-        self.0.as_ptr() == unsafe { bindings::kmod_helper_current_mm() }
+        self.as_ptr() == current_mm()
     }
 
     /// Copies `buf.len()` bytes of this address space from `vaddr` into
     /// `buf` ([`Self::write_user`] the other way): `EPERM` once the process
     /// has exited, `EFAULT` if the calling thread may not reach the address
     /// space (another process; a kernel thread may) or not every byte was
-    /// copied. One C call takes the user reference, switches to the mm from
-    /// a kernel thread, copies and gives everything back, as the C type1's
-    /// `vfio_dma_rw_chunk()` does inline.
+    /// copied, as the C type1's `vfio_dma_rw_chunk()` does.
+    #[inline]
     pub(crate) fn read_user(&self, vaddr: u64, buf: &mut [u8]) -> Result {
-        // SAFETY: by the type invariant the mm is allocated; `buf` is valid
-        // for `buf.len()` writes, which the helper makes at most.
-        let ret = unsafe {
-            bindings::kmod_helper_copy_mm_user(
-                self.0.as_ptr(),
-                vaddr as ffi::c_ulong,
-                buf.as_mut_ptr().cast(),
-                buf.len() as ffi::c_ulong,
-                false,
-            )
-        };
-        errno_result(ret)
+        // SAFETY: `buf` is valid for `buf.len()` writes.
+        unsafe { self.copy(vaddr, buf.as_mut_ptr().cast(), buf.len(), false) }
     }
 
     /// Copies `buf` into this address space at `vaddr`, as [`Self::read_user`].
+    #[inline]
     pub(crate) fn write_user(&self, vaddr: u64, buf: &[u8]) -> Result {
-        // SAFETY: by the type invariant the mm is allocated; `buf` is valid
-        // for `buf.len()` reads, and the helper only reads it when `write`.
-        let ret = unsafe {
-            bindings::kmod_helper_copy_mm_user(
-                self.0.as_ptr(),
-                vaddr as ffi::c_ulong,
-                buf.as_ptr().cast_mut().cast(),
-                buf.len() as ffi::c_ulong,
-                true,
-            )
-        };
-        errno_result(ret)
+        // SAFETY: `buf` is valid for `buf.len()` reads, and only read with `write`.
+        unsafe { self.copy(vaddr, buf.as_ptr().cast_mut().cast(), buf.len(), true) }
+    }
+
+    /// The copy of [`Self::read_user`] and [`Self::write_user`].
+    ///
+    /// # Safety
+    ///
+    /// `buf` is valid for `n` writes, or for `n` reads if `write`.
+    #[inline(always)]
+    unsafe fn copy(&self, vaddr: u64, buf: *mut ffi::c_void, n: usize, write: bool) -> Result {
+        // The calling task's own mm is live while it runs: no reference.
+        if self.is_current() {
+            // SAFETY: `buf` per the function's contract.
+            return unsafe { copy_user(vaddr, buf, n, write) };
+        }
+        // SAFETY: as above.
+        unsafe { self.copy_other(vaddr, buf, n, write) }
+    }
+
+    /// [`Self::copy`] for an mm that is not the caller's: only a kernel
+    /// thread may reach it, by taking it over (`kthread_use_mm`). Out of
+    /// line: the usual copy, to the caller's own mm, needs none of it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::copy`].
+    #[inline(never)]
+    unsafe fn copy_other(&self, vaddr: u64, buf: *mut ffi::c_void, n: usize, write: bool) -> Result {
+        let Some(users) = self.users() else { return Err(EPERM) };
+        if !current_mm().is_null() {
+            return Err(EFAULT);
+        }
+        // SAFETY: a kernel thread without an mm takes over a live one (we
+        // hold a user reference) for the copy, and gives it back; `buf` per
+        // the function's contract.
+        unsafe {
+            bindings::kthread_use_mm(users.mm());
+            let r = copy_user(vaddr, buf, n, write);
+            bindings::kthread_unuse_mm(users.mm());
+            r
+        }
     }
 
     /// `__account_locked_vm` under the mmap write lock (`mm_lock_acct` of
-    /// the C type1), in one C call that also takes and drops a user
-    /// reference (`ESRCH` once the process has exited): adds (`npage > 0`)
-    /// or removes `npage` pages to the mm's `locked_vm`, checking
-    /// `RLIMIT_MEMLOCK` of `task` on increase unless `bypass_rlimit` (the
-    /// mapping task had `CAP_IPC_LOCK`).
+    /// the C type1), with a user reference for the time (`ESRCH` once the
+    /// process has exited): adds (`npage > 0`) or removes `npage` pages to
+    /// the mm's `locked_vm`, checking `RLIMIT_MEMLOCK` of `task` on increase
+    /// unless `bypass_rlimit` (the mapping task had `CAP_IPC_LOCK`).
     pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
         if npage == 0 {
             return Ok(());
         }
-        // SAFETY: by the type invariant the mm is allocated; the helper
-        // makes it live for the time or fails; `task` is a live task
-        // reference.
-        let ret = unsafe {
-            bindings::kmod_helper_account_locked_vm(
-                self.0.as_ptr(),
-                npage.unsigned_abs() as ffi::c_ulong,
-                npage > 0,
-                task.0.as_ptr(),
-                bypass_rlimit,
-            )
-        };
-        errno_result(ret)
+        self.users().ok_or(ESRCH)?.account_locked(task, npage, bypass_rlimit)
     }
 
     /// Makes the address space usable for as long as the guard lives:
@@ -106,17 +161,19 @@ impl MmGrab {
     /// a user reference for that (`mmget_not_zero`, then `mmput`); here no
     /// reference is taken when this is the calling task's own mm, which
     /// cannot go while the task runs (the usual case: a device pins and
-    /// copies on behalf of the process that drives it), so those two atomic
-    /// operations and the `mmput` call are skipped.
+    /// copies on behalf of the process that drives it).
     #[inline]
     pub(crate) fn users(&self) -> Option<MmUsers<'_>> {
+        if self.is_current() {
+            // INVARIANT: the calling task's mm; the guard cannot leave its thread.
+            return Some(MmUsers { mm: self, counted: false, _thread: PhantomData });
+        }
         // SAFETY: by the type invariant the mm is allocated.
-        match unsafe { bindings::kmod_helper_mm_enter(self.0.as_ptr()) } {
-            // INVARIANT: a reference was taken, or the mm is the calling
-            // task's; the guard cannot leave this thread.
-            1 => Some(MmUsers { mm: self, counted: true, _thread: PhantomData }),
-            0 => Some(MmUsers { mm: self, counted: false, _thread: PhantomData }),
-            _ => None,
+        if unsafe { bindings::kmod_helper_mmget_not_zero(self.as_ptr()) } {
+            // INVARIANT: a user reference was taken.
+            Some(MmUsers { mm: self, counted: true, _thread: PhantomData })
+        } else {
+            None
         }
     }
 }
@@ -139,7 +196,7 @@ impl Drop for MmUsers<'_> {
     fn drop(&mut self) {
         if self.counted {
             // SAFETY: by the type invariant we hold one mm_users reference.
-            unsafe { bindings::kmod_helper_mmput(self.mm.0.as_ptr()) };
+            unsafe { bindings::mmput(self.mm()) };
         }
     }
 }
@@ -158,59 +215,105 @@ fn errno_result(ret: ffi::c_int) -> Result {
 /// A page frame number as VFIO records pins.
 pub(crate) type Pfn = u64;
 
-/// Most pages [`MmUsers::pin_pfns`] pins in one call (the helper's page
-/// array is on its stack).
-pub(crate) const PIN_RUN_MAX: usize = bindings::KMOD_PIN_RUN_MAX as usize;
+/// Most pages [`MmUsers::pin_pfns`] pins in one call (its page array is on
+/// the stack).
+pub(crate) const PIN_RUN_MAX: usize = 16;
 
-// `Pfn` is the C `unsigned long`, so arrays of pfns pass to C as they are.
-const _: () = assert!(core::mem::size_of::<Pfn>() == core::mem::size_of::<ffi::c_ulong>());
+/// `page_to_pfn` and `pfn_to_page` of `SPARSEMEM_VMEMMAP`: offsets from the
+/// `struct page` of pfn 0 (`vmemmap`), which is fixed once the kernel has
+/// booted. Computed here rather than by a C call per page: the real-IOMMU
+/// path converts every page it pins.
+#[derive(Clone, Copy)]
+struct PageFrames(usize);
+
+/// The address of `vmemmap`, read once.
+static VMEMMAP: AtomicUsize = AtomicUsize::new(0);
+
+impl PageFrames {
+    #[inline]
+    fn get() -> Self {
+        let base = VMEMMAP.load(Ordering::Relaxed);
+        if base != 0 {
+            return PageFrames(base);
+        }
+        // SAFETY: reads a variable the kernel set before modules load.
+        let base = unsafe { bindings::kmod_helper_vmemmap() } as usize;
+        VMEMMAP.store(base, Ordering::Relaxed);
+        PageFrames(base)
+    }
+
+    #[inline(always)]
+    fn pfn(self, page: *mut bindings::page) -> Pfn {
+        ((page as usize).wrapping_sub(self.0) / core::mem::size_of::<bindings::page>()) as Pfn
+    }
+
+    #[inline(always)]
+    fn page(self, pfn: Pfn) -> *mut bindings::page {
+        self.0.wrapping_add(pfn as usize * core::mem::size_of::<bindings::page>()) as *mut bindings::page
+    }
+}
+
+/// `PageReserved(page)`: a pin of the page is neither accounted nor given
+/// back (`is_invalid_reserved_pfn` of the C type1, for a valid pfn).
+///
+/// # Safety
+///
+/// `page` is a `struct page` of the memory map (of a valid pfn).
+#[inline(always)]
+unsafe fn page_reserved(page: *mut bindings::page) -> bool {
+    // SAFETY: the page is valid (the caller); `test_bit` reads the flags
+    // word once, as this does.
+    let flags = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*page).flags)) };
+    flags & (1 << bindings::pageflags_PG_reserved) != 0
+}
 
 impl MmUsers<'_> {
     fn mm(&self) -> *mut bindings::mm_struct {
-        self.mm.0.as_ptr()
+        self.mm.as_ptr()
     }
 
     /// [`MmGrab::account_locked`], for a caller that holds the address space
     /// live anyway.
-    #[inline]
     pub(crate) fn account_locked(&self, task: &TaskRef, npage: i64, bypass_rlimit: bool) -> Result {
-        self.mm.account_locked(task, npage, bypass_rlimit)
+        if npage == 0 {
+            return Ok(());
+        }
+        // SAFETY: the address space is live (type invariant).
+        errno_result(unsafe { bindings::kmod_helper_mmap_write_lock_killable(self.mm()) })?;
+        // SAFETY: we hold the mmap write lock of a live mm; `task` is a live
+        // task reference.
+        let ret = unsafe {
+            let r = bindings::__account_locked_vm(
+                self.mm(),
+                npage.unsigned_abs() as ffi::c_ulong,
+                npage > 0,
+                task.0.as_ptr(),
+                bypass_rlimit,
+            );
+            bindings::kmod_helper_mmap_write_unlock(self.mm());
+            r
+        };
+        errno_result(ret)
     }
 
     /// Pins pages from `vaddr` for long-term device access (`FOLL_LONGTERM`,
     /// plus `FOLL_WRITE` when the device may write) and stores each one's
     /// pfn in `pfns` and whether it is reserved (not accounted, never
     /// unpinned: `is_invalid_reserved_pfn`) in `reserved`: at most
-    /// `pfns.len()`, `reserved.len()` and [`PIN_RUN_MAX`] pages, with one C
-    /// call (lock, pin, look up, unlock). Returns how many were pinned from
-    /// the start, at least one; memory without struct pages is `EFAULT`.
+    /// `pfns.len()`, `reserved.len()` and [`PIN_RUN_MAX`] pages, under one
+    /// mmap lock. Returns how many were pinned from the start, at least one;
+    /// memory without struct pages is `EFAULT`.
     pub(crate) fn pin_pfns(&self, vaddr: u64, write: bool, pfns: &mut [Pfn], reserved: &mut [bool]) -> Result<usize> {
         let n = pfns.len().min(reserved.len()).min(PIN_RUN_MAX);
-        if n == 0 {
-            return Err(EINVAL);
+        let mut pages = [core::ptr::null_mut(); PIN_RUN_MAX];
+        let got = self.pin_pages(vaddr, &mut pages[..n], write)?;
+        let frames = PageFrames::get();
+        for ((page, pfn), rsvd) in pages[..got].iter().zip(pfns.iter_mut()).zip(reserved.iter_mut()) {
+            *pfn = frames.pfn(*page);
+            // SAFETY: a pinned page is a page of the memory map.
+            *rsvd = unsafe { page_reserved(*page) };
         }
-        let mut flags = bindings::FOLL_LONGTERM;
-        if write {
-            flags |= bindings::FOLL_WRITE;
-        }
-        // SAFETY: we hold a user reference on the mm (type invariant), so the
-        // address space is live; `pfns` and `reserved` have room for `n`
-        // entries, which the helper writes for each page it pinned.
-        let ret = unsafe {
-            bindings::kmod_helper_pin_pfns(
-                self.mm(),
-                vaddr as ffi::c_ulong,
-                n as ffi::c_ulong,
-                flags as ffi::c_uint,
-                pfns.as_mut_ptr().cast::<ffi::c_ulong>(),
-                reserved.as_mut_ptr(),
-            )
-        };
-        match ret {
-            r if r < 0 => Err(Error::from_errno(r as i32)),
-            0 => Err(EFAULT),
-            r => Ok((r as usize).min(n)),
-        }
+        Ok(got)
     }
 
     /// Pins the page at `vaddr` for long-term device access: its pfn, and
@@ -220,48 +323,90 @@ impl MmUsers<'_> {
         self.pin_pfns(vaddr, write, &mut pfn, &mut reserved)?;
         Ok((pfn[0], reserved[0]))
     }
-}
 
-/// `put_pfn` of the C type1: gives back a pin of `pfn` (marking the page
-/// dirty if the device could write it) unless the pfn is reserved; true if
-/// it did. One C call.
-pub(crate) fn put_pfn(pfn: Pfn, dirty: bool) -> bool {
-    // SAFETY: the caller pinned this pfn once and gives that pin back; a
-    // reserved pfn is left alone, as it was never pinned for real.
-    unsafe { bindings::kmod_helper_put_pfn(pfn as ffi::c_ulong, dirty) }
+    /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
+    /// device access (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus
+    /// `FOLL_WRITE` when the device may write) under the mmap read lock, and
+    /// stores their `struct page`s; returns how many were pinned (at least
+    /// one). Ranges without struct pages (`VM_PFNMAP`) are refused with
+    /// `EFAULT`.
+    fn pin_pages(&self, vaddr: u64, pages: &mut [*mut bindings::page], write: bool) -> Result<usize> {
+        if pages.is_empty() {
+            return Err(EINVAL);
+        }
+        let mut flags = bindings::FOLL_LONGTERM;
+        if write {
+            flags |= bindings::FOLL_WRITE;
+        }
+        let n = ffi::c_ulong::try_from(pages.len()).map_err(|_| EINVAL)?;
+        // SAFETY: the address space is live (type invariant) for the
+        // lock/pin/unlock sequence; `pages` has room for `n` pointers.
+        let ret = unsafe {
+            bindings::kmod_helper_mmap_read_lock(self.mm());
+            let r = bindings::pin_user_pages_remote(
+                self.mm(),
+                vaddr as ffi::c_ulong,
+                n,
+                flags as ffi::c_uint,
+                pages.as_mut_ptr(),
+                core::ptr::null_mut(),
+            );
+            bindings::kmod_helper_mmap_read_unlock(self.mm());
+            r
+        };
+        match ret {
+            r if r < 0 => Err(Error::from_errno(r as i32)),
+            0 => Err(EFAULT),
+            r => Ok((r as usize).min(pages.len())),
+        }
+    }
 }
 
 /// `pfn_valid(pfn) && !PageReserved`: a pin of this pfn is accounted as
 /// locked memory (`!is_invalid_reserved_pfn` in the C type1).
+#[inline]
 pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
-    // SAFETY: a pure computation on a frame number.
-    !unsafe { bindings::kmod_helper_pfn_reserved(pfn as ffi::c_ulong) }
+    // SAFETY: `pfn_valid` only looks the pfn up in the memory map.
+    if !unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) } {
+        return false;
+    }
+    // SAFETY: the pfn is valid, so its `struct page` is in the memory map.
+    !unsafe { page_reserved(PageFrames::get().page(pfn)) }
 }
 
-/// A run of physically contiguous pinned pages of one kind (reserved or
-/// not), as [`pages_to_runs`] describes a batch.
-pub(crate) type PfnRun = bindings::kmod_pfn_run;
+/// `put_pfn` of the C type1: gives back a pin of `pfn` (marking the page
+/// dirty if the device could write it) unless the pfn is reserved; true if
+/// it did.
+pub(crate) fn put_pfn(pfn: Pfn, dirty: bool) -> bool {
+    if !pfn_is_accountable(pfn) {
+        return false;
+    }
+    let mut page = PageFrames::get().page(pfn);
+    // SAFETY: the caller pinned this pfn once and gives that pin back; a
+    // reserved pfn is left alone above, as it was never pinned for real.
+    unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, dirty) };
+    true
+}
 
-/// Describes the pinned `pages` as runs of physically contiguous pages of
-/// one kind, each at most `max_npage` long, in `runs` (it must have room
-/// for one run per page), with one C call: the number of runs, and how
-/// many pages are not reserved.
-pub(crate) fn pages_to_runs(pages: &[*mut bindings::page], max_npage: u32, runs: &mut [PfnRun]) -> (usize, usize) {
-    let n = pages.len().min(runs.len());
-    let mut unreserved: ffi::c_uint = 0;
-    // SAFETY: `pages` holds `n` pages pinned by the caller (valid `struct
-    // page` pointers); `runs` has room for `n` runs, the most `n` pages make.
-    let nruns = unsafe {
-        bindings::kmod_helper_pages_to_runs(pages.as_ptr(), n as ffi::c_uint, max_npage, runs.as_mut_ptr(), &mut unreserved)
+/// Gives back one pin of each of `npage` pages from `pfn`, a physically
+/// contiguous run of pages pinned by [`PinBatch::pin`], marking them dirty
+/// if the device could write them.
+pub(crate) fn unpin_pfn_range(pfn: Pfn, npage: u64, dirty: bool) {
+    if npage == 0 {
+        return;
+    }
+    // SAFETY: the caller pinned each page of the run once and gives that pin back.
+    unsafe {
+        bindings::unpin_user_page_range_dirty_lock(PageFrames::get().page(pfn), npage as ffi::c_ulong, dirty)
     };
-    (nruns as usize, unreserved as usize)
 }
 
 /// The output of `vfio_pin_pages`: lends `pages` to `pin` as room for as
 /// many pfns (a `struct page` pointer and a pfn have the same size), then
 /// turns the pfns of the pages `pin` pinned, from the start, into their
-/// `struct page` addresses in place, with one C call: no buffer of our own.
-/// If `pin` fails, every entry is null, as C leaves them.
+/// `struct page` addresses in place: no buffer of our own. If `pin` fails,
+/// every entry is null, as C leaves them.
+#[inline]
 pub(crate) fn pin_into_pages(
     pages: &mut [*mut bindings::page],
     pin: impl FnOnce(&mut [Pfn]) -> Result<usize>,
@@ -269,17 +414,24 @@ pub(crate) fn pin_into_pages(
     const _: () = assert!(core::mem::size_of::<*mut bindings::page>() == core::mem::size_of::<Pfn>());
     const _: () = assert!(core::mem::align_of::<*mut bindings::page>() == core::mem::align_of::<Pfn>());
     let len = pages.len();
+    let base = pages.as_mut_ptr();
     // SAFETY: a `*mut page` and a `Pfn` have the same size and alignment
     // (checked above) and every bit pattern is a valid `Pfn`, so the memory
     // of `pages` is a valid `[Pfn]`; `pages` is not used while this borrow
     // of it lives (until `pin` returns).
-    let pfns = unsafe { core::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<Pfn>(), len) };
+    let pfns = unsafe { core::slice::from_raw_parts_mut(base.cast::<Pfn>(), len) };
     match pin(pfns) {
         Ok(n) => {
             let n = n.min(len);
-            // SAFETY: the first `n` slots hold pfns of pinned pages;
-            // `pfn_to_page` only computes addresses, written back in place.
-            unsafe { bindings::kmod_helper_pfns_to_pages(pages.as_mut_ptr().cast::<ffi::c_ulong>(), n as ffi::c_uint) };
+            let frames = PageFrames::get();
+            for i in 0..n {
+                // SAFETY: `i < len`: slot `i` is in `pages` and holds the pfn
+                // of a pinned page, replaced by its `struct page` address.
+                unsafe {
+                    let pfn = base.cast::<Pfn>().add(i).read();
+                    base.add(i).write(frames.page(pfn));
+                }
+            }
             Ok(n)
         }
         Err(e) => {
@@ -304,9 +456,8 @@ unsafe impl Send for TaskRef {}
 unsafe impl Sync for TaskRef {}
 
 /// What a VFIO mapping records of the process that made it: its mm and its
-/// thread-group leader, each with a reference. Taken with one C call and
-/// given back with one, where the two references alone take four (a
-/// `MAP_DMA` and an `UNMAP_DMA` each make one of these).
+/// thread-group leader, each with a reference, taken together and given
+/// back together (a `MAP_DMA` and an `UNMAP_DMA` each make one of these).
 ///
 /// # Invariants
 ///
@@ -322,21 +473,23 @@ impl Owner {
     /// then bypass `RLIMIT_MEMLOCK`). `ENODEV` in a kernel thread.
     #[inline]
     pub(crate) fn current() -> Result<(Owner, bool)> {
-        let mut mm = core::ptr::null_mut();
-        let mut task = core::ptr::null_mut();
-        let mut lock_cap = false;
-        // SAFETY: the helper writes the three out-parameters, valid for
-        // writes, and takes the references only when it returns true.
-        if !unsafe { bindings::kmod_helper_owner_current(&mut mm, &mut task, &mut lock_cap) } {
-            return Err(ENODEV);
-        }
+        // SAFETY: `current` is the running task, valid while it runs; it
+        // reads its own `mm` and `group_leader` (see `current_mm`).
+        let (mm, task) = unsafe {
+            let cur = bindings::get_current();
+            ((*cur).mm, (*cur).group_leader)
+        };
         let (Some(mm), Some(task)) = (NonNull::new(mm), NonNull::new(task)) else {
-            // The helper never returns true with a NULL pointer.
+            // A kernel thread has no mm.
             return Err(ENODEV);
         };
-        // INVARIANT: the helper took an mmgrab reference on `mm` and a task
-        // reference on `task`, which the `Owner` now holds.
+        // SAFETY: both are live: the calling task's own mm and its group
+        // leader, which outlive the call.
+        unsafe { bindings::kmod_helper_owner_get(mm.as_ptr(), task.as_ptr()) };
+        // INVARIANT: the references just taken are the `Owner`'s.
         let owner = Owner { mm: MmGrab(mm), task: TaskRef(task) };
+        // SAFETY: `capable` tests the calling task's credentials.
+        let lock_cap = unsafe { bindings::capable(bindings::CAP_IPC_LOCK as ffi::c_int) };
         Ok((owner, lock_cap))
     }
 
@@ -358,7 +511,7 @@ impl Drop for Owner {
     fn drop(&mut self) {
         // SAFETY: we hold both references (type invariant) and give each
         // back once; the fields have no drop of their own.
-        unsafe { bindings::kmod_helper_owner_put(self.mm.0.as_ptr(), self.task.0.as_ptr()) };
+        unsafe { bindings::kmod_helper_owner_put(self.mm.as_ptr(), self.task.0.as_ptr()) };
     }
 }
 
@@ -368,59 +521,86 @@ pub(crate) fn access_ok(addr: u64, size: u64) -> bool {
     unsafe { bindings::kmod_helper_access_ok(addr as ffi::c_ulong, size as ffi::c_ulong) }
 }
 
-// ---- The real-IOMMU path: pinning whole mappings in batches ----
-
-impl MmUsers<'_> {
-    /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
-    /// device access (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus
-    /// `FOLL_WRITE` when the device may write) and stores their `struct
-    /// page`s; returns how many were pinned (at least one). Ranges without
-    /// struct pages (`VM_PFNMAP`) are refused with `EFAULT`.
-    pub(crate) fn pin_pages(&self, vaddr: u64, pages: &mut [*mut bindings::page], write: bool) -> Result<usize> {
-        if pages.is_empty() {
-            return Err(EINVAL);
-        }
-        let mut flags = bindings::FOLL_LONGTERM;
-        if write {
-            flags |= bindings::FOLL_WRITE;
-        }
-        let n = ffi::c_ulong::try_from(pages.len()).map_err(|_| EINVAL)?;
-        // SAFETY: we hold a user reference, so the address space is live for
-        // the lock/pin/unlock sequence; `pages` has room for `n` pointers.
-        let ret = unsafe {
-            bindings::kmod_helper_mmap_read_lock(self.mm());
-            let r = bindings::pin_user_pages_remote(
-                self.mm(),
-                vaddr as ffi::c_ulong,
-                n,
-                flags as ffi::c_uint,
-                pages.as_mut_ptr(),
-                core::ptr::null_mut(),
-            );
-            bindings::kmod_helper_mmap_read_unlock(self.mm());
-            r
-        };
-        match ret {
-            r if r < 0 => Err(Error::from_errno(r as i32)),
-            0 => Err(EFAULT),
-            r => Ok((r as usize).min(pages.len())),
-        }
-    }
-}
-
-/// Gives back one pin of each of `npage` pages from `pfn`, a physically
-/// contiguous run of pages pinned by [`MmUsers::pin_pages`], marking them
-/// dirty if the device could write them.
-pub(crate) fn unpin_pfn_range(pfn: Pfn, npage: u64, dirty: bool) {
-    if npage == 0 {
-        return;
-    }
-    // SAFETY: the caller pinned each page of the run once and gives that pin back.
-    unsafe { bindings::kmod_helper_unpin_pfn_range(pfn as ffi::c_ulong, npage as ffi::c_ulong, dirty) };
-}
-
 /// Yields the CPU if the scheduler wants it (long pin and map loops).
 pub(crate) fn cond_resched() {
     // SAFETY: called from process context without spinlocks held.
     unsafe { bindings::kmod_helper_cond_resched() };
+}
+
+// ---- The real-IOMMU path: pinning whole mappings in batches ----
+
+/// A run of physically contiguous pinned pages of one kind (reserved or not).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PfnRun {
+    /// The first page's frame number.
+    pub(crate) pfn: Pfn,
+    /// How many pages.
+    pub(crate) npage: u64,
+    /// Reserved pages: not accounted, never unpinned.
+    pub(crate) reserved: bool,
+}
+
+/// Room to pin a batch of pages and describe them as [`PfnRun`]s.
+pub(crate) struct PinBatch {
+    pages: KVec<*mut bindings::page>,
+    runs: KVec<PfnRun>,
+}
+
+impl PinBatch {
+    /// Room for `len` pages.
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        Ok(PinBatch {
+            pages: KVec::from_elem(core::ptr::null_mut(), len, GFP_KERNEL)?,
+            runs: KVec::from_elem(PfnRun::default(), len, GFP_KERNEL)?,
+        })
+    }
+
+    /// Pins up to `want` pages (at most the batch's room) from `vaddr` with
+    /// [`MmUsers`], and describes them as runs of physically contiguous
+    /// pages of one kind, in order, each at most `max_npage` long (what the
+    /// C type1's `vfio_pin_pages_remote()` works out page by page). Returns
+    /// how many pages were pinned (at least one), the runs, and how many
+    /// pages are not reserved.
+    pub(crate) fn pin(
+        &mut self,
+        users: &MmUsers<'_>,
+        vaddr: u64,
+        want: usize,
+        write: bool,
+        max_npage: u64,
+    ) -> Result<(usize, &[PfnRun], usize)> {
+        let want = want.min(self.pages.len());
+        let got = users.pin_pages(vaddr, &mut self.pages[..want], write)?;
+        let frames = PageFrames::get();
+        // The run being built stays in registers; `runs` gets it when the
+        // next page does not continue it (one run per page at most, so
+        // `runs`, as long as the batch, has room).
+        let runs = &mut self.runs[..got];
+        let (mut nruns, mut unreserved) = (0usize, 0usize);
+        let mut cur = PfnRun::default();
+        for &page in self.pages[..got].iter() {
+            let pfn = frames.pfn(page);
+            // SAFETY: a pinned page is a page of the memory map.
+            let rsvd = unsafe { page_reserved(page) };
+            unreserved += usize::from(!rsvd);
+            if cur.npage != 0 && pfn == cur.pfn + cur.npage && rsvd == cur.reserved && cur.npage < max_npage {
+                cur.npage += 1;
+                continue;
+            }
+            if cur.npage != 0 {
+                if let Some(slot) = runs.get_mut(nruns) {
+                    *slot = cur;
+                    nruns += 1;
+                }
+            }
+            cur = PfnRun { pfn, npage: 1, reserved: rsvd };
+        }
+        if cur.npage != 0 {
+            if let Some(slot) = runs.get_mut(nruns) {
+                *slot = cur;
+                nruns += 1;
+            }
+        }
+        Ok((got, &runs[..nruns], unreserved))
+    }
 }

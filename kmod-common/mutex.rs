@@ -7,8 +7,8 @@
 //! The 6.12 `kernel::sync::Mutex` reaches `mutex_lock` through two
 //! out-of-line functions (`MutexBackend::lock` in the kernel crate, then
 //! the `rust_helper_mutex_lock` wrapper under lockdep) and `mutex_unlock`
-//! through one. A container ioctl takes its lock once per call, so those
-//! calls are a measurable share of a `MAP_DMA` (docs/bench.md). This
+//! through one. A container ioctl takes its lock once per call, on the
+//! `MAP_DMA`/`UNMAP_DMA` and pin paths. This
 //! backend is the same lock with the same lockdep class and name; its
 //! methods are inlined into the caller, which then calls `mutex_lock`
 //! (`mutex_lock_nested(lock, 0)` under `CONFIG_DEBUG_LOCK_ALLOC`, as the C

@@ -22,11 +22,19 @@
 //!   key ([`RbValue`]): no separate key field, so a node is as small as the
 //!   value allows (the fewer pages a lookup's nodes spread over, the fewer
 //!   TLB and cache misses it takes).
-//! - Node memory comes from a [`NodeAlloc`] (the type1 module's are slab
-//!   caches) ahead of the insertion ([`RbSlot`]), so inserting cannot fail
+//! - Node memory comes from a [`NodeAlloc`] ahead of the insertion ([`RbSlot`]), so inserting cannot fail
 //!   and may happen under a lock. Values are built in their node and
 //!   dropped there: a removal hands out the node itself ([`RbOwned`]),
-//!   whose memory its owner can keep for the next insertion.
+//!   whose memory its owner can keep for the next insertion
+//!   ([`slab::FromCache`](crate::slab::FromCache) takes it from a slab cache).
+//!
+//! Lookups, insertions and removals are `#[inline]`: each runs on every
+//! `MAP_DMA`, `UNMAP_DMA` and pin, and inlined it keeps that path one
+//! function.
+//!
+//! One concept over 600 lines: the map and the memory of its nodes, whose
+//! safety arguments lean on each other (a node's memory is owned by exactly
+//! one of a slot, the map and a removed value), so they stay in one file.
 
 use core::marker::PhantomData;
 use core::mem::{ManuallyDrop, MaybeUninit};

@@ -10,8 +10,13 @@
 //! Allocating from it is one `kmem_cache_alloc` and freeing one
 //! `kmem_cache_free`, where `KBox` goes through `krealloc` (and, in 6.12, an
 //! indirect call and two Rust functions before it) both ways.
+//!
+//! A value type names its cache with [`CacheNodes`]; [`FromCache`] then
+//! allocates the nodes of an [`RbMap`](crate::rb_map::RbMap) of that type
+//! from it.
 
 use crate::bindings;
+use crate::rb_map::{Node, NodeAlloc};
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
@@ -107,5 +112,30 @@ impl<T> Drop for ModuleCacheGuard<T> {
             // keep the cache rather than free memory in use.
             unsafe { bindings::kmem_cache_destroy(cache) };
         }
+    }
+}
+
+/// A value whose tree nodes come from a [`ModuleCache`] of their own.
+pub(crate) trait CacheNodes: Sized + 'static {
+    /// The cache.
+    fn cache() -> &'static ModuleCache<Node<Self>>;
+}
+
+/// The allocator of `V`'s tree nodes: its [`CacheNodes::cache`].
+pub(crate) struct FromCache<V>(PhantomData<V>);
+
+// SAFETY: `alloc` hands out fresh memory for one `Node<V>` from the cache
+// made for that type, which nothing else uses until `free` gives it back
+// to the same cache.
+unsafe impl<V: CacheNodes> NodeAlloc<V> for FromCache<V> {
+    #[inline]
+    fn alloc() -> Result<NonNull<MaybeUninit<Node<V>>>> {
+        V::cache().alloc()
+    }
+
+    #[inline]
+    unsafe fn free(node: NonNull<MaybeUninit<Node<V>>>) {
+        // SAFETY: the caller hands back memory from `alloc`, holding no value.
+        unsafe { V::cache().free(node) }
     }
 }

@@ -10,241 +10,18 @@
 //! registers it with `vfio_register_iommu_driver`. Each container that
 //! chooses the backend (`VFIO_SET_IOMMU`) gets one [`IommuDriver::Data`],
 //! handed to C as `iommu_data` and back to every callback as `&Data`.
+//! The groups and devices the callbacks receive, and a container's list of
+//! devices to notify of unmaps, are in `vfio_iommu_devices.rs`.
 
 use crate::bindings;
+use crate::iommu_domain::DomainHandle;
+use crate::mm::Pfn;
+use crate::vfio_iommu_devices::{GroupType, IommuGroup, Registering, Unregistering, VfioDevice};
 use core::marker::PhantomData;
 use kernel::error::{from_result, to_result};
 use kernel::ffi;
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::types::{ForeignOwnable, Opaque};
-use core::ptr::NonNull;
-
-/// How the devices of a group reach memory (`enum vfio_group_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GroupType {
-    /// Behind a real IOMMU: the backend must attach an IOMMU domain.
-    Iommu,
-    /// An mdev-style group: devices pin pages through the backend.
-    EmulatedIommu,
-    /// No IOMMU at all (`vfio noiommu`); type1 never sees these.
-    NoIommu,
-}
-
-/// An IOMMU group, borrowed for the duration of a callback.
-///
-/// # Invariants
-///
-/// The wrapped `struct iommu_group` is valid for as long as the reference.
-#[repr(transparent)]
-pub(crate) struct IommuGroup(Opaque<bindings::iommu_group>);
-
-impl IommuGroup {
-    /// # Safety
-    ///
-    /// `ptr` must point to a valid `iommu_group` that outlives `'a`.
-    unsafe fn from_raw<'a>(ptr: *mut bindings::iommu_group) -> &'a Self {
-        // SAFETY: `IommuGroup` is a transparent wrapper of the C struct, and
-        // the caller guarantees validity for `'a`.
-        unsafe { &*ptr.cast() }
-    }
-
-    /// An identity for this group, stable while it is attached: the VFIO core
-    /// keeps an attached group alive until `detach_group` returns.
-    pub(crate) fn key(&self) -> GroupKey {
-        GroupKey(self.0.get() as usize)
-    }
-
-    /// The raw pointer, for the C calls of the IOMMU abstraction.
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
-    pub(crate) fn as_raw(&self) -> *mut bindings::iommu_group {
-        self.0.get()
-    }
-
-    /// A group the IOMMU abstraction recorded as attached to a domain.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must point to a valid `iommu_group` that outlives `'a`.
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
-    pub(crate) unsafe fn from_raw_group<'a>(ptr: *mut bindings::iommu_group) -> &'a Self {
-        // SAFETY: the caller's contract is that of `from_raw`.
-        unsafe { Self::from_raw(ptr) }
-    }
-}
-
-/// The identity of an attached group; compares groups, dereferences nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct GroupKey(usize);
-
-impl GroupKey {
-    /// No group: a group's address is never 0.
-    pub(crate) const NONE: GroupKey = GroupKey(0);
-
-    /// The key of the group at `ptr` (compared, never dereferenced).
-    #[allow(dead_code)] // Only the type1 module uses IOMMU domains.
-    pub(crate) fn of_raw(ptr: *mut bindings::iommu_group) -> GroupKey {
-        GroupKey(ptr as usize)
-    }
-}
-
-/// A VFIO device as the backend sees it in `register_device` and
-/// `unregister_device`.
-///
-/// # Invariants
-///
-/// The wrapped `struct vfio_device` is valid for as long as the reference.
-#[repr(transparent)]
-pub(crate) struct VfioDevice(Opaque<bindings::vfio_device>);
-
-impl VfioDevice {
-    /// # Safety
-    ///
-    /// `ptr` must point to a valid `vfio_device` that outlives `'a`.
-    unsafe fn from_raw<'a>(ptr: *mut bindings::vfio_device) -> &'a Self {
-        // SAFETY: transparent wrapper; validity from the caller.
-        unsafe { &*ptr.cast() }
-    }
-
-    fn ops(&self) -> Option<&bindings::vfio_device_ops> {
-        // SAFETY: by the type invariant the device is valid; `ops` is set
-        // before the device is registered and never changes afterwards.
-        let ops = unsafe { (*self.0.get()).ops };
-        // SAFETY: a non-NULL `ops` points to the driver's static ops table.
-        unsafe { ops.as_ref() }
-    }
-
-    /// Whether the device's driver implements `dma_unmap`: only such devices
-    /// may pin pages, and only they go on a container's device list.
-    pub(crate) fn has_dma_unmap(&self) -> bool {
-        self.ops().is_some_and(|o| o.dma_unmap.is_some())
-    }
-
-    /// Tells the device's driver that `[iova, iova + length)` is being
-    /// unmapped: it must stop DMA there and unpin what it pinned in it.
-    fn dma_unmap(&self, iova: u64, length: u64) {
-        if let Some(f) = self.ops().and_then(|o| o.dma_unmap) {
-            // SAFETY: the device is valid (type invariant) and open (it is
-            // registered); the driver's callback accepts any range.
-            unsafe { f(self.0.get(), iova, length) };
-        }
-    }
-}
-
-/// A device being registered: handed to [`IommuDriver::register_device`]
-/// and consumed by [`DeviceList::add`]. Only the trampoline makes one, so
-/// only a device the VFIO core registered can go on a list.
-pub(crate) struct Registering<'a>(&'a VfioDevice);
-
-impl Registering<'_> {
-    /// The device.
-    pub(crate) fn device(&self) -> &VfioDevice {
-        self.0
-    }
-}
-
-/// A device being unregistered: handed to
-/// [`IommuDriver::unregister_device`] and consumed by [`DeviceList::remove`].
-pub(crate) struct Unregistering<'a>(&'a VfioDevice);
-
-impl Unregistering<'_> {
-    /// The device.
-    pub(crate) fn device(&self) -> &VfioDevice {
-        self.0
-    }
-}
-
-/// A device on a [`DeviceList`].
-///
-/// # Invariants
-///
-/// Points to a device that went through `register_device` and whose
-/// `unregister_device` has not yet removed it from the list: the VFIO core
-/// keeps it alive and open until then.
-struct DeviceEntry(NonNull<bindings::vfio_device>);
-
-/// Memory for one [`DeviceList`] entry, allocated before the list's lock is
-/// taken.
-pub(crate) struct DeviceSlot(RBTreeNodeReservation<usize, DeviceEntry>);
-
-impl DeviceSlot {
-    /// Allocates a slot.
-    pub(crate) fn new() -> Result<Self> {
-        Ok(DeviceSlot(RBTreeNodeReservation::new(GFP_KERNEL)?))
-    }
-}
-
-/// The devices registered on a container that have a `dma_unmap` op.
-///
-/// Keep it under a lock; it only records devices and calls them.
-pub(crate) struct DeviceList {
-    devices: RBTree<usize, DeviceEntry>,
-    /// Registrations that found no memory for their entry: those devices
-    /// cannot be told about unmaps, so the container must refuse pins.
-    lost: usize,
-}
-
-// SAFETY: the entries are addresses of devices that may be called from any
-// thread; the list itself is plain data.
-unsafe impl Send for DeviceList {}
-
-impl DeviceList {
-    /// An empty list.
-    pub(crate) fn new() -> Self {
-        DeviceList { devices: RBTree::new(), lost: 0 }
-    }
-
-    /// Whether no device is registered (counting lost registrations).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lost == 0 && self.devices.iter().next().is_none()
-    }
-
-    /// Whether some registered device is missing from the list.
-    pub(crate) fn has_lost(&self) -> bool {
-        self.lost != 0
-    }
-
-    /// Records a device that is being registered. Without a slot (the
-    /// allocation failed) the registration is counted as lost.
-    pub(crate) fn add(&mut self, dev: Registering<'_>, slot: Option<DeviceSlot>) {
-        let ptr = dev.0 .0.get();
-        match slot {
-            Some(slot) => {
-                // INVARIANT: `Registering` is only made for a device the VFIO
-                // core is registering; `remove` takes it off before the core
-                // finishes unregistering it.
-                let entry = DeviceEntry(NonNull::from(&dev.0 .0).cast());
-                drop(self.devices.insert(slot.0.into_node(ptr as usize, entry)));
-            }
-            None => {
-                pr_err!("no memory to register a VFIO device for unmap notification; pins are refused\n");
-                self.lost += 1;
-            }
-        }
-    }
-
-    /// Forgets a device that is being unregistered.
-    pub(crate) fn remove(&mut self, dev: Unregistering<'_>) {
-        let key = dev.0 .0.get() as usize;
-        if self.devices.remove(&key).is_none() {
-            self.lost = self.lost.saturating_sub(1);
-        }
-    }
-
-    /// Calls every registered device's `dma_unmap` for `[iova, iova+length)`.
-    ///
-    /// The drivers' callbacks unpin through `vfio_unpin_pages`, which takes
-    /// the container lock: the caller must not hold it.
-    pub(crate) fn notify_dma_unmap(&self, iova: u64, length: u64) {
-        for entry in self.devices.values() {
-            // SAFETY: by the invariant of `DeviceEntry` the device is alive
-            // and open while it is on the list, and the list cannot change
-            // while the caller holds its lock.
-            let dev = unsafe { VfioDevice::from_raw(entry.0.as_ptr()) };
-            dev.dma_unmap(iova, length);
-        }
-    }
-}
 
 /// Where `dma_rw` moves bytes: the kernel buffer of the caller.
 pub(crate) enum DmaRwBuffer<'a> {
@@ -252,6 +29,26 @@ pub(crate) enum DmaRwBuffer<'a> {
     Read(&'a mut [u8]),
     /// Write this buffer to the IOVA.
     Write(&'a [u8]),
+}
+
+/// The caller's `struct page *` array of a `vfio_pin_pages` call: the
+/// backend fills it with the pages it pinned, given as frame numbers.
+pub(crate) struct PinnedPages<'a>(&'a mut [*mut bindings::page]);
+
+impl PinnedPages<'_> {
+    /// How many pages the caller asked for.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Lends the array to `pin` as room for as many frame numbers; `pin`
+    /// pins pages from the start of the request and returns how many. Their
+    /// `struct page`s are then stored in place (no buffer of our own). If
+    /// `pin` fails, every entry is null, as C leaves them.
+    #[inline]
+    pub(crate) fn fill(self, pin: impl FnOnce(&mut [Pfn]) -> Result<usize>) -> Result<usize> {
+        crate::mm::pin_into_pages(self.0, pin)
+    }
 }
 
 /// A VFIO IOMMU backend (the C `struct vfio_iommu_driver_ops`).
@@ -284,14 +81,15 @@ pub(crate) trait IommuDriver: Sized + 'static {
     /// A group leaves the container.
     fn detach_group(data: &Self::Data, group: &IommuGroup);
 
-    /// `vfio_pin_pages`: pins `pages.len()` pages from `iova` and stores
-    /// their `struct page` pointers; returns how many were pinned.
+    /// `vfio_pin_pages`: pins `pages.len()` pages from `iova` and hands
+    /// their frame numbers to `pages` ([`PinnedPages::fill`]); returns how
+    /// many were pinned.
     fn pin_pages(
         _data: &Self::Data,
         _group: &IommuGroup,
         _iova: u64,
         _prot: i32,
-        _pages: &mut [*mut bindings::page],
+        _pages: PinnedPages<'_>,
     ) -> Result<usize> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
@@ -317,10 +115,7 @@ pub(crate) trait IommuDriver: Sized + 'static {
     }
 
     /// The IOMMU domain a group is attached to (for KVM and iommufd users).
-    fn group_iommu_domain(
-        _data: &Self::Data,
-        _group: &IommuGroup,
-    ) -> Result<*mut bindings::iommu_domain> {
+    fn group_iommu_domain(_data: &Self::Data, _group: &IommuGroup) -> Result<DomainHandle> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 }
@@ -445,7 +240,7 @@ impl<T: IommuDriver> OpsTable<T> {
                 }
                 core::slice::from_raw_parts_mut(pages, n)
             };
-            let pinned = T::pin_pages(data, group, user_iova, prot, slots)?;
+            let pinned = T::pin_pages(data, group, user_iova, prot, PinnedPages(slots))?;
             ffi::c_int::try_from(pinned).map_err(|_| EINVAL)
         })
     }
@@ -466,7 +261,8 @@ impl<T: IommuDriver> OpsTable<T> {
     unsafe extern "C" fn register_device(iommu_data: *mut ffi::c_void, vdev: *mut bindings::vfio_device) {
         // SAFETY: see the function's safety section.
         let (data, dev) = unsafe { (Self::data(iommu_data), VfioDevice::from_raw(vdev)) };
-        T::register_device(data, Registering(dev));
+        // SAFETY: the VFIO core is registering `dev`.
+        T::register_device(data, unsafe { Registering::new(dev) });
     }
 
     /// # Safety
@@ -475,7 +271,7 @@ impl<T: IommuDriver> OpsTable<T> {
     unsafe extern "C" fn unregister_device(iommu_data: *mut ffi::c_void, vdev: *mut bindings::vfio_device) {
         // SAFETY: see the function's safety section.
         let (data, dev) = unsafe { (Self::data(iommu_data), VfioDevice::from_raw(vdev)) };
-        T::unregister_device(data, Unregistering(dev));
+        T::unregister_device(data, Unregistering::new(dev));
     }
 
     /// # Safety
@@ -518,7 +314,7 @@ impl<T: IommuDriver> OpsTable<T> {
         // SAFETY: see the function's safety section.
         let (data, group) = unsafe { (Self::data(iommu_data), IommuGroup::from_raw(group)) };
         match T::group_iommu_domain(data, group) {
-            Ok(d) => d,
+            Ok(d) => d.as_ptr(),
             Err(e) => err_ptr(e),
         }
     }

@@ -6,14 +6,17 @@
 //! # State
 //!
 //! [`State`] holds what the C `struct vfio_iommu` holds: the counters and
-//! flags of `type1_core::iommu::VfioIommu`, the mappings ([`Mappings`]), the
-//! attached groups, and the IOMMU domains with the valid IOVA ranges
-//! ([`Domains`], see `domain.rs`). Emulated-IOMMU (mdev) groups reach memory
+//! flags of `type1_core::container::VfioIommu`, the mappings
+//! ([`Mappings`]), the attached groups, and the IOMMU domains with the
+//! valid IOVA ranges ([`Domains`], see `real_iommu.rs`). Emulated-IOMMU (mdev) groups reach memory
 //! through pins devices make with `vfio_pin_pages`; groups behind a real
 //! IOMMU get a domain, and while one exists every mapping is pinned and
 //! mapped into the IOMMU page tables at `MAP_DMA` time.
 //!
 //! # Locks
+//!
+//! This is the one statement of the module's lock order; other files and
+//! `docs/type1.md` refer to it.
 //!
 //! - `devices` (the *device-list lock*, a mutex): the devices that have a
 //!   `dma_unmap` op, registered when they are opened.
@@ -30,10 +33,13 @@
 //!   lock and retries.
 //! - `pin_pages`, `unpin_pages`, `dma_rw` (called by vendor drivers under
 //!   their own locks) and every other ioctl: the container lock alone.
-//! - Below the container lock, the real-IOMMU path (`domain.rs`) takes the
-//!   mapping process's mmap lock (pinning, `locked_vm`), the IOMMU group
-//!   mutex (attach, detach) and the IOMMU driver's page-table locks, one at
-//!   a time; none of them is held while taking the container lock.
+//! - Below the container lock, pinning and `locked_vm` accounting take the
+//!   mapping process's mmap lock (read to pin, write to charge, never both
+//!   at once), and the real-IOMMU path (`real_iommu/`) takes the IOMMU
+//!   group mutex (attach, detach) and the IOMMU driver's page-table locks,
+//!   one at a time; none of them is held while taking the container lock.
+//!   The C type1 nests the same locks in the same order under its
+//!   `iommu->lock`.
 //!
 //! The C type1 (6.12) takes the container lock and then the device-list lock
 //! in `register_device`, but holds the device-list lock while the callbacks
@@ -41,23 +47,25 @@
 //! is opened while another thread unmaps pinned memory. Here nothing takes
 //! the device-list lock while holding the container lock.
 
-use crate::bindings;
-use crate::domain::{self, Domains};
+#![deny(unsafe_code)]
+
+use crate::real_iommu::{self, Domains};
 use crate::mm;
 use crate::store::{Dma, Mappings, PfnSlot, PfnSpares};
 use crate::type1_core::dma::{DmaTree, VfioDma};
 use crate::type1_core::errno::{self as cerr, Errno};
-use crate::type1_core::iommu::VfioIommu;
+use crate::type1_core::container::VfioIommu;
 use crate::type1_core::pin::{self as cpin, PfnStore, PinOps};
 use crate::type1_core::uapi::IOMMU_WRITE;
 use crate::type1_core::{acct, dirty as cdirty};
-use crate::vfio_iommu::{
-    DeviceList, DeviceSlot, DmaRwBuffer, GroupKey, GroupType, IommuGroup, Registering, Unregistering,
+use crate::vfio_iommu::{DmaRwBuffer, PinnedPages};
+use crate::vfio_iommu_devices::{
+    DeviceList, DeviceSlot, GroupKey, GroupType, IommuGroup, Registering, Unregistering,
 };
+use crate::mutex::{new_direct_mutex, Mutex};
 use crate::params;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
-use crate::mutex::{new_direct_mutex, Mutex};
 
 /// Turns a `type1_core` errno into a kernel error. The core's errnos map
 /// to the kernel's constants without a call (`Error::from_errno` is out of
@@ -95,7 +103,7 @@ pub(crate) struct State {
     /// the device-list lock.
     pub(crate) registrations_lost: bool,
     /// The IOMMU domains of groups behind a real IOMMU, and the valid IOVA
-    /// ranges (`domain.rs`).
+    /// ranges (`real_iommu.rs`).
     pub(crate) domains: Domains,
     /// Nodes of unpinned pages, for the next pins.
     pub(crate) pfn_spares: PfnSpares,
@@ -150,7 +158,7 @@ impl Container {
                 st.iommu.group_attached(true);
                 Ok(())
             }
-            GroupType::Iommu => domain::attach(&mut st, group, node),
+            GroupType::Iommu => real_iommu::attach(&mut st, group, node),
             GroupType::NoIommu => Err(EINVAL),
         }
     }
@@ -164,8 +172,8 @@ impl Container {
             return;
         };
         // A group behind a real IOMMU leaves its domain (and with the last
-        // domain the mappings may go: see `domain::detach`).
-        let iommu_backed = domain::detach(&mut st, key);
+        // domain the mappings may go: see `real_iommu::detach`).
+        let iommu_backed = real_iommu::detach(&mut st, key);
         if st.groups.iter().next().is_none() {
             if st.iommu.has_devices {
                 pr_warn!("last group detached while devices are still registered\n");
@@ -212,19 +220,14 @@ impl Container {
         self.devices.lock().notify_dma_unmap(iova, size);
     }
 
-    /// `pin_pages` from a device of `group`.
+    /// `pin_pages` from a device of `group`. Inlined into the trampoline:
+    /// one Rust frame per `vfio_pin_pages`.
     #[inline(always)]
-    pub(crate) fn pin_pages(
-        &self,
-        group: &IommuGroup,
-        iova: u64,
-        prot: i32,
-        pages: &mut [*mut bindings::page],
-    ) -> Result<usize> {
+    pub(crate) fn pin_pages(&self, group: &IommuGroup, iova: u64, prot: i32, pages: PinnedPages<'_>) -> Result<usize> {
         let npage = i32::try_from(pages.len()).map_err(|_| EINVAL)?;
         let prot = u32::try_from(prot).map_err(|_| EINVAL)?;
-        // The core pins into pfns, gathered in `pages` itself.
-        mm::pin_into_pages(pages, |pfns| {
+        // The core pins into pfns, gathered in the caller's array itself.
+        pages.fill(|pfns| {
             let mut st = self.state.lock();
             if st.registrations_lost {
                 // A device missing from the list could not be told to unpin.
@@ -252,7 +255,8 @@ impl Container {
     }
 
     /// `dma_rw`: copies between `buf` and the memory mapped at `iova`,
-    /// chunk by chunk across mappings.
+    /// chunk by chunk across mappings. Inlined into the trampoline: one Rust
+    /// frame per `vfio_dma_rw`.
     #[inline(always)]
     pub(crate) fn dma_rw(&self, iova: u64, mut buf: DmaRwBuffer<'_>) -> Result {
         let total = match &buf {
@@ -294,7 +298,7 @@ fn remove_all(st: &mut State) {
     let State { iommu, dmas, domains, .. } = st;
     while let Some(k) = crate::type1_core::dma::first_key(dmas) {
         match crate::type1_core::dma::remove_dma(dmas, iommu, k) {
-            Some(d) => domain::remove_dma(domains, dmas, d),
+            Some(d) => real_iommu::remove_dma(domains, dmas, d),
             None => break,
         }
     }
@@ -311,6 +315,7 @@ struct PinContext<'a> {
 
 /// `vfio_pin_page_external()` with the address space already held live:
 /// pins the page at `vaddr` and charges it to `task` unless it is reserved.
+/// Inlined into the pin path, which calls it for every single-page pin.
 #[inline(always)]
 fn pin_one(
     users: &mm::MmUsers<'_>,
@@ -425,6 +430,7 @@ impl PinOps<Dma> for PinContext<'_> {
 }
 
 impl Drop for Dma {
+    // Inlined into every removal: the usual mapping needs only the test.
     #[inline(always)]
     fn drop(&mut self) {
         // Almost every mapping ends unmapped from the IOMMU and without pins.
@@ -438,7 +444,7 @@ impl Dma {
     /// What dropping a mapping should never find: IOMMU pins or device pins.
     #[cold]
     fn drop_leftovers(&mut self) {
-        // Mappings in IOMMU domains are torn down by `domain::remove_dma`,
+        // Mappings in IOMMU domains are torn down by `real_iommu::remove_dma`,
         // and the VFIO core detaches every group (so every domain goes, with
         // the mappings) before it releases a container. Should that ever not
         // hold, the IOMMU pins cannot be found any more: say so.

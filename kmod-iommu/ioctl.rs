@@ -8,6 +8,8 @@
 //! dirty bitmaps out under the lock (UNMAP_DMA with GET_DIRTY_BITMAP and
 //! DIRTY_PAGES GET_BITMAP), which we do the same way.
 
+#![deny(unsafe_code)]
+
 use crate::container::{err, Container, State};
 use crate::store::{Dma, Mappings};
 use crate::type1_core::dirty::{self as cdirty, DirtyOp, UserBitmap};
@@ -16,7 +18,7 @@ use crate::type1_core::errno::{Errno, EFAULT as C_EFAULT};
 use crate::type1_core::map::{self as cmap, MapPlan};
 use crate::type1_core::uapi::{self as u, Type1Ioctl};
 use crate::type1_core::unmap::{self as cunmap, UnmapPlan, UnmapStep};
-use crate::type1_core::{info as cinfo, iommu as ciommu};
+use crate::type1_core::{container as ccontainer, info as cinfo};
 use crate::mm::{self, Owner};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::prelude::*;
@@ -55,7 +57,7 @@ fn check_extension(c: Option<&Container>, arg: usize) -> isize {
             (st.iommu.has_emulated_groups, st.domains.all_enforce_cc())
         })
     };
-    ciommu::check_extension_with(arg as u64, state) as isize
+    ccontainer::check_extension_with(arg as u64, state) as isize
 }
 
 /// Reads `N` bytes of the argument at `offset`; `EFAULT` if they are not readable.
@@ -125,13 +127,13 @@ fn map_dma(c: &Container, arg: usize) -> Result {
             } else {
                 // Linked with size 0, it grows as it is pinned and mapped.
                 dmas.insert(node, Dma::new(info, owner));
-                crate::domain::map_new(iommu, dmas, domains, iova, map.size)?;
+                crate::real_iommu::map_new(iommu, dmas, domains, iova, map.size)?;
             }
             if iommu.dirty_page_tracking {
                 let entry = dmas.get_mut(iova).ok_or(EINVAL)?;
                 if let Err(e) = cdirty::dma_bitmap_alloc(entry, iommu) {
                     if let Some(d) = cdma::remove_dma(dmas, iommu, iova) {
-                        crate::domain::remove_dma(domains, dmas, d);
+                        crate::real_iommu::remove_dma(domains, dmas, d);
                     }
                     return Err(err(e));
                 }
@@ -211,7 +213,7 @@ fn unmap_dma(c: &Container, arg: usize) -> Result {
     loop {
         let State { iommu, dmas, domains, .. } = &mut *st;
         match plan.step(dmas, iommu, user.as_mut()) {
-            UnmapStep::Removed(dma) => crate::domain::remove_dma(domains, dmas, dma),
+            UnmapStep::Removed(dma) => crate::real_iommu::remove_dma(domains, dmas, dma),
             UnmapStep::NotifyUnmap { iova, size } => {
                 // Devices unpin through the container lock: drop it first.
                 drop(st);

@@ -2,7 +2,10 @@
 /*
  * Module parameters of vfio_iommu_type1_rs, with the names, types,
  * permissions and defaults of the C vfio_iommu_type1 (6.12 has no module
- * parameters for Rust modules). Read from Rust through params.rs (a C file of its own: Kbuild would not know which of params.c and params.rs builds params.o).
+ * parameters for Rust modules, and module_param_named is a macro). Declared
+ * in Rust by params.rs, through kmod-common/module_param.rs. A C file of its
+ * own name: Kbuild would not know which of params.c and params.rs builds
+ * params.o.
  */
 #include <linux/limits.h>
 #include <linux/moduleparam.h>

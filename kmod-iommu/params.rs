@@ -1,34 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The module parameters, defined in `module_params.c` (as the C type1 has them:
-//! `dma_entry_limit`, `disable_hugepages`, `allow_unsafe_interrupts`, all
-//! writable at run time through `/sys/module/vfio_iommu_type1_rs/parameters/`).
+//! The module parameters, defined in `module_params.c` (as the C type1 has
+//! them: `dma_entry_limit`, `disable_hugepages`, `allow_unsafe_interrupts`,
+//! all writable at run time through `/sys/module/vfio_iommu_type1_rs/parameters/`).
 
-use core::ptr::addr_of;
+#![deny(unsafe_code)]
 
-extern "C" {
-    static type1_rs_allow_unsafe_interrupts: bool;
-    static type1_rs_disable_hugepages: bool;
-    static type1_rs_dma_entry_limit: ffi::c_uint;
+use crate::module_param::c_module_params;
+
+c_module_params! {
+    static ALLOW_UNSAFE_INTERRUPTS: bool = "type1_rs_allow_unsafe_interrupts";
+    static DISABLE_HUGEPAGES: bool = "type1_rs_disable_hugepages";
+    static DMA_ENTRY_LIMIT: u32 = "type1_rs_dma_entry_limit";
 }
 
 /// `dma_entry_limit`: mappings a new container may hold.
 pub(crate) fn dma_entry_limit() -> u32 {
-    // SAFETY: the parameter is a plain `unsigned int` that sysfs may rewrite
-    // at any time; a volatile read of an aligned word is what C does too.
-    unsafe { core::ptr::read_volatile(addr_of!(type1_rs_dma_entry_limit)) }
+    DMA_ENTRY_LIMIT.get()
 }
 
 /// `disable_hugepages`: map only `PAGE_SIZE` pages into IOMMU domains.
 pub(crate) fn disable_hugepages() -> bool {
-    // SAFETY: as for `dma_entry_limit`; the kernel's bool params are 0 or 1.
-    unsafe { core::ptr::read_volatile(addr_of!(type1_rs_disable_hugepages)) }
+    DISABLE_HUGEPAGES.get()
 }
 
 /// `allow_unsafe_interrupts`: accept groups without interrupt remapping.
 pub(crate) fn allow_unsafe_interrupts() -> bool {
-    // SAFETY: as for `disable_hugepages`.
-    unsafe { core::ptr::read_volatile(addr_of!(type1_rs_allow_unsafe_interrupts)) }
+    ALLOW_UNSAFE_INTERRUPTS.get()
 }
-
-use kernel::ffi;

@@ -16,22 +16,23 @@
 //! is: the tree links, the fields a lookup reads (iova, size) next to them,
 //! the pin tree as one pointer, the bitmap, which only dirty tracking
 //! makes, behind one. The fewer pages a lookup's nodes spread over, the
-//! fewer TLB and cache misses it takes; with 65535 mappings, C's 96 bytes
-//! against 136 make a lookup about a fifth cheaper (measured on the C
-//! module, docs/bench.md). A mapping is built in its node and dropped there
-//! (a removal hands out the node, [`RemovedDma`]), and up to
+//! fewer TLB and cache misses it takes. A mapping is built in its node and
+//! dropped there (a removal hands out the node, [`RemovedDma`]), and up to
 //! [`SPARE_NODES`] nodes of removed mappings, and [`SPARE_PFN_NODES`] of
 //! unpinned pages, are kept for the next maps and pins.
+//!
+//! The small methods here run on every lookup, insertion and removal of
+//! `MAP_DMA`, `UNMAP_DMA` and the pin paths, through the core's generic
+//! code: they are `#[inline]` so that each path stays one function.
+
+#![deny(unsafe_code)]
 
 use crate::mm::Owner;
-use crate::rb_map::{Forget, Node, NodeAlloc, RbMap, RbOwned, RbSlot, RbValue};
-use crate::slab::ModuleCache;
+use crate::rb_map::{Forget, Node, RbMap, RbOwned, RbSlot, RbValue};
+use crate::slab::{CacheNodes, FromCache, ModuleCache};
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
 use crate::type1_core::pin::{PfnStore, PutPfn, VfioPfn};
-use core::marker::PhantomData;
-use core::mem::MaybeUninit;
-use core::ptr::NonNull;
 use kernel::prelude::*;
 
 /// One mapping (the C `struct vfio_dma`).
@@ -68,31 +69,6 @@ impl RbValue for Dma {
     fn rb_key(&self) -> u64 {
         // Set at MAP_DMA and never changed.
         self.info.iova
-    }
-}
-
-/// A value whose tree nodes come from a [`ModuleCache`] of their own.
-pub(crate) trait CacheNodes: Sized + 'static {
-    /// The cache.
-    fn cache() -> &'static ModuleCache<Node<Self>>;
-}
-
-/// The allocator of `V`'s tree nodes: its [`CacheNodes::cache`].
-pub(crate) struct FromCache<V>(PhantomData<V>);
-
-// SAFETY: `alloc` hands out fresh memory for one `Node<V>` from the cache
-// made for that type, which nothing else uses until `free` gives it back
-// to the same cache.
-unsafe impl<V: CacheNodes> NodeAlloc<V> for FromCache<V> {
-    #[inline]
-    fn alloc() -> Result<NonNull<MaybeUninit<Node<V>>>> {
-        V::cache().alloc()
-    }
-
-    #[inline]
-    unsafe fn free(node: NonNull<MaybeUninit<Node<V>>>) {
-        // SAFETY: the caller hands back memory from `alloc`, holding no value.
-        unsafe { V::cache().free(node) }
     }
 }
 

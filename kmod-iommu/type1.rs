@@ -8,21 +8,27 @@
 //! unmap calls directly. Load it instead of `vfio_iommu_type1`, never
 //! beside it: the VFIO core would offer containers to both.
 //!
-//! Files: `container.rs` (state, locks, callbacks; the lock order is written
-//! there), `domain.rs` (groups behind a real IOMMU: domains, pinning and
-//! IOMMU page tables), `ioctl.rs` (the uAPI), `store.rs` (mappings in rbtrees,
-//! their nodes from a slab cache),
+//! Files: `container.rs` (state, locks, callbacks; the lock order is stated
+//! there and only there), `real_iommu.rs` and `real_iommu/` (groups behind a
+//! real IOMMU: domains, pinning and IOMMU page tables), `ioctl.rs` (the
+//! uAPI), `store.rs` (mappings in rbtrees, their nodes from slab caches),
 //! `params.rs` (module parameters); the rules live in the `no_std` crate
-//! `core/` (`type1_core`), the FFI in `../kmod-common/`.
+//! `core/` (`type1_core`), the FFI and every `unsafe` block in
+//! `../kmod-common/`. This file mounts those and expands `module!`, which
+//! hold unsafe code; its own items deny it.
 
 use kernel::{c_str, prelude::*};
 
 #[path = "../kmod-common/bindings.rs"]
 mod bindings;
-#[path = "../kmod-common/iommu.rs"]
-mod iommu;
+#[path = "../kmod-common/iommu_domain.rs"]
+mod iommu_domain;
+#[path = "../kmod-common/kvec_ext.rs"]
+mod kvec_ext;
 #[path = "../kmod-common/mm.rs"]
 mod mm;
+#[path = "../kmod-common/module_param.rs"]
+mod module_param;
 #[path = "../kmod-common/mutex.rs"]
 mod mutex;
 #[path = "../kmod-common/rb_map.rs"]
@@ -31,11 +37,13 @@ mod rb_map;
 mod slab;
 #[path = "../kmod-common/vfio_iommu.rs"]
 mod vfio_iommu;
+#[path = "../kmod-common/vfio_iommu_devices.rs"]
+mod vfio_iommu_devices;
 
 mod container;
-mod domain;
 mod ioctl;
 mod params;
+mod real_iommu;
 mod store;
 
 /// The kernel-independent rules, shared with the host tests (`cargo test -p type1-core`).
@@ -43,11 +51,11 @@ mod store;
 #[allow(dead_code, unreachable_pub, clippy::all)]
 mod type1_core {
     pub(crate) mod acct;
+    pub(crate) mod container;
     pub(crate) mod dirty;
     pub(crate) mod dma;
     pub(crate) mod errno;
     pub(crate) mod info;
-    pub(crate) mod iommu;
     pub(crate) mod iova;
     pub(crate) mod map;
     pub(crate) mod pin;
@@ -55,9 +63,15 @@ mod type1_core {
     pub(crate) mod unmap;
 }
 
+// The core, and every file that converts between pages and bytes, assume
+// 4 KiB pages: the kernel's must be those.
+const _: () = assert!(type1_core::container::PAGE_SHIFT as usize == kernel::page::PAGE_SHIFT);
+
 use container::Container;
+use iommu_domain::DomainHandle;
 use slab::ModuleCacheGuard;
-use vfio_iommu::{DmaRwBuffer, GroupType, IommuDriver, IommuGroup, Registering, Registration, Unregistering};
+use vfio_iommu::{DmaRwBuffer, IommuDriver, PinnedPages, Registration};
+use vfio_iommu_devices::{GroupType, IommuGroup, Registering, Unregistering};
 
 module! {
     type: Type1Module,
@@ -67,8 +81,10 @@ module! {
     license: "GPL v2",
 }
 
+#[deny(unsafe_code)]
 struct Type1;
 
+#[deny(unsafe_code)]
 #[vtable]
 impl IommuDriver for Type1 {
     type Data = Container;
@@ -92,14 +108,9 @@ impl IommuDriver for Type1 {
         c.detach_group(group)
     }
 
+    // Inlined into the trampoline, as `ioctl`.
     #[inline(always)]
-    fn pin_pages(
-        c: &Container,
-        group: &IommuGroup,
-        iova: u64,
-        prot: i32,
-        pages: &mut [*mut bindings::page],
-    ) -> Result<usize> {
+    fn pin_pages(c: &Container, group: &IommuGroup, iova: u64, prot: i32, pages: PinnedPages<'_>) -> Result<usize> {
         c.pin_pages(group, iova, prot, pages)
     }
 
@@ -115,17 +126,19 @@ impl IommuDriver for Type1 {
         c.unregister_device(dev)
     }
 
+    // Inlined into the trampoline, as `ioctl`.
     #[inline(always)]
     fn dma_rw(c: &Container, iova: u64, buf: DmaRwBuffer<'_>) -> Result {
         c.dma_rw(iova, buf)
     }
 
-    fn group_iommu_domain(c: &Container, group: &IommuGroup) -> Result<*mut bindings::iommu_domain> {
+    fn group_iommu_domain(c: &Container, group: &IommuGroup) -> Result<DomainHandle> {
         // Emulated groups have none (`ENODEV`, as in C).
         c.state.lock().domains.group_domain(group.key()).ok_or(ENODEV)
     }
 }
 
+#[deny(unsafe_code)]
 struct Type1Module {
     // Dropped in this order: no container is left once the backend is
     // unregistered (each holds a module reference), so no mapping node is
@@ -135,6 +148,7 @@ struct Type1Module {
     _pfn_nodes: ModuleCacheGuard<rb_map::Node<store::PinnedPage>>,
 }
 
+#[deny(unsafe_code)]
 impl kernel::Module for Type1Module {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let dma_nodes = store::DMA_NODES.create(c_str!("vfio_dma_rs"))?;

@@ -9,7 +9,7 @@
 //! reads under `mmap_lock`.
 
 use super::errno::{Errno, ENOMEM};
-use super::iommu::PAGE_SHIFT;
+use super::container::PAGE_SHIFT;
 
 /// `rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT`: the limit in pages.
 pub fn memlock_limit_pages(rlimit_bytes: u64) -> u64 {

@@ -11,7 +11,7 @@
 
 use super::dma::{find_dma, first_key, next_key, DmaEntry, DmaTree, VfioDma};
 use super::errno::{Errno, EACCES, EINVAL};
-use super::iommu::{min_pgshift, VfioIommu};
+use super::container::{min_pgshift, VfioIommu};
 use super::pin::PfnStore;
 use super::uapi::{
     DirtyBitmap, DirtyBitmapGet, DIRTY_BITMAP_GET_SIZE, DIRTY_BITMAP_MINSZ,

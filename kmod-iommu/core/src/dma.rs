@@ -11,7 +11,7 @@
 //! comparisons in exact arithmetic instead (see the report on questionable
 //! C behaviour); every non-wrapping case gives the identical answer.
 
-use super::iommu::VfioIommu;
+use super::container::VfioIommu;
 use super::pin::PfnStore;
 use core::borrow::{Borrow, BorrowMut};
 

@@ -11,7 +11,7 @@
 
 use super::dirty::DIRTY_BITMAP_SIZE_MAX;
 use super::errno::{Errno, EINVAL, ENOMEM};
-use super::iommu::VfioIommu;
+use super::container::VfioIommu;
 use super::iova::VfioIova;
 use super::uapi::{
     IOMMU_INFO_MINSZ, IOMMU_INFO_SIZE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES,

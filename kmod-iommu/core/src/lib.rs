@@ -17,11 +17,11 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod acct;
+pub mod container;
 pub mod dirty;
 pub mod dma;
 pub mod errno;
 pub mod info;
-pub mod iommu;
 pub mod iova;
 pub mod map;
 pub mod pin;

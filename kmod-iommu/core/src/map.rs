@@ -11,7 +11,7 @@
 
 use super::dma::{DmaEntry, DmaTree, VfioDma};
 use super::errno::{Errno, EEXIST, EINVAL, ENOENT, ENOSPC};
-use super::iommu::VfioIommu;
+use super::container::VfioIommu;
 use super::iova::{iova_dma_valid, VfioIova};
 use super::uapi::{
     DmaMap, DMA_MAP_MINSZ, IOMMU_READ, IOMMU_WRITE, VFIO_DMA_MAP_FLAG_READ,

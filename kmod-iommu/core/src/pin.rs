@@ -11,7 +11,7 @@
 use super::dirty::bitmap_set;
 use super::dma::{DmaEntry, DmaTree, VfioDma};
 use super::errno::{Errno, E2BIG, EACCES, EBUSY, EINVAL, EPERM};
-use super::iommu::{VfioIommu, PAGE_SIZE};
+use super::container::{VfioIommu, PAGE_SIZE};
 use super::uapi::{IOMMU_READ, IOMMU_WRITE};
 
 /// `VFIO_PIN_PAGES_MAX_ENTRIES`: `PAGE_SIZE / sizeof(unsigned long)`.

@@ -14,7 +14,7 @@
 use super::dirty::{copy_dma_to_user, user_pgshift, verify_bitmap_size, UserBitmap};
 use super::dma::{find_dma_first_view, next_key, remove_dma_then_next, DmaEntry, DmaTree, DmaView};
 use super::errno::{Errno, EBUSY, EINVAL};
-use super::iommu::VfioIommu;
+use super::container::VfioIommu;
 use super::uapi::{
     DmaUnmap, VfioBitmap, DMA_UNMAP_MINSZ, VFIO_BITMAP_SIZE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, VFIO_DMA_UNMAP_FLAG_VADDR,

@@ -7,7 +7,7 @@ use common::*;
 use type1_core::dirty::*;
 use type1_core::dma::{DmaEntry, DmaTree, VfioDma};
 use type1_core::errno::*;
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::pin::{dma_rw_chunk, dma_rw_mark_dirty, VfioPfn};
 use type1_core::uapi::*;
 

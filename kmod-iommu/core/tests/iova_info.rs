@@ -7,7 +7,7 @@ use common::*;
 use type1_core::acct::*;
 use type1_core::errno::*;
 use type1_core::info::*;
-use type1_core::iommu::*;
+use type1_core::container::*;
 use type1_core::iova::*;
 use type1_core::uapi::*;
 

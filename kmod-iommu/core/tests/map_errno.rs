@@ -10,7 +10,7 @@ use type1_core::iova::VfioIova;
 use type1_core::map::{check_map_args, validate_map, MapPlan, NewDma};
 use type1_core::uapi::*;
 
-fn fresh() -> (HostTree, type1_core::iommu::VfioIommu) {
+fn fresh() -> (HostTree, type1_core::container::VfioIommu) {
     (HostTree::default(), v2())
 }
 
@@ -192,7 +192,7 @@ fn map_dma_eexist_comes_before_enospc_and_iova_range() {
 fn map_dma_dma_avail_exhausted_is_enospc() {
     // vfio_dma_do_map: !iommu->dma_avail
     let mut t = HostTree::default();
-    let mut i = type1_core::iommu::VfioIommu::open(VFIO_TYPE1V2_IOMMU, 2).unwrap();
+    let mut i = type1_core::container::VfioIommu::open(VFIO_TYPE1V2_IOMMU, 2).unwrap();
     do_map(&mut t, &mut i, &[], map_args(0, PG)).unwrap();
     do_map(&mut t, &mut i, &[], map_args(PG, PG)).unwrap();
     assert_eq!(i.dma_avail, 0);

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use type1_core::dma::DmaTree;
 use type1_core::errno::*;
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::pin::*;
 use type1_core::uapi::*;
 

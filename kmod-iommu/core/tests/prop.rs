@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use type1_core::dirty::{dirty_bitmap_bytes, dirty_pages_start, test_bit};
 use type1_core::dma::{find_dma, find_dma_first, DmaTree, VfioDma};
 use type1_core::errno::*;
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::iova::{
     aper_resize, exclude_capacity, resv_exclude, IovaList, ResvRegion, ResvType, VfioIova,
 };

@@ -7,7 +7,7 @@ use common::*;
 use type1_core::dirty::{dirty_pages_start, DIRTY_BITMAP_SIZE_MAX};
 use type1_core::dma::DmaTree;
 use type1_core::errno::*;
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::pin::VfioPfn;
 use type1_core::uapi::*;
 use type1_core::unmap::{

@@ -10,7 +10,7 @@ use type1_core::dirty::{
 };
 use type1_core::dma::{remove_dma, DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use type1_core::errno::{Errno, EFAULT, ENOMEM};
-use type1_core::iommu::VfioIommu;
+use type1_core::container::VfioIommu;
 use type1_core::iova::VfioIova;
 use type1_core::map::{apply_update_vaddr, validate_map, MapPlan};
 use type1_core::pin::{PfnStore, PinOps, VfioPfn};
@@ -490,7 +490,7 @@ impl PinOps<HostDma> for MockPin {
         // a failing first page falls back to the single-page path.
         let n = out.len().min(self.batch);
         let ok = (0..n as u64)
-            .take_while(|j| self.fail_vaddr.map_or(true, |(v, _)| v != vaddr + j * PG))
+            .take_while(|j| self.fail_vaddr.is_none_or(|(v, _)| v != vaddr + j * PG))
             .count();
         if ok == 0 {
             out[0] = self.pin_page_external(e, vaddr, do_accounting)?;

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! IOMMU domains: paging domains for the groups a VFIO backend serves,
-//! their page tables and TLB flushing, and what a group's IOMMU reports
-//! (reserved regions, interrupt isolation).
+//! The kernel's IOMMU subsystem (`drivers/iommu/`), as a VFIO backend uses
+//! it: paging domains for the groups it serves, their page tables and TLB
+//! flushing, and what a group's IOMMU reports (reserved regions, interrupt
+//! isolation). Not to be confused with type1's container state
+//! (`type1_core::container`) or its real-IOMMU path (`kmod-iommu/domain/`),
+//! which use this module.
 //!
 //! C header: [`include/linux/iommu.h`](srctree/include/linux/iommu.h).
 //!
@@ -13,15 +16,44 @@
 //! disjoint (type1 does so under its container lock).
 
 use crate::bindings;
-use crate::vfio_iommu::{GroupKey, IommuGroup};
+use crate::kvec_ext::VecExt;
+use crate::vfio_iommu_devices::{GroupKey, IommuGroup};
 use core::ptr::NonNull;
+use kernel::error::{from_err_ptr, to_result};
 use kernel::ffi;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-/// `IOMMU_CACHE`: the mapping is cache-coherent (added to type1's
-/// `IOMMU_READ`/`IOMMU_WRITE`, which have the kernel's values).
+/// `IOMMU_READ`: the device may read the mapping.
+pub(crate) const IOMMU_READ: u32 = bindings::IOMMU_READ;
+/// `IOMMU_WRITE`: the device may write the mapping.
+pub(crate) const IOMMU_WRITE: u32 = bindings::IOMMU_WRITE;
+/// `IOMMU_CACHE`: the mapping is cache-coherent.
 pub(crate) const IOMMU_CACHE: u32 = bindings::IOMMU_CACHE;
+
+/// A domain as the VFIO core asks for it (`group_iommu_domain`): only
+/// handed back to C, never dereferenced in Rust.
+pub(crate) struct DomainHandle(NonNull<bindings::iommu_domain>);
+
+impl DomainHandle {
+    /// The C domain, for the trampoline that returns it to the VFIO core.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::iommu_domain {
+        self.0.as_ptr()
+    }
+}
+
+/// `iommu_group_for_each_dev` callback: allocates a paging domain for the
+/// first device's IOMMU into `*data` and stops the walk.
+///
+/// # Safety
+///
+/// `dev` is a valid device and `data` points to a `*mut iommu_domain`
+/// valid for writes (what [`Domain::alloc_for_group`] passes).
+unsafe extern "C" fn alloc_on_first_dev(dev: *mut bindings::device, data: *mut ffi::c_void) -> ffi::c_int {
+    // SAFETY: see the function's safety section.
+    unsafe { data.cast::<*mut bindings::iommu_domain>().write(bindings::iommu_paging_domain_alloc(dev)) };
+    1
+}
 
 /// A paging IOMMU domain and the groups attached to it.
 ///
@@ -48,14 +80,19 @@ impl Domain {
     pub(crate) fn alloc_for_group(group: &IommuGroup) -> Result<Self> {
         let mut groups = KVec::new();
         groups.reserve(1, GFP_KERNEL)?;
-        // SAFETY: the group is valid for the call (reference invariant).
-        let d = unsafe { bindings::kmod_helper_group_paging_domain_alloc(group.as_raw()) };
-        // SAFETY: `IS_ERR`/`PTR_ERR` only look at the pointer value.
-        if unsafe { bindings::kmod_helper_is_err(d.cast()) } {
-            // SAFETY: as above.
-            return Err(Error::from_errno(unsafe { bindings::kmod_helper_ptr_err(d.cast()) } as i32));
-        }
-        let raw = NonNull::new(d).ok_or(ENOMEM)?;
+        let mut d: *mut bindings::iommu_domain = core::ptr::null_mut();
+        // SAFETY: the group is valid for the call (reference invariant) and
+        // the iterator holds its lock, so its devices stay while the
+        // callback runs; `d` is valid for the callback's write.
+        unsafe {
+            bindings::iommu_group_for_each_dev(
+                group.as_raw(),
+                core::ptr::addr_of_mut!(d).cast(),
+                Some(alloc_on_first_dev),
+            )
+        };
+        // No device (an empty group): nothing to allocate for.
+        let raw = NonNull::new(from_err_ptr(d)?).ok_or(ENODEV)?;
         // INVARIANT: a fresh domain from the allocator, no group attached.
         Ok(Domain { raw, groups })
     }
@@ -66,8 +103,8 @@ impl Domain {
 
     /// The C domain, for the VFIO core (`group_iommu_domain`), which only
     /// uses it while the group stays attached.
-    pub(crate) fn as_raw(&self) -> *mut bindings::iommu_domain {
-        self.as_ptr()
+    pub(crate) fn handle(&self) -> DomainHandle {
+        DomainHandle(self.raw)
     }
 
     /// Attaches `group` (`iommu_attach_group`); the group's devices then
@@ -75,7 +112,7 @@ impl Domain {
     pub(crate) fn attach(&mut self, group: &IommuGroup) -> Result {
         self.groups.reserve(1, GFP_KERNEL)?;
         // SAFETY: the domain is ours (type invariant) and the group valid.
-        kernel::error::to_result(unsafe { bindings::iommu_attach_group(self.as_ptr(), group.as_raw()) })?;
+        to_result(unsafe { bindings::iommu_attach_group(self.as_ptr(), group.as_raw()) })?;
         // INVARIANT: attached just above. `reserve` made room, so this cannot fail.
         self.groups.push(NonNull::from(group).cast(), GFP_KERNEL)?;
         Ok(())
@@ -86,14 +123,10 @@ impl Domain {
         let Some(i) = self.groups.iter().position(|g| GroupKey::of_raw(g.as_ptr()) == key) else {
             return false;
         };
-        let g = self.groups[i];
-        // SAFETY: `g` is attached to our domain and alive (type invariant).
+        let Some(g) = self.groups.swap_remove(i) else { return false };
+        // SAFETY: `g` was attached to our domain and is alive (type
+        // invariant); it is off the list now, so it is detached once.
         unsafe { bindings::iommu_detach_group(self.as_ptr(), g.as_ptr()) };
-        // Swap the last entry in (KVec has no remove in this kernel).
-        let last = self.groups.len() - 1;
-        self.groups.swap(i, last);
-        // SAFETY: shrinking by one; the dropped element is a plain pointer.
-        unsafe { self.groups.set_len(last) };
         true
     }
 
@@ -111,7 +144,7 @@ impl Domain {
     pub(crate) fn for_each_group(&self, mut f: impl FnMut(&IommuGroup) -> Result) -> Result {
         for g in self.groups.iter() {
             // SAFETY: attached groups are alive (type invariant) while `self` is borrowed.
-            f(unsafe { IommuGroup::from_raw_group(g.as_ptr()) })?;
+            f(unsafe { IommuGroup::from_raw(g.as_ptr()) })?;
         }
         Ok(())
     }
@@ -119,29 +152,36 @@ impl Domain {
     /// An identity of the IOMMU driver (its `iommu_domain_ops`): two
     /// domains with the same identity can hold each other's groups.
     pub(crate) fn ops_id(&self) -> usize {
-        // SAFETY: the domain is valid (type invariant).
-        unsafe { bindings::kmod_helper_domain_ops(self.as_ptr()) as usize }
+        // SAFETY: the domain is valid (type invariant); `ops` is set at
+        // allocation and never changes.
+        unsafe { (*self.as_ptr()).ops as usize }
     }
 
     /// Turns on enforced cache coherency (no-snoop DMA blocked) if the
     /// IOMMU can; true if it is on.
     pub(crate) fn enforce_cache_coherency(&self) -> bool {
-        // SAFETY: the domain is valid (type invariant).
-        unsafe { bindings::kmod_helper_domain_enforce_cc(self.as_ptr()) }
+        // SAFETY: the domain is valid (type invariant); its `ops` points to
+        // the IOMMU driver's static table.
+        let f = unsafe { (*(*self.as_ptr()).ops).enforce_cache_coherency };
+        match f {
+            // SAFETY: the driver's own op, called on its own domain.
+            Some(f) => unsafe { f(self.as_ptr()) },
+            None => false,
+        }
     }
 
     /// The aperture: first and last mappable IOVA.
     pub(crate) fn aperture(&self) -> (u64, u64) {
-        let (mut start, mut end) = (0u64, 0u64);
-        // SAFETY: the domain is valid; the out-pointers are to locals.
-        unsafe { bindings::kmod_helper_domain_geometry(self.as_ptr(), &mut start, &mut end) };
-        (start, end)
+        // SAFETY: the domain is valid (type invariant); the geometry is set
+        // at allocation and never changes.
+        let g = unsafe { &(*self.as_ptr()).geometry };
+        (g.aperture_start, g.aperture_end)
     }
 
     /// The IOMMU page sizes this domain can map.
     pub(crate) fn pgsize_bitmap(&self) -> u64 {
-        // SAFETY: the domain is valid (type invariant).
-        unsafe { bindings::kmod_helper_domain_pgsize_bitmap(self.as_ptr()) as u64 }
+        // SAFETY: as for `aperture`.
+        unsafe { (*self.as_ptr()).pgsize_bitmap as u64 }
     }
 
     /// Maps `size` bytes at `iova` to the physical range at `paddr`
@@ -150,9 +190,17 @@ impl Domain {
     pub(crate) fn map(&self, iova: u64, paddr: u64, size: u64, prot: u32) -> Result {
         let size = usize::try_from(size).map_err(|_| EINVAL)?;
         // SAFETY: the domain is valid; the caller owns the IOVA range and
-        // keeps the physical pages pinned until it unmaps them.
-        kernel::error::to_result(unsafe {
-            bindings::kmod_helper_domain_map(self.as_ptr(), iova as ffi::c_ulong, paddr, size, prot as ffi::c_int)
+        // keeps the physical pages pinned until it unmaps them. The
+        // page-table allocations are charged to the caller's memcg.
+        to_result(unsafe {
+            bindings::iommu_map(
+                self.as_ptr(),
+                iova as ffi::c_ulong,
+                paddr,
+                size,
+                prot as ffi::c_int,
+                bindings::GFP_KERNEL_ACCOUNT,
+            )
         })
     }
 
@@ -191,7 +239,7 @@ impl Domain {
     /// IOMMUs without nesting refuse with `EINVAL`.
     pub(crate) fn enable_nesting(&self) -> Result {
         // SAFETY: the domain is valid and nothing is attached to it yet.
-        kernel::error::to_result(unsafe { bindings::iommu_enable_nesting(self.as_ptr()) })
+        to_result(unsafe { bindings::iommu_enable_nesting(self.as_ptr()) })
     }
 
     /// Sets up the software MSI window at `base` for platforms whose MSIs
@@ -199,7 +247,7 @@ impl Domain {
     pub(crate) fn get_msi_cookie(&self, base: u64) -> Result {
         // SAFETY: the domain is valid and has no cookie yet (the caller
         // asks once, before the domain is in use).
-        kernel::error::to_result(unsafe { bindings::iommu_get_msi_cookie(self.as_ptr(), base) })
+        to_result(unsafe { bindings::iommu_get_msi_cookie(self.as_ptr(), base) })
     }
 }
 
@@ -255,37 +303,43 @@ pub(crate) struct ResvRegion {
 
 /// The reserved regions of `group`'s devices (`iommu_get_group_resv_regions`).
 pub(crate) fn group_resv_regions(group: &IommuGroup) -> Result<KVec<ResvRegion>> {
-    let mut cap = 8usize;
-    loop {
-        let mut raw = KVec::with_capacity(cap, GFP_KERNEL)?;
-        for _ in 0..cap {
-            raw.push(bindings::kmod_resv_region { start: 0, length: 0, type_: 0 }, GFP_KERNEL)?;
-        }
-        let max = ffi::c_int::try_from(cap).map_err(|_| ENOMEM)?;
-        // SAFETY: the group is valid; `raw` has room for `max` entries.
-        let n = unsafe { bindings::kmod_helper_group_resv_regions(group.as_raw(), raw.as_mut_ptr(), max) };
-        if n < 0 {
-            return Err(Error::from_errno(n));
-        }
-        let n = n as usize;
-        if n > cap {
-            // The list grew past our array: ask again with room for all.
-            cap = n;
-            continue;
-        }
-        let mut out = KVec::with_capacity(n, GFP_KERNEL)?;
-        for r in &raw[..n] {
-            let kind = match r.type_ {
+    let mut head = bindings::list_head { next: core::ptr::null_mut(), prev: core::ptr::null_mut() };
+    let head = core::ptr::addr_of_mut!(head);
+    // SAFETY: `head` is a local that stays in place until the end of the
+    // function: an empty list (`INIT_LIST_HEAD`) that the IOMMU core fills
+    // with regions it allocated for us; the group is valid for the call.
+    let ret = unsafe {
+        (*head).next = head;
+        (*head).prev = head;
+        bindings::iommu_get_group_resv_regions(group.as_raw(), head)
+    };
+    let mut out = KVec::new();
+    let mut res = to_result(ret);
+    // SAFETY: `head` is a valid list (see above; on failure it may hold
+    // some regions); each entry is the `list` field of an
+    // `iommu_resv_region` allocated with `kmalloc` and now ours, freed
+    // once after its fields are read and its successor is known.
+    let mut pos = unsafe { (*head).next };
+    while pos != head {
+        // SAFETY: see above.
+        let (next, r) = unsafe { ((*pos).next, kernel::container_of!(pos, bindings::iommu_resv_region, list)) };
+        if res.is_ok() {
+            // SAFETY: `r` is a live region (see above).
+            let (start, length, kind) = unsafe { ((*r).start, (*r).length as u64, (*r).type_) };
+            let kind = match kind {
                 bindings::iommu_resv_type_IOMMU_RESV_DIRECT => ResvKind::Direct,
                 bindings::iommu_resv_type_IOMMU_RESV_DIRECT_RELAXABLE => ResvKind::DirectRelaxable,
                 bindings::iommu_resv_type_IOMMU_RESV_MSI => ResvKind::Msi,
                 bindings::iommu_resv_type_IOMMU_RESV_SW_MSI => ResvKind::SwMsi,
                 _ => ResvKind::Reserved,
             };
-            out.push(ResvRegion { start: r.start, length: r.length, kind }, GFP_KERNEL)?;
+            res = out.push(ResvRegion { start, length, kind }, GFP_KERNEL).map_err(Error::from);
         }
-        return Ok(out);
+        // SAFETY: see above; nothing reaches `r` afterwards.
+        unsafe { bindings::kfree(r.cast()) };
+        pos = next;
     }
+    res.map(|()| out)
 }
 
 /// Whether the group's MSIs are isolated (interrupt remapping): without

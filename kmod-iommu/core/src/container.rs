@@ -1,4 +1,6 @@
-//! Container-wide state of a type1 IOMMU (`struct vfio_iommu`) minus the kernel objects.
+//! Container-wide state of a type1 container (the C `struct vfio_iommu`)
+//! minus the kernel objects. (Not the kernel's IOMMU subsystem, which the
+//! module reaches through `kmod-common/iommu_domain.rs`.)
 //!
 //! The kernel module keeps the lists of domains, groups and devices itself;
 //! this struct holds the counters and flags that the validation rules read,
@@ -10,7 +12,9 @@ use super::uapi::{
     VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
 };
 
-/// `PAGE_SHIFT` of the kernel the module is built for; the kernel side asserts it matches.
+/// `PAGE_SHIFT` of the kernel the module is built for: type1 assumes 4 KiB
+/// pages. `kmod-iommu/type1.rs`, where this crate is mounted, asserts that
+/// the kernel's `PAGE_SHIFT` matches.
 pub const PAGE_SHIFT: u32 = 12;
 /// `PAGE_SIZE`.
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The real-IOMMU path: groups whose devices reach memory through IOMMU
+//! page tables (`vfio-pci` behind VT-d, AMD-Vi, SMMU, ...), as
+//! `drivers/vfio/vfio_iommu_type1.c` serves them.
+//!
+//! # What happens
+//!
+//! - **Attach** (`attach.rs`): a paging domain is allocated for the group's
+//!   IOMMU and the group attached to it; the domain's aperture and the
+//!   group's reserved regions must not cover an existing mapping (`EINVAL`)
+//!   and shrink the container's list of valid IOVA ranges; a group without
+//!   interrupt isolation is refused (`EPERM`) unless
+//!   `allow_unsafe_interrupts`; the domain enforces cache coherency if the
+//!   IOMMU can. If an existing domain has the same IOMMU driver and the same
+//!   coherency, the group joins it and the new domain is freed; otherwise
+//!   every existing mapping is replayed into the new domain (copied from
+//!   the first domain's page tables, or pinned now if no domain had it),
+//!   and a software MSI window gets its cookie.
+//! - **Map** (`pin_map.rs`): the whole range is pinned at `MAP_DMA` time, in
+//!   batches of up to 512 pages (`pin_user_pages_remote`, `FOLL_LONGTERM`),
+//!   charged to the mapping process's `locked_vm` (pages a device already
+//!   pinned through `vfio_pin_pages` are charged already), and mapped into
+//!   every domain one physically contiguous run at a time, so that the IOMMU
+//!   can use its large pages. `disable_hugepages` maps page by page.
+//! - **Unmap** (`unmap.rs`): every domain but the first is unmapped in
+//!   one call; the first is walked with `iova_to_phys` to find the
+//!   contiguous runs to unpin, unmapped with `iommu_unmap_fast`, and its
+//!   IOTLB flushed once per 512 runs before those runs are unpinned (a page
+//!   must not be unpinned while the IOTLB may still reach it).
+//! - **Detach** (`attach.rs`): the group leaves its domain; an empty domain is
+//!   freed. When the last domain goes, all mappings go too, unless mdev
+//!   groups remain: then only the IOMMU pins go and the pages devices
+//!   pinned are charged again.
+//!
+//! # Files
+//!
+//! - `attach.rs`: attach and detach, the domain list and the IOVA ranges.
+//! - `pin_map.rs`: pinning a mapping and mapping it into the domains.
+//! - `unmap.rs`: unmapping and unpinning, with gathered IOTLB flushes.
+//! - `replay.rs`: making a new domain map every existing mapping.
+//!
+//! The C IOMMU subsystem itself is wrapped in `kmod-common/iommu_domain.rs`.
+//!
+//! # Locks
+//!
+//! Everything here runs under the container lock; what it takes below that
+//! lock is part of the lock order stated in `container.rs`.
+//!
+//! # Differences from the reference
+//!
+//! - Pages are pinned in the mapping process's mm (the one `MAP_DMA`
+//!   recorded), also when another process attaches a group and the
+//!   mappings are replayed; C pins in the calling process's mm.
+//! - `VM_PFNMAP` ranges (device memory mapped by another driver) cannot be
+//!   pinned: `MAP_DMA` fails with `EFAULT` where C follows the PFN map.
+//! - The MSI cookie is taken before the replay, so its failure leaves
+//!   nothing pinned; C takes it after the replay and leaks the replay's
+//!   pins on that (theoretical) failure.
+//! - The fine-grained superpage probe (`vfio_test_domain_fgsp`) is not
+//!   made: unmap always looks for contiguous runs, which is what C does on
+//!   IOMMUs with discrete superpage sizes such as VT-d.
+
+#![deny(unsafe_code)]
+
+mod attach;
+mod pin_map;
+mod replay;
+mod unmap;
+
+pub(crate) use attach::{attach, detach};
+pub(crate) use pin_map::map_new;
+pub(crate) use unmap::remove_dma;
+
+use crate::iommu_domain::{Domain, DomainHandle};
+use crate::type1_core::container::update_pgsize_bitmap;
+use crate::type1_core::iova::VfioIova;
+use crate::vfio_iommu_devices::GroupKey;
+use kernel::prelude::*;
+
+// type1_core's protection bits are the kernel's, passed to `iommu_map` as they are.
+const _: () = assert!(
+    crate::type1_core::uapi::IOMMU_READ == crate::iommu_domain::IOMMU_READ
+        && crate::type1_core::uapi::IOMMU_WRITE == crate::iommu_domain::IOMMU_WRITE
+);
+
+/// One IOMMU domain of the container (the C `struct vfio_domain`).
+pub(crate) struct VfioDomain {
+    domain: Domain,
+    enforce_cc: bool,
+}
+
+/// The container's IOMMU domains and its valid IOVA ranges (the C
+/// `domain_list` and `iova_list`). Protected by the container lock.
+pub(crate) struct Domains {
+    list: KVec<VfioDomain>,
+    /// Empty until the first IOMMU-backed group: every IOVA is valid then.
+    iovas: KVec<VfioIova>,
+}
+
+impl Domains {
+    pub(crate) fn new() -> Self {
+        Domains { list: KVec::new(), iovas: KVec::new() }
+    }
+
+    /// The valid IOVA ranges (empty: all are valid).
+    pub(crate) fn iovas(&self) -> &[VfioIova] {
+        &self.iovas
+    }
+
+    /// Whether every domain enforces cache coherency (true with none).
+    pub(crate) fn all_enforce_cc(&self) -> bool {
+        self.list.iter().all(|d| d.enforce_cc)
+    }
+
+    /// How many groups are attached to domains.
+    pub(crate) fn group_count(&self) -> usize {
+        self.list.iter().map(|d| d.domain.group_count()).sum()
+    }
+
+    /// Whether the container has no IOMMU domain (then mappings are not
+    /// pinned at `MAP_DMA` time).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The domain `key`'s group is attached to.
+    pub(crate) fn group_domain(&self, key: GroupKey) -> Option<DomainHandle> {
+        self.list.iter().find(|d| d.domain.has_group(key)).map(|d| d.domain.handle())
+    }
+
+    fn first(&self) -> Option<&Domain> {
+        self.list.first().map(|d| &d.domain)
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        update_pgsize_bitmap(self.list.iter().map(|d| d.domain.pgsize_bitmap()))
+    }
+}
+
