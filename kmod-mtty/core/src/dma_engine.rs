@@ -25,8 +25,10 @@
 //! use) and the pages of the buffer each ring is currently transferring
 //! (held for one descriptor). A ring is naturally aligned and at most 4 KiB,
 //! so it is always one page; a buffer is at most [`MAX_BUFFER_LEN`] = 4096
-//! bytes, so it spans at most [`MAX_PIN_PAGES`] = 2 pages. The driver thus
-//! needs at most 8 `struct page` pointers per device, in fixed arrays.
+//! bytes, so it spans at most [`MAX_PIN_PAGES`] = 2 pages (both facts are
+//! checked at compile time against [`PAGE_SIZE`], the one page-size constant
+//! of the core). The driver thus needs at most 8 `struct page` pointers per
+//! device, in fixed arrays.
 //!
 //! When the IOMMU backend unmaps an IOVA range, [`DmaEngine::dma_unmap`]
 //! returns exactly the pinned ranges that overlap it, forgets them, and

@@ -1,11 +1,15 @@
 //! Ring descriptors: the 16-byte entry format in guest memory and its checks.
 
-use super::pins::PinRange;
+use super::pins::{PinRange, MAX_PIN_PAGES, PAGE_SIZE};
 
 /// Size of one descriptor in bytes.
 pub const DESC_SIZE: usize = 16;
 /// Largest buffer a descriptor may describe.
 pub const MAX_BUFFER_LEN: u32 = 4096;
+// The worst-placed buffer starts at the last byte of a page; its other
+// MAX_BUFFER_LEN - 1 bytes must fit in MAX_PIN_PAGES - 1 more pages, so that
+// every valid descriptor has a pin range.
+const _: () = assert!(MAX_BUFFER_LEN as u64 - 1 <= (MAX_PIN_PAGES as u64 - 1) * PAGE_SIZE);
 /// Descriptor flags: written back by the device on completion.
 pub const DESC_DONE: u32 = 0x1;
 

@@ -1,11 +1,16 @@
 //! Pinned pages: the page size, the four pin slots, page ranges and what an IOMMU unmap takes back.
 
+/// log2 of [`PAGE_SIZE`]: the engine plans pins in 4 KiB pages.
+///
+/// This is the core's only statement of the page size. The driver pins the
+/// planned ranges with `vfio_pin_pages`, which counts kernel pages, so the
+/// kernel module asserts at compile time that [`PAGE_SIZE`] equals
+/// `kernel::page::PAGE_SIZE`.
+pub const PAGE_SHIFT: u32 = 12;
 /// Page size the engine plans pins in.
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 /// Mask of the offset bits inside a page.
 const PAGE_MASK: u64 = PAGE_SIZE - 1;
-/// log2 of [`PAGE_SIZE`].
-pub const PAGE_SHIFT: u32 = 12;
 /// Largest number of pages of one pinned range.
 pub const MAX_PIN_PAGES: u32 = 2;
 /// Number of pin slots (ranges the engine may hold pinned at once).
@@ -69,7 +74,7 @@ impl PinRange {
 
 /// Bytes from `addr` to the end of its page, as a `u32`.
 pub(super) fn page_remainder(addr: u64) -> u32 {
-    // The result is in 1..=4096, so the conversion cannot fail.
+    // The result is in 1..=PAGE_SIZE, so the conversion cannot fail.
     u32::try_from(PAGE_SIZE.saturating_sub(addr & PAGE_MASK)).unwrap_or(1)
 }
 

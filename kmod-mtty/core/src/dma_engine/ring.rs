@@ -1,11 +1,13 @@
 //! The two descriptor rings: ring registers, geometry rules and the descriptor in flight.
 
 use super::descriptor::{Descriptor, DESC_SIZE};
-use super::pins::{PinRange, PinSlot};
+use super::pins::{PinRange, PinSlot, PAGE_SIZE};
 use super::registers::{INT_RX_DONE, INT_TX_DONE};
 
 /// Largest number of entries of one ring, so that a ring is one page.
 pub const MAX_RING_ENTRIES: u32 = 256;
+// The largest ring, aligned to its own size, lies inside one page.
+const _: () = assert!(MAX_RING_ENTRIES as u64 * DESC_SIZE as u64 <= PAGE_SIZE);
 
 /// One of the two rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +58,8 @@ pub(super) struct RingRegs {
 
 /// Page the driver has to pin for a ring of `size` entries at `base`, or
 /// `None` if the ring is disabled (size 0) or malformed. A well-formed ring
-/// is naturally aligned and at most 4 KiB, so this is always one page.
+/// is naturally aligned and at most one page long, so this is always one
+/// page.
 pub fn ring_pin_range(base: u64, size: u32) -> Option<PinRange> {
     if size == 0 || !ring_config_valid(base, size) {
         return None;
