@@ -88,11 +88,9 @@ mod ring;
 #[path = "dma_engine/snapshot.rs"]
 mod snapshot;
 
-// The kernel module mounts this file inside a private module and uses only
-// part of its API, so there the unused re-exports would warn.
 #[allow(
     unused_imports,
-    reason = "the kernel module uses only part of what the host crate exports"
+    reason = "the kernel module mounts this file in a private module and uses only part of it"
 )]
 pub use self::{
     action::{Action, Completion, EngineEnv, StaleCompletion},
