@@ -6,8 +6,9 @@
 //! (`dma_engine`) and the migration stream format (`migration`), plus the
 //! little-endian snapshot helpers they share (`wire`). The kernel
 //! module mounts these files with `#[path]`, so they refer to each other only
-//! through `super::`, use no allocation, no floating point and no `unsafe`,
-//! and never panic on any input.
+//! through `super::` (and `dma_engine.rs` names its own children with
+//! `#[path]`), use no allocation, no floating point and no `unsafe`, and
+//! never panic on any input.
 #![no_std]
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -99,8 +99,8 @@ pub const PCI_BASE_ADDRESS_SPACE_IO: u32 = 0x01;
 pub const DMA_BAR: u8 = 2;
 /// Size of each UART I/O BAR, as `MTTY_IO_BAR_SIZE`.
 pub const IO_BAR_SIZE: u32 = 8;
-/// Size of the DMA engine's memory BAR.
-pub const DMA_BAR_SIZE: u32 = 4096;
+/// Size of the DMA engine's memory BAR: the engine's register block.
+pub const DMA_BAR_SIZE: u32 = super::dma_engine::BAR_SIZE;
 /// Number of BARs in a type 0 header.
 pub const NUM_BARS: u8 = 6;
 

@@ -54,9 +54,7 @@ pub struct RxTimeouts {
 /// Microseconds from `now` to `at`, rounded up, at least 1.
 fn delay_us(now: u64, at: u64) -> u64 {
     let ns = at.saturating_sub(now);
-    (ns / NS_PER_US)
-        .saturating_add(u64::from(ns % NS_PER_US != 0))
-        .max(1)
+    ns.div_ceil(NS_PER_US).max(1)
 }
 
 impl RxTimeouts {

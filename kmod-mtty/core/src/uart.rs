@@ -1,5 +1,10 @@
 //! Model of one 16550A port of the mtty device.
 //!
+//! This file is one concept, the 16550A register model: the register and bit
+//! constants, the interrupt causes and the port's state machine (with its
+//! snapshot) describe the same chip and are read together, so it stays one
+//! file although it is longer than the others.
+//!
 //! The data path follows `handle_bar_write`/`handle_bar_read` of
 //! `samples/vfio-mdev/mtty.c`: the port is a loopback, so every byte the
 //! guest writes to THR lands in the port's own 16-byte receive FIFO and is

@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
+pub mod rings;
+
 use mtty_core::dma_engine::*;
 use mtty_core::uart::Uart;
 use std::collections::{BTreeMap, HashMap, HashSet};
