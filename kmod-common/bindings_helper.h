@@ -6,6 +6,7 @@
  * page pinning and eventfds. xtask runs bindgen on this file with the
  * kernel's own recorded bindgen flags.
  */
+#include <linux/anon_inodes.h>
 #include <linux/eventfd.h>
 #include <linux/iommu.h>
 #include <linux/mdev.h>

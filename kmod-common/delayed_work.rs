@@ -31,6 +31,7 @@ use crate::bindings;
 use core::marker::PhantomPinned;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::ffi;
 use kernel::prelude::*;
 use kernel::types::{ARef, AlwaysRefCounted, Opaque};
 
@@ -75,6 +76,16 @@ unsafe impl<T: DelayedWorkOwner> Send for DelayedWork<T> {}
 // SAFETY: as above: every operation through `&DelayedWork` is thread-safe in C.
 unsafe impl<T: DelayedWorkOwner> Sync for DelayedWork<T> {}
 
+/// `delay_us` in jiffies for `mod_delayed_work`: rounded up
+/// (`usecs_to_jiffies`), at least one (a zero delay would run the work at
+/// once) and saturated at the largest delay `usecs_to_jiffies` takes.
+fn delay_jiffies(delay_us: u64) -> ffi::c_ulong {
+    let us = u32::try_from(delay_us).unwrap_or(u32::MAX);
+    // SAFETY: a pure conversion with no preconditions (the non-constant
+    // branch of the inline `usecs_to_jiffies`).
+    unsafe { bindings::__usecs_to_jiffies(us) }.max(1)
+}
+
 impl<T: DelayedWorkOwner> DelayedWork<T> {
     /// An idle work item.
     pub(crate) fn new() -> impl PinInit<Self> {
@@ -104,7 +115,14 @@ impl<T: DelayedWorkOwner> DelayedWork<T> {
         // which the reference just taken keeps alive while it is queued. The
         // store above is ordered before the callback by the workqueue's own
         // locking (queueing and running the work are release/acquire).
-        let was_pending = unsafe { bindings::kmod_helper_mod_delayed_work_us(this.dw.get(), delay_us) };
+        let was_pending = unsafe {
+            bindings::mod_delayed_work_on(
+                bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32,
+                bindings::system_wq,
+                this.dw.get(),
+                delay_jiffies(delay_us),
+            )
+        };
         if was_pending {
             // The work was queued already and owns a reference; drop ours.
             // SAFETY: we took it above and it is not the last one: the

@@ -10,6 +10,7 @@
 
 use crate::bindings;
 use core::ptr::NonNull;
+use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 
 /// A reference to an eventfd context (`struct eventfd_ctx`).
@@ -35,13 +36,7 @@ impl EventFd {
     pub(crate) fn from_fd(fd: i32) -> Result<Self> {
         // SAFETY: `eventfd_ctx_fdget` accepts any integer and returns a new
         // reference or an `ERR_PTR`.
-        let ctx = unsafe { bindings::eventfd_ctx_fdget(fd) };
-        // SAFETY: `kmod_helper_is_err` only inspects the pointer value.
-        if unsafe { bindings::kmod_helper_is_err(ctx.cast()) } {
-            // SAFETY: as above, for an `ERR_PTR`.
-            let err = unsafe { bindings::kmod_helper_ptr_err(ctx.cast()) };
-            return Err(Error::from_errno(err as i32));
-        }
+        let ctx = from_err_ptr(unsafe { bindings::eventfd_ctx_fdget(fd) })?;
         let ctx = NonNull::new(ctx).ok_or(EINVAL)?;
         // INVARIANT: `eventfd_ctx_fdget` succeeded, so we own one reference.
         Ok(EventFd(ctx))
@@ -50,8 +45,9 @@ impl EventFd {
     /// Adds one to the eventfd's counter and wakes its waiters.
     pub(crate) fn signal(&self) {
         // SAFETY: by the type invariant the context is alive; signalling is
-        // allowed in any context that may take a spinlock.
-        unsafe { bindings::kmod_helper_eventfd_signal(self.0.as_ptr()) };
+        // allowed in any context that may take a spinlock. A zero mask is
+        // what the inline `eventfd_signal` passes.
+        unsafe { bindings::eventfd_signal_mask(self.0.as_ptr(), 0) };
     }
 }
 

@@ -8,7 +8,6 @@
  */
 #include "helpers.h"
 
-#include "helpers/eventfd.c"
 #include "helpers/iommu.c"
 #include "helpers/mm.c"
 #include "helpers/vfio.c"

@@ -3,7 +3,6 @@
 #ifndef KMOD_COMMON_HELPERS_H
 #define KMOD_COMMON_HELPERS_H
 
-#include "helpers/eventfd.h"
 #include "helpers/iommu.h"
 #include "helpers/mm.h"
 #include "helpers/vfio.h"

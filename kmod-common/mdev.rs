@@ -22,7 +22,7 @@
 
 use crate::bindings;
 use core::marker::PhantomData;
-use kernel::error::{from_result, to_result};
+use kernel::error::{from_err_ptr, from_result, to_result};
 use kernel::ffi;
 use kernel::c_str;
 use kernel::prelude::*;
@@ -195,19 +195,18 @@ impl<T: MdevDriver> Parent<T> {
         // address until `unregister`.
         to_result(unsafe { bindings::mdev_register_driver(self.driver.get()) })?;
         // SAFETY: `NAME` is a NUL-terminated string with static lifetime.
-        let class = unsafe { bindings::class_create(T::NAME.as_char_ptr()) };
-        // SAFETY: only inspects the pointer.
-        if unsafe { bindings::kmod_helper_is_err(class.cast()) } {
-            // SAFETY: as above.
-            let err = unsafe { bindings::kmod_helper_ptr_err(class.cast()) };
-            // SAFETY: registered just above.
-            unsafe { bindings::mdev_unregister_driver(self.driver.get()) };
-            return Err(Error::from_errno(err as i32));
-        }
+        let class = match from_err_ptr(unsafe { bindings::class_create(T::NAME.as_char_ptr()) }) {
+            Ok(class) => class,
+            Err(e) => {
+                // SAFETY: registered just above.
+                unsafe { bindings::mdev_unregister_driver(self.driver.get()) };
+                return Err(e);
+            }
+        };
         self.class = class;
         // SAFETY: `class` is a live class; the format "%s" consumes the one
         // NUL-terminated string argument.
-        let dev = unsafe {
+        let dev = from_err_ptr(unsafe {
             bindings::device_create(
                 class,
                 core::ptr::null_mut(),
@@ -216,19 +215,19 @@ impl<T: MdevDriver> Parent<T> {
                 c_str!("%s").as_char_ptr(),
                 T::NAME.as_char_ptr(),
             )
-        };
-        // SAFETY: only inspects the pointer.
-        if unsafe { bindings::kmod_helper_is_err(dev.cast()) } {
-            // SAFETY: as above.
-            let err = unsafe { bindings::kmod_helper_ptr_err(dev.cast()) };
-            self.class = core::ptr::null_mut();
-            // SAFETY: both were registered above and nothing uses them.
-            unsafe {
-                bindings::class_destroy(class);
-                bindings::mdev_unregister_driver(self.driver.get());
+        });
+        let dev = match dev {
+            Ok(dev) => dev,
+            Err(e) => {
+                self.class = core::ptr::null_mut();
+                // SAFETY: both were registered above and nothing uses them.
+                unsafe {
+                    bindings::class_destroy(class);
+                    bindings::mdev_unregister_driver(self.driver.get());
+                }
+                return Err(e);
             }
-            return Err(Error::from_errno(err as i32));
-        }
+        };
         self.dev = dev;
         let nr = u32::try_from(self.type_ptrs.len()).map_err(|_| EINVAL)?;
         // SAFETY: `raw`, `driver` and the types stay at their addresses

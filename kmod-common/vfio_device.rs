@@ -28,7 +28,7 @@ use crate::bindings;
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
-use kernel::error::{from_result, to_result};
+use kernel::error::{from_err_ptr, from_result, to_result};
 use kernel::ffi;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -236,11 +236,24 @@ impl<T: DeviceOps> Device<T> {
         name: T::NAME.as_char_ptr() as *mut ffi::c_char,
         init: None,
         release: Some(Self::release_callback),
-        // Without CONFIG_IOMMUFD (our test kernel) the C sample's
-        // `vfio_iommufd_emulated_*` are NULL too; with it, `OPS_IOMMUFD`.
+        // With CONFIG_IOMMUFD the VFIO core refuses to register a device
+        // without iommufd ops, and an emulated device uses the core's own,
+        // as the C sample does; without it they do not exist (NULL in C).
+        #[cfg(CONFIG_IOMMUFD)]
+        bind_iommufd: Some(bindings::vfio_iommufd_emulated_bind),
+        #[cfg(CONFIG_IOMMUFD)]
+        unbind_iommufd: Some(bindings::vfio_iommufd_emulated_unbind),
+        #[cfg(CONFIG_IOMMUFD)]
+        attach_ioas: Some(bindings::vfio_iommufd_emulated_attach_ioas),
+        #[cfg(CONFIG_IOMMUFD)]
+        detach_ioas: Some(bindings::vfio_iommufd_emulated_detach_ioas),
+        #[cfg(not(CONFIG_IOMMUFD))]
         bind_iommufd: None,
+        #[cfg(not(CONFIG_IOMMUFD))]
         unbind_iommufd: None,
+        #[cfg(not(CONFIG_IOMMUFD))]
         attach_ioas: None,
+        #[cfg(not(CONFIG_IOMMUFD))]
         detach_ioas: None,
         open_device: if T::HAS_OPEN_DEVICE { Some(Self::open_callback) } else { None },
         close_device: if T::HAS_CLOSE_DEVICE { Some(Self::close_callback) } else { None },
@@ -252,17 +265,6 @@ impl<T: DeviceOps> Device<T> {
         match_: None,
         dma_unmap: if T::HAS_DMA_UNMAP { Some(Self::dma_unmap_callback) } else { None },
         device_feature: None,
-    };
-
-    /// `OPS` with the iommufd ops of an emulated device, which the VFIO
-    /// core requires when the kernel has CONFIG_IOMMUFD (the C sample sets
-    /// the core's `vfio_iommufd_emulated_*`; these call them).
-    const OPS_IOMMUFD: bindings::vfio_device_ops = bindings::vfio_device_ops {
-        bind_iommufd: Some(bindings::kmod_helper_iommufd_emulated_bind),
-        unbind_iommufd: Some(bindings::kmod_helper_iommufd_emulated_unbind),
-        attach_ioas: Some(bindings::kmod_helper_iommufd_emulated_attach_ioas),
-        detach_ioas: Some(bindings::kmod_helper_iommufd_emulated_detach_ioas),
-        ..Self::OPS
     };
 
     /// The migration ops table of `T`.
@@ -289,19 +291,11 @@ impl<T: DeviceOps> Device<T> {
         const {
             assert!(core::mem::align_of::<Self>() <= 8, "kvzalloc only guarantees 8-byte alignment");
         }
-        // SAFETY: reads a compile-time constant of the kernel's config.
-        let iommufd = unsafe { bindings::kmod_helper_iommufd_enabled() };
-        let ops: &'static bindings::vfio_device_ops = if iommufd { &Self::OPS_IOMMUFD } else { &Self::OPS };
+        let ops: &'static bindings::vfio_device_ops = &Self::OPS;
         // SAFETY: the size covers a whole `Device<T>`, whose first field is
         // the `vfio_device`; `parent` is valid (`DeviceParent`); `ops` is
         // static.
-        let vdev = unsafe { bindings::_vfio_alloc_device(core::mem::size_of::<Self>(), parent, ops) };
-        // SAFETY: only inspects the pointer.
-        if unsafe { bindings::kmod_helper_is_err(vdev.cast()) } {
-            // SAFETY: as above.
-            let err = unsafe { bindings::kmod_helper_ptr_err(vdev.cast()) };
-            return Err(Error::from_errno(err as i32));
-        }
+        let vdev = from_err_ptr(unsafe { bindings::_vfio_alloc_device(core::mem::size_of::<Self>(), parent, ops) })?;
         let this = vdev.cast::<Self>();
         // SAFETY: the allocation is a zeroed `Device<T>` (so `live` is
         // false), and we hold its only reference.
@@ -721,15 +715,15 @@ impl MigrationFile {
         let private = data.into_foreign();
         // SAFETY: `name` and `fops` are static; `private` stays valid until
         // `release` takes it back.
-        let file = unsafe { bindings::kmod_helper_anon_inode_getfile(name.as_char_ptr(), fops, private as *mut _, flags as i32) };
-        // SAFETY: only inspects the pointer.
-        if unsafe { bindings::kmod_helper_is_err(file.cast()) } {
-            // SAFETY: the file was not made, so the reference comes back to us.
-            drop(unsafe { Arc::<F>::from_foreign(private) });
-            // SAFETY: as above.
-            let err = unsafe { bindings::kmod_helper_ptr_err(file.cast()) };
-            return Err(Error::from_errno(err as i32));
-        }
+        let file = unsafe { bindings::anon_inode_getfile(name.as_char_ptr(), fops, private as *mut _, flags as i32) };
+        let file = match from_err_ptr(file) {
+            Ok(file) => file,
+            Err(e) => {
+                // SAFETY: the file was not made, so the reference comes back to us.
+                drop(unsafe { Arc::<F>::from_foreign(private) });
+                return Err(e);
+            }
+        };
         // SAFETY: `file` is a new file with a valid inode; a migration
         // stream has no seekable position (as `stream_open` in C).
         unsafe { bindings::stream_open((*file).f_inode, file) };

@@ -3,13 +3,10 @@
 #ifndef KMOD_COMMON_HELPERS_WORKQUEUE_H
 #define KMOD_COMMON_HELPERS_WORKQUEUE_H
 
-#include <linux/types.h>
-
 struct delayed_work;
 struct work_struct;
 
 void kmod_helper_init_delayed_work(struct delayed_work *dwork,
 				   void (*func)(struct work_struct *work));
-bool kmod_helper_mod_delayed_work_us(struct delayed_work *dwork, u64 delay_us);
 
 #endif
