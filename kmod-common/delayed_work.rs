@@ -37,13 +37,13 @@ use kernel::types::{ARef, AlwaysRefCounted, Opaque};
 
 /// A reference-counted object with a [`DelayedWork`] inside.
 ///
-/// # Safety
-///
-/// [`DelayedWorkOwner::delayed_work`] must return a field of `this` (or of
-/// an object `this` keeps alive for as long as `this` lives), the same one
-/// every time, and no other owner may return that same work.
-pub(crate) unsafe trait DelayedWorkOwner: AlwaysRefCounted + Send + Sync + Sized + 'static {
-    /// The work of `this`.
+/// The queue keeps a queued work alive through a reference to its owner, so
+/// the work must lie in the owner's own memory. [`DelayedWork`] checks that
+/// on every call and refuses, with a warning, a work that lies elsewhere;
+/// no implementation can make a work outlive its owner.
+pub(crate) trait DelayedWorkOwner: AlwaysRefCounted + Send + Sync + Sized + 'static {
+    /// The work of `this`: a field of `this` (directly or through a `Deref`
+    /// into `this`'s own allocation), the same one every time.
     fn delayed_work(this: &Self) -> &DelayedWork<Self>;
 
     /// Runs when the delay has passed, in process context (may sleep).
@@ -100,19 +100,37 @@ impl<T: DelayedWorkOwner> DelayedWork<T> {
         })
     }
 
+    /// The work of `owner`, if it lies within `owner`'s own memory (which a
+    /// queued run keeps alive); otherwise `None`, with a warning.
+    fn of(owner: &T) -> Option<&Self> {
+        let work = T::delayed_work(owner);
+        let start = core::ptr::from_ref(owner) as usize;
+        let at = core::ptr::from_ref(work) as usize;
+        let inside = at
+            .checked_sub(start)
+            .and_then(|off| off.checked_add(core::mem::size_of::<Self>()))
+            .is_some_and(|end| end <= core::mem::size_of_val(owner));
+        if !inside {
+            pr_warn!("delayed work outside its owner: not queued\n");
+            return None;
+        }
+        Some(work)
+    }
+
     /// Starts the work's timer to run [`DelayedWorkOwner::run`] of `owner`
     /// after `delay_us` microseconds (rounded up to whole jiffies, at least
     /// one), or moves the expiry of an already queued run there
     /// (`mod_delayed_work`). Does not sleep.
     pub(crate) fn schedule(owner: &T, delay_us: u64) {
-        let this = T::delayed_work(owner);
+        let Some(this) = Self::of(owner) else { return };
         let ptr = core::ptr::from_ref(owner).cast_mut();
         this.owner.store(ptr, Ordering::Relaxed);
         // The reference the queued work will own, taken before queueing so
         // the callback can never drop it first.
         owner.inc_ref();
-        // SAFETY: `dw` was initialised in `new` and is pinned inside `owner`,
-        // which the reference just taken keeps alive while it is queued. The
+        // SAFETY: `dw` was initialised in `new` and is pinned inside `owner`
+        // (`of` checked), which the reference just taken keeps alive while
+        // it is queued. The
         // store above is ordered before the callback by the workqueue's own
         // locking (queueing and running the work are release/acquire).
         let was_pending = unsafe {
@@ -134,7 +152,7 @@ impl<T: DelayedWorkOwner> DelayedWork<T> {
     /// Takes a queued run off the queue without waiting for one that is
     /// already running. Does not sleep.
     pub(crate) fn cancel(owner: &T) {
-        let this = T::delayed_work(owner);
+        let Some(this) = Self::of(owner) else { return };
         // SAFETY: `dw` is initialised and `owner` alive (we borrow it).
         let was_pending = unsafe { bindings::cancel_delayed_work(this.dw.get()) };
         if was_pending {
@@ -148,7 +166,7 @@ impl<T: DelayedWorkOwner> DelayedWork<T> {
     /// finished, even if it queues itself again meanwhile. May sleep: call
     /// it without any lock that [`DelayedWorkOwner::run`] takes.
     pub(crate) fn cancel_sync(owner: &T) {
-        let this = T::delayed_work(owner);
+        let Some(this) = Self::of(owner) else { return };
         // SAFETY: `dw` is initialised and `owner` alive (we borrow it).
         let was_pending = unsafe { bindings::cancel_delayed_work_sync(this.dw.get()) };
         if was_pending {

@@ -16,11 +16,14 @@
 //!
 //! # Locking
 //!
-//! Each device has two locks, always taken in this order:
+//! This is the one statement of the module's lock order; other files and
+//! docs/mtty.md refer to it. Each device has two locks, always taken in
+//! this order:
 //!
 //! 1. [`Mtty::mig`]: the migration state machine and its data files
 //!    (the sample's `state_mutex`). A data file's own lock
-//!    ([`crate::migration::MigData`]) nests inside it, never the other way.
+//!    ([`crate::migration::MigData`]) nests inside it, never the other way,
+//!    and is never held together with `state`.
 //! 2. [`Mtty::state`]: the device model (UARTs, config space, DMA engine),
 //!    the interrupt configuration, the pinned pages and the copy command's
 //!    bounce buffer (the sample's `ops_lock` and `rxtx_lock` in one).
@@ -28,9 +31,9 @@
 //! No lock of ours is held while calling into the IOMMU backend
 //! (`vfio_pin_pages`, `vfio_unpin_pages`, `vfio_dma_rw`, which take the
 //! container lock): `dma_unmap` arrives with the backend's device-list lock
-//! held and takes `state`, and type1 itself takes its container lock before
+//! held and takes `state`, and the C type1 takes its container lock before
 //! its device-list lock (`register_device`), so any lock held across a pin
-//! would close a cycle. The DMA runner drops `state` around each backend
+//! would close a cycle with it. The DMA runner drops `state` around each backend
 //! call and marks it with `State::ffi_in_flight`; `dma_unmap`, reset, close
 //! and a migration load wait on [`Mtty::ffi_done`] until no call is in
 //! flight, take the pins out of the table under `state`, and unpin after
@@ -43,17 +46,17 @@
 #![deny(unsafe_code)]
 
 use crate::delayed_work::DelayedWork;
-use crate::dma;
+use crate::dma::{self, SlotPages};
 use crate::rx_timer;
 use crate::irq::Irq;
 use crate::migration::MigCtl;
-use crate::model::dma_engine::{MAX_COPY_LEN, MAX_PINS};
-use crate::model::migration::MttyState;
-use crate::model::pci_config::{PortCount, CONFIG_SIZE, DMA_BAR, IO_BAR_SIZE};
-use crate::model::rx_timeout::RxTimeouts;
-use crate::model::uart::IrqChange;
+use crate::mtty_core::dma_engine::{MAX_COPY_LEN, MAX_PINS};
+use crate::mtty_core::migration::MttyState;
+use crate::mtty_core::pci_config::{PortCount, CONFIG_SIZE, DMA_BAR, IO_BAR_SIZE};
+use crate::mtty_core::rx_timeout::RxTimeouts;
+use crate::mtty_core::uart::IrqChange;
 use crate::vfio_device::uapi::*;
-use crate::vfio_device::{self as vd, Device, DeviceOps, MigState, MigrationFile, PinnedPages};
+use crate::vfio_device::{self as vd, Device, DeviceOps, MigState, MigrationFile};
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::c_str;
 use kernel::prelude::*;
@@ -70,7 +73,7 @@ const REGION_SHIFT: u32 = 40;
 /// Config space size the sample reports (`MTTY_CONFIG_SPACE_SIZE`).
 const CONFIG_REGION_SIZE: u64 = 0xff;
 /// Size of the DMA BAR.
-const DMA_BAR_SIZE: u64 = crate::model::pci_config::DMA_BAR_SIZE as u64;
+const DMA_BAR_SIZE: u64 = crate::mtty_core::pci_config::DMA_BAR_SIZE as u64;
 
 /// Number of instances of a type with `ports` ports that can still be made.
 pub(crate) fn available(ports: u32) -> u32 {
@@ -103,7 +106,7 @@ pub(crate) struct State {
     /// INTx/MSI configuration.
     pub(crate) irq: Irq,
     /// Pinned pages, by engine pin slot.
-    pub(crate) pins: [Option<PinnedPages>; MAX_PINS],
+    pub(crate) pins: [Option<SlotPages>; MAX_PINS],
     /// A thread is running the DMA engine (`dma::run`).
     pub(crate) engine_active: bool,
     /// That thread dropped this lock to call into the IOMMU backend.
@@ -441,20 +444,20 @@ impl DeviceOps for Mtty {
 
     fn ioctl(dev: &Device<Self>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
-            vd::VFIO_DEVICE_GET_INFO => {
+            vd::uapi::VFIO_DEVICE_GET_INFO => {
                 // Like the sample, VFIO_DEVICE_FLAGS_RESET is not reported
                 // although VFIO_DEVICE_RESET works.
                 get_info(arg, &DeviceInfo { flags: VFIO_DEVICE_FLAGS_PCI, num_regions: PCI_NUM_REGIONS, num_irqs: PCI_NUM_IRQS })?;
             }
-            vd::VFIO_DEVICE_GET_REGION_INFO => get_region_info(arg, |i| dev.region_info(i))?,
-            vd::VFIO_DEVICE_GET_IRQ_INFO => get_irq_info(arg, |i| {
+            vd::uapi::VFIO_DEVICE_GET_REGION_INFO => get_region_info(arg, |i| dev.region_info(i))?,
+            vd::uapi::VFIO_DEVICE_GET_IRQ_INFO => get_irq_info(arg, |i| {
                 if i >= PCI_NUM_IRQS {
                     return Err(EINVAL);
                 }
                 Irq::info(i)
             })?,
-            vd::VFIO_DEVICE_SET_IRQS => Self::set_irqs(dev, arg)?,
-            vd::VFIO_DEVICE_RESET => {
+            vd::uapi::VFIO_DEVICE_SET_IRQS => Self::set_irqs(dev, arg)?,
+            vd::uapi::VFIO_DEVICE_RESET => {
                 crate::migration::reset(dev);
                 Self::reset_model(dev);
             }
@@ -482,6 +485,6 @@ impl DeviceOps for Mtty {
     }
 
     fn migration_get_data_size(_dev: &Device<Self>) -> Result<usize> {
-        Ok(crate::model::migration::STATE_SIZE)
+        Ok(crate::mtty_core::migration::STATE_SIZE)
     }
 }

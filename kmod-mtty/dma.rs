@@ -1,26 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Runs the DMA engine of `model::dma_engine` against real user memory.
+//! Runs the DMA engine of `mtty_core::dma_engine` against real user memory.
 //!
 //! The engine plans one step at a time ([`DmaEngine::plan`]); this module
 //! performs it through the VFIO device (pin or unpin IOVA pages with the
 //! container's IOMMU backend, read or write a descriptor with `vfio_dma_rw`,
 //! copy bytes between a pinned page and UART port 0, perform a copy command
 //! with two `vfio_dma_rw` through the device's bounce buffer) and reports
-//! the result, until the engine is idle. Everything runs with the device's
-//! state lock held, so the plan and its completion see the same state.
+//! the result, until the engine is idle. A plan and its completion are made
+//! under the device's state lock, which is dropped around each backend call
+//! (the lock order and why: `device.rs`, "Locking").
 //!
 //! The pinned pages of each of the engine's pin slots are kept in
 //! [`State::pins`], parallel to the engine's own table of pinned ranges.
 //!
-//! [`DmaEngine::plan`]: crate::model::dma_engine::DmaEngine::plan
+//! [`DmaEngine::plan`]: crate::mtty_core::dma_engine::DmaEngine::plan
 #![deny(unsafe_code)]
 
 use crate::device::{Mtty, State};
-use crate::model::dma_engine::{Action, Completion, EngineEnv, PinSlot, DESC_SIZE, MAX_PINS};
+use crate::mtty_core::dma_engine::{Action, Completion, EngineEnv, PinSlot, DESC_SIZE, MAX_PINS};
+use crate::mtty_core::dma_engine::MAX_PIN_PAGES;
 use crate::vfio_device::{Device, PinnedPages};
 use kernel::alloc::KVVec;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
+
+/// The pages of one of the engine's pin slots: a range of at most
+/// `MAX_PIN_PAGES`, the bound the engine's descriptors are checked against.
+pub(crate) type SlotPages = PinnedPages<{ MAX_PIN_PAGES as usize }>;
 
 /// Upper bound of engine steps per run, so one register access cannot hold
 /// the lock for long; the engine resumes on the next access or doorbell.
@@ -221,12 +227,12 @@ fn transfer(st: &mut State, action: &Action) -> Completion {
 /// Takes every pin out of the table (the engine forgets them too) once no
 /// backend call of a runner is in flight, and returns them for unpinning
 /// after the state lock is dropped.
-pub(crate) fn take_all(dev: &Device<Mtty>, st: &mut Guard<'_, State, MutexBackend>) -> [Option<PinnedPages>; MAX_PINS] {
+pub(crate) fn take_all(dev: &Device<Mtty>, st: &mut Guard<'_, State, MutexBackend>) -> [Option<SlotPages>; MAX_PINS] {
     while st.ffi_in_flight {
         dev.ffi_done.wait(st);
     }
     let _ = st.model.dma.take_all_pins();
-    let mut out: [Option<PinnedPages>; MAX_PINS] = [None, None, None, None];
+    let mut out: [Option<SlotPages>; MAX_PINS] = [None, None, None, None];
     for (o, p) in out.iter_mut().zip(st.pins.iter_mut()) {
         *o = p.take();
     }
@@ -235,7 +241,7 @@ pub(crate) fn take_all(dev: &Device<Mtty>, st: &mut Guard<'_, State, MutexBacken
 
 /// Unpins what [`take_all`] or [`take_unmapped`] returned; call without
 /// the state lock.
-pub(crate) fn unpin_all(dev: &Device<Mtty>, pins: [Option<PinnedPages>; MAX_PINS]) {
+pub(crate) fn unpin_all(dev: &Device<Mtty>, pins: [Option<SlotPages>; MAX_PINS]) {
     for p in pins.into_iter().flatten() {
         dev.unpin_pages(p);
     }
@@ -249,14 +255,14 @@ pub(crate) fn take_unmapped(
     st: &mut Guard<'_, State, MutexBackend>,
     iova: u64,
     len: u64,
-) -> [Option<PinnedPages>; MAX_PINS] {
+) -> [Option<SlotPages>; MAX_PINS] {
     st.unmap_waiting += 1;
     while st.ffi_in_flight {
         dev.ffi_done.wait(st);
     }
     st.unmap_waiting -= 1;
     let list = st.model.dma.dma_unmap(iova, len);
-    let mut out: [Option<PinnedPages>; MAX_PINS] = [None, None, None, None];
+    let mut out: [Option<SlotPages>; MAX_PINS] = [None, None, None, None];
     for (slot, _) in list.iter() {
         if let (Some(o), Some(p)) = (out.get_mut(slot.index()), st.pins.get_mut(slot.index())) {
             *o = p.take();

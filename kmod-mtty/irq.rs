@@ -13,7 +13,7 @@
 #![deny(unsafe_code)]
 
 use crate::eventfd::EventFd;
-use crate::model::uart::IrqChange;
+use crate::mtty_core::uart::IrqChange;
 use crate::vfio_device::uapi::*;
 use kernel::prelude::*;
 

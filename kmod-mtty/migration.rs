@@ -7,7 +7,7 @@
 //! state; `RUNNING -> PRE_COPY` and `RUNNING_P2P -> PRE_COPY_P2P` open it
 //! empty; `STOP -> RESUMING` opens the resuming file and `RESUMING -> STOP`
 //! loads what was written into it; leaving a data state disables its file.
-//! The stream is `model::migration` (a header, both ports, config space and
+//! The stream is `mtty_core::migration` (a header, both ports, config space and
 //! the DMA engine registers, with a CRC), not the sample's raw C structs.
 //!
 //! Locks: [`MigCtl`] is under [`Mtty::mig`]; each file's [`MigData`] has
@@ -18,7 +18,7 @@
 #![deny(unsafe_code)]
 
 use crate::device::Mtty;
-use crate::model::migration::{MttyState, HEADER_LEN, STATE_SIZE};
+use crate::mtty_core::migration::{MttyState, HEADER_LEN, STATE_SIZE};
 use crate::vfio_device::uapi::precopy_info;
 use crate::vfio_device::{self as vd, Device, MigState, MigrationFile, MigrationFileOps};
 use kernel::c_str;
@@ -231,7 +231,7 @@ impl MigrationFileOps for SaveFile {
     }
 
     fn ioctl(this: &Self, cmd: u32, arg: usize, pos: u64) -> Result<isize> {
-        if cmd != vd::VFIO_MIG_GET_PRECOPY_INFO {
+        if cmd != vd::uapi::VFIO_MIG_GET_PRECOPY_INFO {
             return Err(ENOTTY);
         }
         let dev = &this.inner.dev;

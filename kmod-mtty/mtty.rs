@@ -12,7 +12,10 @@
 //! - [`rx_timer`]: the UART character-timeout timer.
 //! - [`model`]: the kernel-independent device model (`core/`).
 //!
-//! Design, lock order and differences from the sample: `docs/mtty.md`.
+//! This file mounts the modules and expands `module!`, which holds unsafe
+//! code; its own items deny it, every other driver file denies it whole.
+//! The lock order: [`device`] ("Locking"). Design and differences from the
+//! sample: `docs/mtty.md`.
 
 use kernel::prelude::*;
 
@@ -31,7 +34,7 @@ mod device;
 mod dma;
 mod irq;
 mod migration;
-mod model;
+mod mtty_core;
 mod parent;
 mod rx_timer;
 
@@ -43,10 +46,12 @@ module! {
     license: "GPL v2",
 }
 
+#[deny(unsafe_code)]
 struct MttyModule {
     _parent: Pin<KBox<mdev::Parent<parent::MttyDriver>>>,
 }
 
+#[deny(unsafe_code)]
 impl kernel::Module for MttyModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let parent = KBox::try_pin_init(mdev::Parent::new(module, ()), GFP_KERNEL)?;

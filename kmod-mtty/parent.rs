@@ -10,7 +10,7 @@
 
 use crate::device::{available, Mtty, Reservation};
 use crate::mdev::{MdevDevice, MdevDriver, TypeDesc};
-use crate::model::pci_config::PortCount;
+use crate::mtty_core::pci_config::PortCount;
 use crate::vfio_device::{Device, Registration};
 use kernel::c_str;
 use kernel::prelude::*;

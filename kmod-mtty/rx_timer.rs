@@ -4,7 +4,7 @@
 //!
 //! One [`DelayedWork`] per device (`Mtty::rx_work`) serves both ports: the
 //! decisions (per-port deadlines, when to arm or cancel) are made by
-//! `model::rx_timeout::RxTimeouts` in `State::rx_timer`, host-tested in
+//! `mtty_core::rx_timeout::RxTimeouts` in `State::rx_timer`, host-tested in
 //! `mtty-core`; this file only carries them out.
 //!
 //! Locking: [`update`] runs with `Mtty::state` held and only arms or
@@ -19,10 +19,11 @@
 //! A callback that comes early, late or after the timeout stopped being
 //! wanted changes nothing: `RxTimeouts::expire` only times out ports whose
 //! deadline has passed and re-arms or cancels explicitly.
+#![deny(unsafe_code)]
 
 use crate::delayed_work::{DelayedWork, DelayedWorkOwner};
 use crate::device::{Mtty, State};
-use crate::model::rx_timeout::{RxTimeouts, TimerCmd};
+use crate::mtty_core::rx_timeout::{RxTimeouts, TimerCmd};
 use crate::vfio_device::Device;
 use kernel::time::Ktime;
 
@@ -70,10 +71,8 @@ pub(crate) fn stop(dev: &Device<Mtty>) {
     DelayedWork::cancel_sync(dev);
 }
 
-// SAFETY: `delayed_work` returns the `rx_work` field of the device's own
-// `Mtty`, which lives (pinned) as long as the `Device<Mtty>` does, and no
-// other owner type returns it.
-unsafe impl DelayedWorkOwner for Device<Mtty> {
+/// The device's `rx_work` runs the character timeout.
+impl DelayedWorkOwner for Device<Mtty> {
     fn delayed_work(this: &Self) -> &DelayedWork<Self> {
         &this.rx_work
     }
