@@ -20,7 +20,7 @@ pub(super) fn ioctl_floor(env: &Env) -> Result<(), String> {
     let n = env.iters(100_000);
     let t = Instant::now();
     for _ in 0..n {
-        if s.container.check_extension(VFIO_TYPE1V2_IOMMU).map_err(e("CHECK_EXTENSION"))? != 1 {
+        if s.container.check_extension(VFIO_TYPE1v2_IOMMU).map_err(e("CHECK_EXTENSION"))? != 1 {
             return Err("CHECK_EXTENSION(TYPE1v2) on a type1 container is not 1".into());
         }
     }
@@ -71,7 +71,7 @@ pub(super) fn iommu_map(env: &Env, name: &str, kind: Backing) -> Result<(), Stri
         .ok_or("no edu device behind an IOMMU (the VM's VT-d)")?;
     let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
     let _group = crate::pci::open_group(&dev, &container)?;
-    container.set_iommu(VFIO_TYPE1V2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
     if let Backing::Hugetlb = kind {
         ensure_hugepages(SIZE / (2 << 20) + 4);
     }

@@ -132,7 +132,7 @@ pub(super) fn setup(instances: usize, open_devices: bool) -> Result<Setup, Strin
     for (i, g) in groups.iter().enumerate() {
         g.set_container(&container).map_err(e("GROUP_SET_CONTAINER"))?;
         if i == 0 {
-            container.set_iommu(VFIO_TYPE1V2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+            container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
         }
     }
     let mut devices = Vec::new();

@@ -457,7 +457,7 @@ pub fn copy_faults(ctx: &Ctx) -> CaseResult {
     let ro_bytes = unsafe { std::slice::from_raw_parts_mut(ro.addr, ro.len) };
     ro_bytes.fill(0x77);
     let ro_iova = 0x300_0000u64;
-    o._container.map(&DmaMap { argsz: argsz::<DmaMap>(), flags: VFIO_DMA_MAP_FLAG_READ, vaddr: ro.vaddr(), iova: ro_iova, size: PAGE })?;
+    o._container.map(&vfio_iommu_type1_dma_map { argsz: argsz::<vfio_iommu_type1_dma_map>(), flags: VFIO_DMA_MAP_FLAG_READ, vaddr: ro.vaddr(), iova: ro_iova, size: PAGE })?;
     let st = c.copy(d, COPY_IOVA, ro_iova + 8, 8)?;
     check_eq!(st, STATUS_ERROR, "halted on the read-only destination");
     check_eq!(c.error(d)?, (ERR_COPY_FAULT, ro_iova + 8), "ERROR_CODE and ERROR_IOVA (read-only)");
