@@ -42,7 +42,7 @@ fn steps(backend: Backend) -> Result<(), String> {
     let group = Group::open(gid).map_err(|e| format!("open /dev/vfio/{gid}: {e}"))?;
     let container = Container::open().map_err(|e| format!("open /dev/vfio/vfio: {e}"))?;
     group.set_container(&container).map_err(|e| format!("GROUP_SET_CONTAINER: {e}"))?;
-    container.set_iommu(VFIO_TYPE1V2_IOMMU).map_err(|e| format!("SET_IOMMU: {e}"))?;
+    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(|e| format!("SET_IOMMU: {e}"))?;
     say("5. Opened the container /dev/vfio/vfio, added the group, and chose the type1v2 IOMMU backend.");
     let dev = group.device(&mdev.uuid).map_err(|e| format!("GET_DEVICE_FD: {e}"))?;
     let info = dev.info().map_err(|e| format!("DEVICE_GET_INFO: {e}"))?;

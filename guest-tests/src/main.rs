@@ -5,7 +5,7 @@
 //! - `vfio-guest case <name> --backend c|rust`: one case, in its own process.
 //! - `vfio-guest demo --backend c|rust`: the walk-through of `cargo xtask demo`.
 //! - `vfio-guest bench ...`: the benchmark rounds of `cargo xtask bench`
-//!   (`bench.rs`); `vfio-guest bench-one <workload>` runs one workload.
+//!   (`bench/`); `vfio-guest bench-one <workload>` runs one workload.
 //! - `vfio-guest list`: the case names.
 
 mod bench;
@@ -122,7 +122,7 @@ fn main() {
             }
         }
         "bench" => {
-            // The guest half of `cargo xtask bench` (see bench.rs).
+            // The guest half of `cargo xtask bench` (see bench/).
             let pair: Vec<Backend> = args
                 .required("--backends")
                 .split(',')

@@ -66,33 +66,33 @@ impl Container {
         ioctl_raw(self.fd(), VFIO_GET_API_VERSION, 0)
     }
 
-    pub fn check_extension(&self, ext: u64) -> VResult<i32> {
-        ioctl_raw(self.fd(), VFIO_CHECK_EXTENSION, ext as libc::c_ulong)
+    pub fn check_extension(&self, ext: u32) -> VResult<i32> {
+        ioctl_raw(self.fd(), VFIO_CHECK_EXTENSION, libc::c_ulong::from(ext))
     }
 
-    pub fn set_iommu(&self, kind: u64) -> VResult<i32> {
-        ioctl_raw(self.fd(), VFIO_SET_IOMMU, kind as libc::c_ulong)
+    pub fn set_iommu(&self, kind: u32) -> VResult<i32> {
+        ioctl_raw(self.fd(), VFIO_SET_IOMMU, libc::c_ulong::from(kind))
     }
 
     /// `VFIO_IOMMU_GET_INFO` into a buffer of `argsz` bytes (at least the
     /// fixed struct), returning the whole buffer for capability walks.
     pub fn get_info_raw(&self, argsz: u32) -> VResult<Vec<u8>> {
-        let len = (argsz as usize).max(std::mem::size_of::<Type1Info>());
+        let len = (argsz as usize).max(std::mem::size_of::<vfio_iommu_type1_info>());
         let mut buf = vec![0u8; len];
         buf[..4].copy_from_slice(&argsz.to_ne_bytes());
         ioctl_raw(self.fd(), VFIO_IOMMU_GET_INFO, buf.as_mut_ptr() as libc::c_ulong)?;
         Ok(buf)
     }
 
-    pub fn map(&self, m: &DmaMap) -> VResult<()> {
+    pub fn map(&self, m: &vfio_iommu_type1_dma_map) -> VResult<()> {
         let mut m = *m;
         ioctl_ptr(self.fd(), VFIO_IOMMU_MAP_DMA, &mut m).map(|_| ())
     }
 
     /// Maps `[vaddr, vaddr+size)` at `iova` read/write.
     pub fn map_rw(&self, vaddr: u64, iova: u64, size: u64) -> VResult<()> {
-        self.map(&DmaMap {
-            argsz: argsz::<DmaMap>(),
+        self.map(&vfio_iommu_type1_dma_map {
+            argsz: argsz::<vfio_iommu_type1_dma_map>(),
             flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
             vaddr,
             iova,
@@ -101,14 +101,14 @@ impl Container {
     }
 
     /// `VFIO_IOMMU_UNMAP_DMA`; returns the size the kernel wrote back.
-    pub fn unmap(&self, u: &DmaUnmap) -> VResult<u64> {
-        let mut u = *u;
+    pub fn unmap(&self, u: &vfio_iommu_type1_dma_unmap) -> VResult<u64> {
+        let mut u = vfio_iommu_type1_dma_unmap { argsz: u.argsz, flags: u.flags, iova: u.iova, size: u.size, ..Default::default() };
         ioctl_ptr(self.fd(), VFIO_IOMMU_UNMAP_DMA, &mut u)?;
         Ok(u.size)
     }
 
     pub fn unmap_range(&self, iova: u64, size: u64) -> VResult<u64> {
-        self.unmap(&DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size })
+        self.unmap(&dma_unmap(0, iova, size))
     }
 }
 
@@ -155,20 +155,20 @@ impl Device {
         self.fd.as_raw_fd()
     }
 
-    pub fn info(&self) -> VResult<DeviceInfo> {
-        let mut i = DeviceInfo { argsz: argsz::<DeviceInfo>(), ..Default::default() };
+    pub fn info(&self) -> VResult<vfio_device_info> {
+        let mut i = vfio_device_info { argsz: argsz::<vfio_device_info>(), ..Default::default() };
         ioctl_ptr(self.raw(), VFIO_DEVICE_GET_INFO, &mut i)?;
         Ok(i)
     }
 
-    pub fn region(&self, index: u32) -> VResult<RegionInfo> {
-        let mut r = RegionInfo { argsz: argsz::<RegionInfo>(), index, ..Default::default() };
+    pub fn region(&self, index: u32) -> VResult<vfio_region_info> {
+        let mut r = vfio_region_info { argsz: argsz::<vfio_region_info>(), index, ..Default::default() };
         ioctl_ptr(self.raw(), VFIO_DEVICE_GET_REGION_INFO, &mut r)?;
         Ok(r)
     }
 
-    pub fn irq_info(&self, index: u32) -> VResult<IrqInfo> {
-        let mut r = IrqInfo { argsz: argsz::<IrqInfo>(), index, ..Default::default() };
+    pub fn irq_info(&self, index: u32) -> VResult<vfio_irq_info> {
+        let mut r = vfio_irq_info { argsz: argsz::<vfio_irq_info>(), index, ..Default::default() };
         ioctl_ptr(self.raw(), VFIO_DEVICE_GET_IRQ_INFO, &mut r)?;
         Ok(r)
     }

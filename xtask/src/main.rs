@@ -7,6 +7,7 @@ mod inner;
 mod kernel;
 mod modules;
 mod paths;
+mod progress;
 mod report;
 mod setup;
 mod test;

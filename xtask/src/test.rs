@@ -5,6 +5,7 @@ use crate::inner;
 use crate::kernel::{self, KernelBuild};
 use crate::modules::{self, BuiltModules};
 use crate::paths::Paths;
+use crate::progress;
 use crate::report::{self, Outcome};
 use crate::vm::{self, Accel, Boot};
 use crate::{setup, AccelArg, BackendArg};
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The guest case that needs the inner guest kernel (`crate::inner`).
@@ -89,7 +91,31 @@ fn host_tests(paths: &Paths) -> Result<Tally> {
         println!("FAIL host: cargo test did not build or run (see above)");
     }
     note(&format!("host: {} passed, {} failed, {} ignored", t.passed, t.failed, t.skipped));
+    if !clippy_clean(paths)? {
+        // Counted as one failure, as a build failure is; a clean run adds
+        // nothing, so the counts stay those of the tests.
+        t.failed += 1;
+    }
     Ok(t)
+}
+
+/// The lint gate of the host stage: `cargo clippy` over the whole workspace
+/// (the no_std cores, xtask and the guest programs), every warning an error.
+fn clippy_clean(paths: &Paths) -> Result<bool> {
+    step("host lints: cargo clippy --workspace --all-targets -- -D warnings");
+    let status = Command::new("cargo")
+        .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(paths.root())
+        .status()
+        .context("cannot run cargo clippy (rustup component add clippy)")?;
+    if !status.success() {
+        println!(
+            "FAIL host.clippy: cargo clippy reported the warnings above. Fix the code (`cargo clippy --fix` applies the \
+             mechanical ones); a lint that must stay off at one place takes `#[expect(clippy::<lint>, reason = \"...\")]` \
+             there. Re-check with `cargo clippy --workspace --all-targets -- -D warnings`."
+        );
+    }
+    Ok(status.success())
 }
 
 /// The guest binary, built for the host (the guest shares the host's root).
@@ -139,7 +165,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
         let host = host_tests(paths)?;
         total.add(host);
         if host.failed > 0 && !o.keep_going {
-            println!("host tests failed: not booting the VM (use --keep-going to boot anyway)");
+            println!("host tests or lints failed: not booting the VM (use --keep-going to boot anyway)");
             println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
             return Ok(false);
         }
@@ -168,7 +194,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     if o.keep_going {
         exec.push_str(" --keep-going");
     }
-    step(&format!("VM: booting ({:?}) and running the guest suites against backend {:?}", p.accel, o.backend));
+    step(&format!("VM: booting ({:?}) and running the guest suites against backend {:?}; results below as they finish", p.accel, o.backend));
     let log = paths.vm_results().join("console.log");
     let boot = Boot {
         accel: p.accel,
@@ -179,7 +205,14 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
         echo: false,
         icount: false,
     };
-    let run = boot.run(paths, &p.kernel, &log)?;
+    let done = AtomicBool::new(false);
+    let ktap = results.join("results.ktap");
+    let run = std::thread::scope(|scope| {
+        scope.spawn(|| progress::Follower::follow(&ktap, &done));
+        let run = boot.run(paths, &p.kernel, &log);
+        done.store(true, Ordering::Relaxed);
+        run
+    })?;
     let guest = judge(&run, &results, &log);
     total.add(guest);
     println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);

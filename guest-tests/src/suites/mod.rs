@@ -38,7 +38,7 @@ impl Ctx {
         let container = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
         group.set_container(&container).map_err(|e| fail(format!("GROUP_SET_CONTAINER: {e}")))?;
         container
-            .set_iommu(crate::uapi::VFIO_TYPE1V2_IOMMU)
+            .set_iommu(crate::uapi::VFIO_TYPE1v2_IOMMU)
             .map_err(|e| fail(format!("SET_IOMMU(TYPE1v2): {e}")))?;
         Ok(Setup { container, group, mdev })
     }

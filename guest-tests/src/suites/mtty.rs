@@ -331,11 +331,11 @@ pub fn bad_input_errno(ctx: &Ctx) -> CaseResult {
     let o = open_device(ctx, "mtty-1")?;
     let d = &o.device;
     let einval = Err(Errno(libc::EINVAL));
-    let mut info = DeviceInfo { argsz: 8, ..Default::default() };
+    let mut info = vfio_device_info { argsz: 8, ..Default::default() };
     check_eq!(ioctl_ptr(d.raw(), VFIO_DEVICE_GET_INFO, &mut info).map(|_| ()), einval, "GET_INFO with short argsz");
     d.info()?;
     check_eq!(d.region(VFIO_PCI_NUM_REGIONS).map(|_| ()), einval, "region index 9");
-    let mut r = RegionInfo { argsz: 16, index: 0, ..Default::default() };
+    let mut r = vfio_region_info { argsz: 16, index: 0, ..Default::default() };
     check_eq!(ioctl_ptr(d.raw(), VFIO_DEVICE_GET_REGION_INFO, &mut r).map(|_| ()), einval, "REGION_INFO short argsz");
     check_eq!(d.irq_info(VFIO_PCI_MSIX_IRQ_INDEX).map(|_| ()), einval, "IRQ_INFO for MSI-X");
     check_eq!(d.irq_info(5).map(|_| ()), einval, "IRQ_INFO index 5");
@@ -425,7 +425,7 @@ pub fn migration_round_trip(ctx: &Ctx) -> CaseResult {
     let flags = s.migration_flags()?;
     check_eq!(
         flags,
-        VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY,
+        u64::from(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY),
         "migration flags"
     );
     check_eq!(s.mig_state()?, VFIO_DEVICE_STATE_RUNNING, "initial state");
@@ -502,11 +502,11 @@ pub fn migration_precopy(ctx: &Ctx) -> CaseResult {
     s.write8(b + SCR, 0x3c)?;
     let fd = s.set_mig_state(VFIO_DEVICE_STATE_PRE_COPY)?.ok_or_else(|| fail("PRE_COPY gave no data fd"))?;
     check_eq!(s.mig_state()?, VFIO_DEVICE_STATE_PRE_COPY, "in PRE_COPY");
-    let mut info = PrecopyInfo { argsz: argsz::<PrecopyInfo>(), ..Default::default() };
+    let mut info = vfio_precopy_info { argsz: argsz::<vfio_precopy_info>(), ..Default::default() };
     use std::os::fd::AsRawFd;
     crate::vfio::ioctl_ptr(fd.as_raw_fd(), VFIO_MIG_GET_PRECOPY_INFO, &mut info)?;
     check_eq!(info.dirty_bytes, 0, "no dirty bytes");
-    let mut short = PrecopyInfo { argsz: 8, ..Default::default() };
+    let mut short = vfio_precopy_info { argsz: 8, ..Default::default() };
     check_eq!(
         crate::vfio::ioctl_ptr(fd.as_raw_fd(), VFIO_MIG_GET_PRECOPY_INFO, &mut short).map(|_| ()),
         Err(crate::vfio::Errno(libc::EINVAL)),

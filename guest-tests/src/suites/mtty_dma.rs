@@ -247,22 +247,26 @@ impl Copier {
         Ok(me)
     }
 
-    fn bytes(&self) -> &mut [u8] {
+    /// The mapping's bytes, for reading after a copy.
+    fn bytes(&self) -> &[u8] {
         // SAFETY: the buffer is mapped for its whole length while `self`
         // lives; the device only writes it inside the doorbell write, when
         // no slice is held across it.
-        unsafe { std::slice::from_raw_parts_mut(self.mem.addr, self.mem.len) }
+        unsafe { std::slice::from_raw_parts(self.mem.addr, self.mem.len) }
     }
 
     /// Source area: a pattern no shift of which repeats within 64 KiB;
     /// destination area: `UNTOUCHED`.
     fn fill(&self) {
-        let b = self.bytes();
         let split = (COPY_DST_PAGE * PAGE) as usize;
+        let mut b = vec![UNTOUCHED; self.mem.len];
         for (i, x) in b[..split].iter_mut().enumerate() {
             *x = (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 16) as u8;
         }
-        b[split..].fill(UNTOUCHED);
+        // SAFETY: `b` is as long as the mapping, which stays mapped while
+        // `self` lives; no slice of the mapping is held across this call
+        // (it takes `&self` only to reach the address).
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.mem.addr, b.len()) };
     }
 
     fn program(&self, d: &Device, src: u64, dst: u64, len: u32) -> CaseResult {
@@ -453,7 +457,7 @@ pub fn copy_faults(ctx: &Ctx) -> CaseResult {
     let ro_bytes = unsafe { std::slice::from_raw_parts_mut(ro.addr, ro.len) };
     ro_bytes.fill(0x77);
     let ro_iova = 0x300_0000u64;
-    o._container.map(&DmaMap { argsz: argsz::<DmaMap>(), flags: VFIO_DMA_MAP_FLAG_READ, vaddr: ro.vaddr(), iova: ro_iova, size: PAGE })?;
+    o._container.map(&vfio_iommu_type1_dma_map { argsz: argsz::<vfio_iommu_type1_dma_map>(), flags: VFIO_DMA_MAP_FLAG_READ, vaddr: ro.vaddr(), iova: ro_iova, size: PAGE })?;
     let st = c.copy(d, COPY_IOVA, ro_iova + 8, 8)?;
     check_eq!(st, STATUS_ERROR, "halted on the read-only destination");
     check_eq!(c.error(d)?, (ERR_COPY_FAULT, ro_iova + 8), "ERROR_CODE and ERROR_IOVA (read-only)");

@@ -11,7 +11,7 @@ const PAGE: u64 = 4096;
 /// `VFIO_GET_API_VERSION` is answered by the container core, whatever backend.
 pub fn api_version(_ctx: &Ctx) -> CaseResult {
     let c = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
-    check_eq!(c.api_version()?, VFIO_API_VERSION, "VFIO_GET_API_VERSION");
+    check_eq!(c.api_version()?, VFIO_API_VERSION as i32, "VFIO_GET_API_VERSION");
     Ok(())
 }
 
@@ -21,7 +21,7 @@ pub fn check_extension_without_iommu(_ctx: &Ctx) -> CaseResult {
     let c = Container::open()?;
     for (ext, want, what) in [
         (VFIO_TYPE1_IOMMU, 1, "TYPE1"),
-        (VFIO_TYPE1V2_IOMMU, 1, "TYPE1v2"),
+        (VFIO_TYPE1v2_IOMMU, 1, "TYPE1v2"),
         (VFIO_TYPE1_NESTING_IOMMU, 1, "TYPE1_NESTING"),
         (VFIO_UNMAP_ALL, 1, "UNMAP_ALL"),
         // Needs an iommu to say yes.
@@ -42,7 +42,7 @@ pub fn check_extension_without_iommu(_ctx: &Ctx) -> CaseResult {
 pub fn check_extension_with_mdev(ctx: &Ctx) -> CaseResult {
     let s = ctx.container_with_mdev("mtty-2")?;
     let c = &s.container;
-    check_eq!(c.check_extension(VFIO_TYPE1V2_IOMMU)?, 1, "TYPE1v2");
+    check_eq!(c.check_extension(VFIO_TYPE1v2_IOMMU)?, 1, "TYPE1v2");
     check_eq!(c.check_extension(VFIO_UNMAP_ALL)?, 1, "UNMAP_ALL");
     check_eq!(c.check_extension(VFIO_UPDATE_VADDR)?, 0, "UPDATE_VADDR with an mdev");
     check_eq!(c.check_extension(VFIO_DMA_CC_IOMMU)?, 1, "DMA_CC_IOMMU without a domain");
@@ -51,7 +51,7 @@ pub fn check_extension_with_mdev(ctx: &Ctx) -> CaseResult {
 
 /// Walks the capability chain of a GET_INFO reply: (id, version, offset).
 fn caps(buf: &[u8]) -> Result<Vec<(u16, u16, usize)>, String> {
-    let info_len = std::mem::size_of::<Type1Info>();
+    let info_len = std::mem::size_of::<vfio_iommu_type1_info>();
     let cap_offset = u32::from_ne_bytes(buf[16..20].try_into().unwrap()) as usize;
     let mut out = Vec::new();
     let mut off = cap_offset;
@@ -76,7 +76,7 @@ pub fn get_info(ctx: &Ctx) -> CaseResult {
     let c = &s.container;
     check_eq!(c.get_info_raw(8).err(), Some(Errno(libc::EINVAL)), "GET_INFO with argsz 8");
 
-    let fixed = argsz::<Type1Info>();
+    let fixed = argsz::<vfio_iommu_type1_info>();
     let buf = c.get_info_raw(fixed)?;
     let argsz_back = u32::from_ne_bytes(buf[0..4].try_into().unwrap());
     let flags = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
@@ -88,7 +88,7 @@ pub fn get_info(ctx: &Ctx) -> CaseResult {
 
     let full = c.get_info_raw(argsz_back)?;
     let chain = caps(&full)?;
-    let mut ids: Vec<u16> = chain.iter().map(|c| c.0).collect();
+    let mut ids: Vec<u32> = chain.iter().map(|c| u32::from(c.0)).collect();
     ids.sort();
     check_eq!(
         ids,
@@ -98,7 +98,7 @@ pub fn get_info(ctx: &Ctx) -> CaseResult {
     let avail = |buf: &[u8]| -> Result<u32, String> {
         let (_, _, off) = caps(buf)?
             .into_iter()
-            .find(|c| c.0 == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL)
+            .find(|c| u32::from(c.0) == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL)
             .ok_or("no DMA_AVAIL cap")?;
         Ok(u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap()))
     };
@@ -134,19 +134,19 @@ pub fn map_bad_input_errno(ctx: &Ctx) -> CaseResult {
     let mem = Buffer::new(4 * PAGE as usize);
     let v = mem.vaddr();
     let rw = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-    let base = DmaMap { argsz: argsz::<DmaMap>(), flags: rw, vaddr: v, iova: 0x40_0000, size: PAGE };
-    let cases: Vec<(&str, DmaMap, i32)> = vec![
-        ("argsz below the struct", DmaMap { argsz: 16, ..base }, libc::EINVAL),
-        ("unknown flag", DmaMap { flags: rw | 1 << 3, ..base }, libc::EINVAL),
-        ("no READ or WRITE", DmaMap { flags: 0, ..base }, libc::EINVAL),
-        ("VADDR with READ", DmaMap { flags: VFIO_DMA_MAP_FLAG_VADDR | VFIO_DMA_MAP_FLAG_READ, ..base }, libc::EINVAL),
-        ("size 0", DmaMap { size: 0, ..base }, libc::EINVAL),
-        ("unaligned size", DmaMap { size: PAGE + 1, ..base }, libc::EINVAL),
-        ("unaligned iova", DmaMap { iova: 0x40_0800, ..base }, libc::EINVAL),
-        ("unaligned vaddr", DmaMap { vaddr: v + 8, ..base }, libc::EINVAL),
-        ("iova + size wraps", DmaMap { iova: u64::MAX - PAGE + 1, size: 2 * PAGE, ..base }, libc::EINVAL),
-        ("vaddr + size wraps", DmaMap { vaddr: u64::MAX - PAGE + 1, size: 2 * PAGE, ..base }, libc::EINVAL),
-        ("VADDR update of nothing", DmaMap { flags: VFIO_DMA_MAP_FLAG_VADDR, ..base }, libc::ENOENT),
+    let base = vfio_iommu_type1_dma_map { argsz: argsz::<vfio_iommu_type1_dma_map>(), flags: rw, vaddr: v, iova: 0x40_0000, size: PAGE };
+    let cases: Vec<(&str, vfio_iommu_type1_dma_map, i32)> = vec![
+        ("argsz below the struct", vfio_iommu_type1_dma_map { argsz: 16, ..base }, libc::EINVAL),
+        ("unknown flag", vfio_iommu_type1_dma_map { flags: rw | 1 << 3, ..base }, libc::EINVAL),
+        ("no READ or WRITE", vfio_iommu_type1_dma_map { flags: 0, ..base }, libc::EINVAL),
+        ("VADDR with READ", vfio_iommu_type1_dma_map { flags: VFIO_DMA_MAP_FLAG_VADDR | VFIO_DMA_MAP_FLAG_READ, ..base }, libc::EINVAL),
+        ("size 0", vfio_iommu_type1_dma_map { size: 0, ..base }, libc::EINVAL),
+        ("unaligned size", vfio_iommu_type1_dma_map { size: PAGE + 1, ..base }, libc::EINVAL),
+        ("unaligned iova", vfio_iommu_type1_dma_map { iova: 0x40_0800, ..base }, libc::EINVAL),
+        ("unaligned vaddr", vfio_iommu_type1_dma_map { vaddr: v + 8, ..base }, libc::EINVAL),
+        ("iova + size wraps", vfio_iommu_type1_dma_map { iova: u64::MAX - PAGE + 1, size: 2 * PAGE, ..base }, libc::EINVAL),
+        ("vaddr + size wraps", vfio_iommu_type1_dma_map { vaddr: u64::MAX - PAGE + 1, size: 2 * PAGE, ..base }, libc::EINVAL),
+        ("VADDR update of nothing", vfio_iommu_type1_dma_map { flags: VFIO_DMA_MAP_FLAG_VADDR, ..base }, libc::ENOENT),
     ];
     for (what, m, errno) in cases {
         check_eq!(c.map(&m).err(), Some(Errno(errno)), "MAP_DMA with {what}");
@@ -155,9 +155,9 @@ pub fn map_bad_input_errno(ctx: &Ctx) -> CaseResult {
     check_eq!(c.unmap_range(0, 1 << 40)?, 0, "bytes mapped after only failed MAP_DMAs");
     // A VADDR update of a mapping whose vaddr is still valid is EINVAL.
     c.map(&base)?;
-    check_eq!(c.map(&DmaMap { flags: VFIO_DMA_MAP_FLAG_VADDR, ..base }).err(), Some(Errno(libc::EINVAL)), "VADDR update of a valid vaddr");
+    check_eq!(c.map(&vfio_iommu_type1_dma_map { flags: VFIO_DMA_MAP_FLAG_VADDR, ..base }).err(), Some(Errno(libc::EINVAL)), "VADDR update of a valid vaddr");
     // VADDR invalidation is refused while an mdev is in the container.
-    let inval = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_VADDR, iova: base.iova, size: PAGE };
+    let inval = dma_unmap(VFIO_DMA_UNMAP_FLAG_VADDR, base.iova, PAGE);
     check_eq!(c.unmap(&inval).err(), Some(Errno(libc::EBUSY)), "UNMAP_DMA(VADDR) with an mdev");
     Ok(())
 }
@@ -175,14 +175,14 @@ pub fn unmap_v2_no_bisect(ctx: &Ctx) -> CaseResult {
     check_eq!(c.unmap_range(iova, 2 * PAGE).err(), Some(Errno(libc::EINVAL)), "unmap of a mapping's head");
     check_eq!(c.unmap_range(iova + 2 * PAGE, 4 * PAGE).err(), Some(Errno(libc::EINVAL)), "unmap across two mappings' middles");
     for (what, u) in [
-        ("unaligned iova", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova: iova + 1, size: PAGE }),
-        ("size 0", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size: 0 }),
-        ("unaligned size", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size: 100 }),
-        ("wrapping range", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size: u64::MAX - PAGE + 1 }),
-        ("argsz too small", DmaUnmap { argsz: 8, flags: 0, iova, size: PAGE }),
-        ("unknown flag", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 1 << 3, iova, size: PAGE }),
-        ("ALL with a range", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_ALL, iova, size: PAGE }),
-        ("dirty bitmap with ALL", DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_ALL | VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, iova: 0, size: 0 }),
+        ("unaligned iova", dma_unmap(0, iova + 1, PAGE)),
+        ("size 0", dma_unmap(0, iova, 0)),
+        ("unaligned size", dma_unmap(0, iova, 100)),
+        ("wrapping range", dma_unmap(0, iova, u64::MAX - PAGE + 1)),
+        ("argsz too small", vfio_iommu_type1_dma_unmap { argsz: 8, ..dma_unmap(0, iova, PAGE) }),
+        ("unknown flag", dma_unmap(1 << 3, iova, PAGE)),
+        ("ALL with a range", dma_unmap(VFIO_DMA_UNMAP_FLAG_ALL, iova, PAGE)),
+        ("dirty bitmap with ALL", dma_unmap(VFIO_DMA_UNMAP_FLAG_ALL | VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, 0, 0)),
     ] {
         check_eq!(c.unmap(&u).err(), Some(Errno(libc::EINVAL)), "UNMAP_DMA with {what}");
     }
@@ -199,7 +199,7 @@ pub fn unmap_all(ctx: &Ctx) -> CaseResult {
     for i in 0..8 {
         c.map_rw(mem.vaddr() + i * PAGE, 0x1_0000_0000 + i * 0x10_0000, PAGE)?;
     }
-    let all = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_ALL, iova: 0, size: 0 };
+    let all = dma_unmap(VFIO_DMA_UNMAP_FLAG_ALL, 0, 0);
     check_eq!(c.unmap(&all)?, 8 * PAGE, "UNMAP_ALL size");
     check_eq!(c.unmap(&all)?, 0, "second UNMAP_ALL");
     Ok(())
@@ -221,15 +221,15 @@ fn v1_container(ctx: &Ctx) -> Result<super::Setup, super::Fail> {
 /// backend (both EINVAL, `vfio_ioctl_set_iommu`).
 pub fn set_iommu_errors(ctx: &Ctx) -> CaseResult {
     let lonely = Container::open()?;
-    check_eq!(lonely.set_iommu(VFIO_TYPE1V2_IOMMU).err(), Some(Errno(libc::EINVAL)), "SET_IOMMU without a group");
+    check_eq!(lonely.set_iommu(VFIO_TYPE1v2_IOMMU).err(), Some(Errno(libc::EINVAL)), "SET_IOMMU without a group");
     let mdev = crate::vfio::Mdev::create(&ctx.mtty_parent(), "mtty-1")?;
     let group = crate::vfio::Group::open(mdev.group()?)?;
     let c = Container::open()?;
     group.set_container(&c)?;
     check_eq!(c.set_iommu(77).err(), Some(Errno(libc::ENODEV)), "SET_IOMMU of an unknown type");
     check_eq!(c.set_iommu(VFIO_NOIOMMU_IOMMU).err(), Some(Errno(libc::ENODEV)), "SET_IOMMU(NOIOMMU) without the noiommu driver");
-    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
-    check_eq!(c.set_iommu(VFIO_TYPE1V2_IOMMU).err(), Some(Errno(libc::EINVAL)), "second SET_IOMMU");
+    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
+    check_eq!(c.set_iommu(VFIO_TYPE1v2_IOMMU).err(), Some(Errno(libc::EINVAL)), "second SET_IOMMU");
     // The backend's ioctls work; an ioctl it does not know is ENOTTY.
     check_eq!(
         crate::vfio::ioctl_raw(c.fd(), VFIO_IOMMU_MAP_DMA + 40, 0).err(),
@@ -246,7 +246,7 @@ pub fn set_iommu_errors(ctx: &Ctx) -> CaseResult {
 pub fn get_info_argsz_walk(ctx: &Ctx) -> CaseResult {
     let s = ctx.container_with_mdev("mtty-1")?;
     let c = &s.container;
-    let full = u32::from_ne_bytes(c.get_info_raw(argsz::<Type1Info>())?[0..4].try_into().unwrap());
+    let full = u32::from_ne_bytes(c.get_info_raw(argsz::<vfio_iommu_type1_info>())?[0..4].try_into().unwrap());
     let mut argsz = 0;
     while argsz <= full + 8 {
         let r = c.get_info_raw(argsz);
@@ -408,19 +408,6 @@ pub fn dma_entry_limit(ctx: &Ctx) -> CaseResult {
     result
 }
 
-/// `struct vfio_iommu_type1_dirty_bitmap` with a GET_BITMAP range behind it.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub(super) struct DirtyGet {
-    pub argsz: u32,
-    pub flags: u32,
-    pub iova: u64,
-    pub size: u64,
-    pub pgsize: u64,
-    pub bitmap_size: u64,
-    pub data: u64,
-}
-
 /// `VFIO_IOMMU_DIRTY_PAGES` with `flags` and no range (START, STOP).
 pub(super) fn dirty(c: &Container, flags: u32) -> Result<(), Errno> {
     let mut d = [8u32, flags];
@@ -480,32 +467,26 @@ pub fn dirty_pages(ctx: &Ctx) -> CaseResult {
     check_eq!(&bits[8..], &[0xffu8; 8][..], "bytes past bitmap_size untouched");
 
     // Unmap with the bitmap: allowed while tracking, bitmap pgsize must match.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct UnmapBitmap {
-        unmap: DmaUnmap,
-        bitmap: Bitmap,
-    }
-    let mut ub = UnmapBitmap {
-        unmap: DmaUnmap {
-            argsz: std::mem::size_of::<UnmapBitmap>() as u32,
-            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
-            iova: base,
-            size: 32 * PAGE,
-        },
-        bitmap: Bitmap { pgsize: 2 * PAGE, size: 8, data: bits.as_mut_ptr() as u64 },
+    let mut ub = DmaUnmapBitmap {
+        argsz: argsz::<DmaUnmapBitmap>(),
+        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+        iova: base,
+        size: 32 * PAGE,
+        pgsize: 2 * PAGE,
+        bitmap_size: 8,
+        data: bits.as_mut_ptr() as u64,
     };
     let mut bad = ub;
     check_eq!(crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut bad).err(), Some(Errno(libc::EINVAL)), "unmap bitmap pgsize 8K");
-    ub.bitmap.pgsize = PAGE;
+    ub.pgsize = PAGE;
     crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut ub)?;
-    check_eq!(ub.unmap.size, 32 * PAGE, "size unmapped with the bitmap");
+    check_eq!(ub.size, 32 * PAGE, "size unmapped with the bitmap");
 
     dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
     dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
     check_eq!(get(DirtyGet { iova: base + 32 * PAGE, size: 32 * PAGE, ..good }).err(), Some(Errno(libc::EINVAL)), "GET_BITMAP after STOP");
     let mut after = ub;
-    after.unmap.iova = base + 32 * PAGE;
+    after.iova = base + 32 * PAGE;
     check_eq!(crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_UNMAP_DMA, &mut after).err(), Some(Errno(libc::EINVAL)), "unmap with bitmap, tracking off");
     Ok(())
 }
@@ -527,7 +508,7 @@ pub fn process_exit_with_mappings(ctx: &Ctx) -> CaseResult {
                 let group = crate::vfio::Group::open(gid)?;
                 let c = Container::open()?;
                 group.set_container(&c)?;
-                c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+                c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
                 let mem = Buffer::new(64 * PAGE as usize);
                 for i in 0..64 {
                     c.map_rw(mem.vaddr() + i * PAGE, 0x1000_0000 + i * 4 * PAGE, PAGE)?;
@@ -549,7 +530,7 @@ pub fn process_exit_with_mappings(ctx: &Ctx) -> CaseResult {
     let group = crate::vfio::Group::open(gid)?;
     let c = Container::open()?;
     group.set_container(&c)?;
-    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
     check_eq!(c.unmap_range(0, 1 << 40)?, 0, "mappings visible in a new container");
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! absorbed: success), and the kernel must stay silent (the run fails on
 //! any splat or leak).
 
-use super::type1::{dirty, DirtyGet};
+use super::type1::dirty;
 use super::{fail, CaseResult, Ctx, Fail};
 use crate::mtty_dma_regs::*;
 use crate::uapi::*;

@@ -9,6 +9,7 @@
 //! (no `edu` in an IOMMU group) the cases skip.
 
 use super::{fail, CaseResult, Ctx, Fail};
+use super::type1::dirty;
 use crate::pci::{self, Edu, PciDev, EDU_DMA_LIMIT};
 use crate::uapi::*;
 use crate::vfio::{vm_locked_kb, Container, Group};
@@ -38,7 +39,7 @@ fn edu_setup(n: usize) -> Result<EduSetup, Fail> {
     let container = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
     let group = pci::open_group(&dev, &container)?;
     container
-        .set_iommu(VFIO_TYPE1V2_IOMMU)
+        .set_iommu(VFIO_TYPE1v2_IOMMU)
         .map_err(|e| fail(format!("SET_IOMMU(TYPE1v2) with {}: {e}", dev.bdf)))?;
     let edu = Edu::open(&group, &dev.bdf)?;
     Ok(EduSetup { edu, _group: group, container })
@@ -133,7 +134,7 @@ pub fn edu_dma_and_fault_after_unmap(_ctx: &Ctx) -> CaseResult {
 pub fn iommu_get_info(_ctx: &Ctx) -> CaseResult {
     let s = edu_setup(0)?;
     let c = &s.container;
-    let head = c.get_info_raw(argsz::<Type1Info>())?;
+    let head = c.get_info_raw(argsz::<vfio_iommu_type1_info>())?;
     let pgsizes = u64::from_ne_bytes(head[8..16].try_into().unwrap());
     check!(pgsizes & PAGE != 0 && pgsizes & (PAGE - 1) == 0, "iova_pgsizes {pgsizes:#x} must start at 4 KiB");
     check!(pgsizes != !(PAGE - 1), "iova_pgsizes {pgsizes:#x} is the emulated-only PAGE_MASK, not the domain's");
@@ -158,7 +159,7 @@ pub fn iommu_get_info(_ctx: &Ctx) -> CaseResult {
 
 /// The IOVA ranges GET_INFO reports, `None` without the capability.
 fn iova_ranges(c: &Container) -> Result<Option<Vec<(u64, u64)>>, Fail> {
-    let head = c.get_info_raw(argsz::<Type1Info>())?;
+    let head = c.get_info_raw(argsz::<vfio_iommu_type1_info>())?;
     let want = u32::from_ne_bytes(head[0..4].try_into().unwrap());
     let full = c.get_info_raw(want)?;
     let mut off = u32::from_ne_bytes(full[16..20].try_into().unwrap()) as usize;
@@ -166,7 +167,7 @@ fn iova_ranges(c: &Container) -> Result<Option<Vec<(u64, u64)>>, Fail> {
     let mut hops = 0;
     while off != 0 && off + 8 <= full.len() && hops < 16 {
         let id = u16::from_ne_bytes(full[off..off + 2].try_into().unwrap());
-        if id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
+        if u32::from(id) == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
             let n = u32::from_ne_bytes(full[off + 8..off + 12].try_into().unwrap()) as usize;
             let mut v = Vec::new();
             for i in 0..n {
@@ -373,25 +374,6 @@ pub fn disable_hugepages(ctx: &Ctx) -> CaseResult {
     r
 }
 
-/// `VFIO_IOMMU_DIRTY_PAGES` GET_BITMAP argument (`struct
-/// vfio_iommu_type1_dirty_bitmap` followed by its `_get` range).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DirtyGet {
-    argsz: u32,
-    flags: u32,
-    iova: u64,
-    size: u64,
-    pgsize: u64,
-    bitmap_size: u64,
-    data: u64,
-}
-
-fn dirty_flag(c: &Container, flags: u32) -> Result<(), crate::vfio::Errno> {
-    let mut d = [8u32, flags];
-    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).map(|_| ())
-}
-
 /// Dirty tracking with a vfio-pci group: its device writes through the
 /// IOMMU without telling anyone, so every page of every mapping counts as
 /// dirty, for mappings made before and during tracking alike.
@@ -401,7 +383,7 @@ pub fn dirty_tracking_whole_mapping(_ctx: &Ctx) -> CaseResult {
     let buf = Mem::anon(16 * PAGE)?;
     let iova = 0x50_0000;
     c.map_rw(buf.vaddr(), iova, 8 * PAGE)?;
-    dirty_flag(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
     c.map_rw(buf.vaddr() + 8 * PAGE, iova + 8 * PAGE, 8 * PAGE)?;
     let mut bits = [0u8; 16];
     let mut g = DirtyGet {
@@ -416,7 +398,7 @@ pub fn dirty_tracking_whole_mapping(_ctx: &Ctx) -> CaseResult {
     crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut g)?;
     check_eq!(&bits[..2], &[0xffu8, 0xff][..], "dirty bits of 16 pages a vfio-pci device could write");
     check_eq!(&bits[2..8], &[0u8; 6][..], "bits beyond the range");
-    dirty_flag(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
     check_eq!(c.unmap_range(iova, 16 * PAGE)?, 16 * PAGE, "unmapped size");
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! pinned pages at a second IOVA, and another reads dirty bitmaps; bounded
 //! in time, every transfer checked byte for byte.
 
-use super::type1::{dirty, DirtyGet};
+use super::type1::dirty;
 use super::{fail, CaseResult, Ctx, Fail};
 use crate::mtty_dma_regs::*;
 use crate::uapi::*;
@@ -334,7 +334,7 @@ pub fn pin_unpin_vs_map_threads(ctx: &Ctx) -> CaseResult {
     let c = Arc::new(Container::open()?);
     g1.set_container(&c)?;
     g2.set_container(&c)?;
-    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
     let base = vm_locked_kb();
     let shared = Buffer::new((SHARED_PAGES * PAGE) as usize);
     c.map_rw(shared.vaddr(), SHARED, SHARED_PAGES * PAGE)?;

@@ -62,7 +62,7 @@ pub fn device_list_stress(ctx: &Ctx) -> CaseResult {
     let c = Arc::new(Container::open()?);
     ga.set_container(&c)?;
     gb.set_container(&c)?;
-    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
     let da = ga.device(&a.uuid)?;
     let cfg = da.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
     da.pwrite(&0x0007u16.to_le_bytes(), cfg + 4)?; // memory space + bus master

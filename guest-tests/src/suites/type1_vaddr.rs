@@ -89,7 +89,7 @@ impl Drop for View {
 }
 
 fn invalidate(c: &Container, flags: u32, iova: u64, size: u64) -> VResult<u64> {
-    c.unmap(&DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: VFIO_DMA_UNMAP_FLAG_VADDR | flags, iova, size })
+    c.unmap(&dma_unmap(VFIO_DMA_UNMAP_FLAG_VADDR | flags, iova, size))
 }
 
 /// MAP_DMA with VADDR: only the vaddr changes, so no READ/WRITE flags.
@@ -98,8 +98,8 @@ fn update(c: &Container, vaddr: u64, iova: u64, size: u64) -> VResult<()> {
 }
 
 fn update_flags(c: &Container, flags: u32, vaddr: u64, iova: u64, size: u64) -> VResult<()> {
-    c.map(&DmaMap {
-        argsz: argsz::<DmaMap>(),
+    c.map(&vfio_iommu_type1_dma_map {
+        argsz: argsz::<vfio_iommu_type1_dma_map>(),
         flags,
         vaddr,
         iova,
@@ -121,7 +121,7 @@ fn edu_container(n: usize) -> Result<(Container, Group, Edu), Fail> {
         .ok_or_else(|| Fail::Skip(format!("no edu device #{n} behind an IOMMU (needs the VM's VT-d)")))?;
     let c = Container::open()?;
     let g = pci::open_group(&dev, &c)?;
-    c.set_iommu(VFIO_TYPE1V2_IOMMU)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
     let e = Edu::open(&g, &dev.bdf)?;
     Ok((c, g, e))
 }
