@@ -10,7 +10,7 @@
 //! - [`dma`]: runs the DMA engine with pinned pages.
 //! - [`migration`]: VFIO migration v2.
 //! - [`rx_timer`]: the UART character-timeout timer.
-//! - [`model`]: the kernel-independent device model (`core/`).
+//! - [`mtty_core`]: the kernel-independent device model (`core/`).
 //!
 //! This file mounts the modules and expands `module!`, which holds unsafe
 //! code; its own items deny it, every other driver file denies it whole.
