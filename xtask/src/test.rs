@@ -19,6 +19,12 @@ use std::time::Duration;
 /// The guest case that needs the inner guest kernel (`crate::inner`).
 const QEMU_CASE: &str = "mtty.qemu.guest_8250";
 
+/// Whether a `--filter` value (comma-separated texts, any of which a case
+/// name must contain, as the guest runner reads it) selects [`QEMU_CASE`].
+fn selects_qemu_case(filter: &str) -> bool {
+    filter.split(',').any(|part| QEMU_CASE.contains(part.trim()))
+}
+
 /// Options of `cargo xtask test`.
 pub struct TestOpts {
     pub filter: Option<String>,
@@ -177,7 +183,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     // The QEMU case boots a tiny kernel of its own: build it only when that
     // case is selected.
     let mut env = String::new();
-    if o.filter.as_deref().is_none_or(|f| QEMU_CASE.contains(f)) {
+    if o.filter.as_deref().is_none_or(selects_qemu_case) {
         let g = inner::inner_guest(paths, &p.kernel)?;
         env = format!("VFIO_RS_INNER_KERNEL='{}' VFIO_RS_INNER_INITRD='{}' ", g.bzimage.display(), g.initramfs.display());
     }
@@ -327,6 +333,15 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn qemu_case_is_selected_by_any_part_of_a_filter_list() {
+        assert!(super::selects_qemu_case("mtty,mdevctl,demo"));
+        assert!(super::selects_qemu_case("guest_8250"));
+        assert!(super::selects_qemu_case("type1, qemu"));
+        assert!(!super::selects_qemu_case("type1,bench"));
+    }
+
     use super::*;
 
     #[test]
