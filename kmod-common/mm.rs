@@ -301,12 +301,22 @@ impl MmUsers<'_> {
     /// pfn in `pfns` and whether it is reserved (not accounted, never
     /// unpinned: `is_invalid_reserved_pfn`) in `reserved`: at most
     /// `pfns.len()`, `reserved.len()` and [`PIN_RUN_MAX`] pages, under one
-    /// mmap lock. Returns how many were pinned from the start, at least one;
-    /// memory without struct pages is `EFAULT`.
+    /// mmap lock. Returns how many were pinned from the start, at least one.
+    /// Device memory (`VM_IO`/`VM_PFNMAP`) gives one page, reserved and not
+    /// pinned, whose pfn may have no `struct page` (check [`pfn_valid`]), as
+    /// the C `vaddr_get_pfns()` gives it.
     pub(crate) fn pin_pfns(&self, vaddr: u64, write: bool, pfns: &mut [Pfn], reserved: &mut [bool]) -> Result<usize> {
         let n = pfns.len().min(reserved.len()).min(PIN_RUN_MAX);
         let mut pages = [core::ptr::null_mut(); PIN_RUN_MAX];
-        let got = self.pin_pages(vaddr, &mut pages[..n], write)?;
+        let got = match self.pin_or_follow(vaddr, &mut pages[..n], write, 1)? {
+            Found::Pages(got) => got,
+            Found::Device(run) => {
+                let (Some(pfn), Some(rsvd)) = (pfns.first_mut(), reserved.first_mut()) else { return Err(EINVAL) };
+                *pfn = run.pfn;
+                *rsvd = true;
+                return Ok(1);
+            }
+        };
         let frames = PageFrames::get();
         for ((page, pfn), rsvd) in pages[..got].iter().zip(pfns.iter_mut()).zip(reserved.iter_mut()) {
             *pfn = frames.pfn(*page);
@@ -327,11 +337,13 @@ impl MmUsers<'_> {
     /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
     /// device access (`pin_user_pages_remote` with `FOLL_LONGTERM`, plus
     /// `FOLL_WRITE` when the device may write) under the mmap read lock, and
-    /// stores their `struct page`s; returns how many were pinned (at least
-    /// one). Ranges without struct pages (`VM_PFNMAP`) are refused with
-    /// `EFAULT`.
-    fn pin_pages(&self, vaddr: u64, pages: &mut [*mut bindings::page], write: bool) -> Result<usize> {
-        if pages.is_empty() {
+    /// stores their `struct page`s: [`Found::Pages`] with how many (at least
+    /// one). Where nothing can be pinned and `vaddr` lies in device memory
+    /// (a `VM_IO`/`VM_PFNMAP` VMA: BARs mapped by another driver), looks its
+    /// pfns up instead, under the same lock, as the C `vaddr_get_pfns()`
+    /// does: [`Found::Device`], at most `max_device` pages.
+    fn pin_or_follow(&self, vaddr: u64, pages: &mut [*mut bindings::page], write: bool, max_device: u64) -> Result<Found> {
+        if pages.is_empty() || max_device == 0 {
             return Err(EINVAL);
         }
         let mut flags = bindings::FOLL_LONGTERM;
@@ -339,35 +351,164 @@ impl MmUsers<'_> {
             flags |= bindings::FOLL_WRITE;
         }
         let n = ffi::c_ulong::try_from(pages.len()).map_err(|_| EINVAL)?;
-        // SAFETY: the address space is live (type invariant) for the
-        // lock/pin/unlock sequence; `pages` has room for `n` pointers.
-        let ret = unsafe {
-            bindings::kmod_helper_mmap_read_lock(self.mm());
-            let r = bindings::pin_user_pages_remote(
+        // SAFETY: the address space is live (type invariant).
+        unsafe { bindings::kmod_helper_mmap_read_lock(self.mm()) };
+        // SAFETY: the address space is live and its mmap lock held; `pages`
+        // has room for `n` pointers.
+        let r = unsafe {
+            bindings::pin_user_pages_remote(
                 self.mm(),
                 vaddr as ffi::c_ulong,
                 n,
                 flags as ffi::c_uint,
                 pages.as_mut_ptr(),
                 core::ptr::null_mut(),
-            );
-            bindings::kmod_helper_mmap_read_unlock(self.mm());
-            r
+            )
         };
-        match ret {
-            r if r < 0 => Err(Error::from_errno(r as i32)),
-            0 => Err(EFAULT),
-            r => Ok((r as usize).min(pages.len())),
+        let found = if r > 0 {
+            Ok(Found::Pages((r as usize).min(pages.len())))
+        } else {
+            // Nothing pinned: 0 counts as `EFAULT` (the C type1 would
+            // return 0 and retry the same page forever).
+            let pin_err = if r < 0 { Error::from_errno(r as i32) } else { EFAULT };
+            // SAFETY: the mmap read lock is held.
+            match unsafe { self.follow_device(vaddr, write, max_device) } {
+                Ok(Some(run)) => Ok(Found::Device(run)),
+                Ok(None) => Err(pin_err),
+                Err(e) => Err(e),
+            }
+        };
+        // SAFETY: taken above (and held again if the fault handler dropped it).
+        unsafe { bindings::kmod_helper_mmap_read_unlock(self.mm()) };
+        found
+    }
+
+    /// `follow_fault_pfn()` and the device branch of `vaddr_get_pfns()` of
+    /// the C type1: the pfns that the `VM_IO`/`VM_PFNMAP` VMA at `vaddr`
+    /// maps there, faulted in first if not yet mapped (a BAR mmap that was
+    /// never touched). `None` if `vaddr` is in no such VMA; `EFAULT` for a
+    /// `write` lookup of a read-only mapping, and for pfns of ordinary RAM
+    /// (pages with a refcount, which only pinning may hand out).
+    ///
+    /// Where C looks up one page per call, this returns the whole run that
+    /// one page-table entry maps from `vaddr` (up to `max_npage` pages and
+    /// the end of the VMA): a PMD or PUD leaf maps 512 or 262144
+    /// physically contiguous pages, and 6.12's `vfio-pci` maps BARs with
+    /// such leaves where alignment allows. The leaf's level is read by
+    /// `kmod_helper_pfnmap_leaf_shift()` while `follow_pfnmap_start()`
+    /// holds the leaf's lock, and used only if that leaf's pfn agrees with
+    /// the looked-up one; otherwise (a 4 KiB entry, a race) the run is one
+    /// page. So a VMA that mixes levels or has holes is walked entry by
+    /// entry, each hole faulted in on its own.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds this mm's mmap read lock; it may be dropped and
+    /// retaken while faulting, so no VMA of the caller's stays valid.
+    unsafe fn follow_device(&self, vaddr: u64, write: bool, max_npage: u64) -> Result<Option<PfnRun>> {
+        let mm = self.mm();
+        let addr = vaddr as ffi::c_ulong;
+        loop {
+            // SAFETY: the mmap lock is held (the caller).
+            let vma = unsafe { bindings::kmod_helper_vma_lookup(mm, addr) };
+            if vma.is_null() {
+                return Ok(None);
+            }
+            // SAFETY: a VMA of the locked mm stays valid while the lock is
+            // held; `vm_flags` is the union's readable member.
+            let (vm_flags, vm_end) =
+                unsafe { ((*vma).__bindgen_anon_2.vm_flags, (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_end) };
+            if vm_flags & (bindings::VM_IO | bindings::VM_PFNMAP) as ffi::c_ulong == 0 {
+                return Ok(None);
+            }
+            let mut args = bindings::follow_pfnmap_args { vma, address: addr, ..Default::default() };
+            // SAFETY: `args` names a VMA of the locked mm and an address in it.
+            if unsafe { bindings::follow_pfnmap_start(&mut args) } != 0 {
+                let mut flags = bindings::fault_flag_FAULT_FLAG_REMOTE;
+                if write {
+                    flags |= bindings::fault_flag_FAULT_FLAG_WRITE;
+                }
+                let mut unlocked = false;
+                // SAFETY: the mm is live and its mmap lock held; the fault
+                // handler may drop and retake it, and says so in `unlocked`.
+                let r = unsafe { bindings::fixup_user_fault(mm, addr, flags as ffi::c_uint, &mut unlocked) };
+                if unlocked {
+                    // The VMA may have changed while the lock was dropped.
+                    continue;
+                }
+                errno_result(r)?;
+                // SAFETY: as for the first call.
+                errno_result(unsafe { bindings::follow_pfnmap_start(&mut args) })?;
+            }
+            let (pfn, writable) = (args.pfn as Pfn, args.writable);
+            let mut leaf_pfn: ffi::c_ulong = 0;
+            // SAFETY: the mm is live and locked; `follow_pfnmap_start` holds
+            // the lock of the leaf entry this reads, until the end call.
+            let shift = unsafe { bindings::kmod_helper_pfnmap_leaf_shift(mm, addr, &mut leaf_pfn) };
+            // SAFETY: ends the successful start above.
+            unsafe { bindings::follow_pfnmap_end(&mut args) };
+            if write && !writable {
+                return Err(EFAULT);
+            }
+            let mut npage = 1u64;
+            if shift > bindings::PAGE_SHIFT && shift < u64::BITS {
+                let in_leaf = vaddr & ((1u64 << shift) - 1);
+                if leaf_pfn as Pfn + (in_leaf >> bindings::PAGE_SHIFT) == pfn {
+                    npage = ((1u64 << shift) - in_leaf) >> bindings::PAGE_SHIFT;
+                }
+            }
+            let to_vma_end = (vm_end as u64).saturating_sub(vaddr) >> bindings::PAGE_SHIFT;
+            npage = npage.min(max_npage).min(to_vma_end).max(1);
+            return device_run(pfn, npage).map(Some);
         }
     }
+}
+
+/// The part of `npage` pages from `pfn`, mapped by one device-memory
+/// entry, that the C type1 maps without pinning (`is_invalid_reserved_pfn`):
+/// pfns without a `struct page`, or one reserved page. A pfn of ordinary
+/// RAM is `EFAULT`, as in C.
+fn device_run(pfn: Pfn, npage: u64) -> Result<PfnRun> {
+    if pfn_valid(pfn) {
+        if pfn_is_accountable(pfn) {
+            return Err(EFAULT);
+        }
+        return Ok(PfnRun { pfn, npage: 1, reserved: true });
+    }
+    // Validity is per memory subsection: check where each one starts, and
+    // end the run before the first with a memory map.
+    const SUBSECTION_PAGES: u64 = 1 << bindings::PFN_SUBSECTION_SHIFT;
+    let end = pfn + npage;
+    let mut at = (pfn | (SUBSECTION_PAGES - 1)) + 1;
+    while at < end {
+        if pfn_valid(at) {
+            return Ok(PfnRun { pfn, npage: at - pfn, reserved: true });
+        }
+        at += SUBSECTION_PAGES;
+    }
+    Ok(PfnRun { pfn, npage, reserved: true })
+}
+
+/// What [`MmUsers::pin_or_follow`] found at an address.
+enum Found {
+    /// This many pages pinned, their `struct page`s in the caller's array.
+    Pages(usize),
+    /// Device memory: a physically contiguous run, reserved, not pinned.
+    Device(PfnRun),
+}
+
+/// `pfn_valid()`: the pfn has a `struct page` in the memory map.
+#[inline]
+pub(crate) fn pfn_valid(pfn: Pfn) -> bool {
+    // SAFETY: `pfn_valid` only looks the pfn up in the memory map.
+    unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) }
 }
 
 /// `pfn_valid(pfn) && !PageReserved`: a pin of this pfn is accounted as
 /// locked memory (`!is_invalid_reserved_pfn` in the C type1).
 #[inline]
 pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
-    // SAFETY: `pfn_valid` only looks the pfn up in the memory map.
-    if !unsafe { bindings::kmod_helper_pfn_valid(pfn as ffi::c_ulong) } {
+    if !pfn_valid(pfn) {
         return false;
     }
     // SAFETY: the pfn is valid, so its `struct page` is in the memory map.
@@ -560,7 +701,10 @@ impl PinBatch {
     /// pages of one kind, in order, each at most `max_npage` long (what the
     /// C type1's `vfio_pin_pages_remote()` works out page by page). Returns
     /// how many pages were pinned (at least one), the runs, and how many
-    /// pages are not reserved.
+    /// pages are not reserved. Device memory (`VM_IO`/`VM_PFNMAP`) is not
+    /// pinned: it comes back as one reserved run of up to `want` pages (not
+    /// limited by the batch's room), as far as one page-table entry maps it
+    /// contiguously.
     pub(crate) fn pin(
         &mut self,
         users: &MmUsers<'_>,
@@ -569,8 +713,16 @@ impl PinBatch {
         write: bool,
         max_npage: u64,
     ) -> Result<(usize, &[PfnRun], usize)> {
-        let want = want.min(self.pages.len());
-        let got = users.pin_pages(vaddr, &mut self.pages[..want], write)?;
+        let room = want.min(self.pages.len());
+        let max_device = (want as u64).min(max_npage);
+        let got = match users.pin_or_follow(vaddr, &mut self.pages[..room], write, max_device)? {
+            Found::Pages(got) => got,
+            Found::Device(run) => {
+                let slot = self.runs.first_mut().ok_or(EINVAL)?;
+                *slot = run;
+                return Ok((run.npage as usize, &self.runs[..1], 0));
+            }
+        };
         let frames = PageFrames::get();
         // The run being built stays in registers; `runs` gets it when the
         // next page does not continue it (one run per page at most, so

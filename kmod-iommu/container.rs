@@ -234,7 +234,7 @@ impl Container {
                 return Err(ENOMEM);
             }
             let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
-            let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares };
+            let mut ops = PinContext { groups, group: group.key(), spares: pfn_spares, saw_reserved: false };
             let pinned = cpin::pin_pages(dmas, iommu, &mut ops, iova, npage, prot, pfns).map_err(err)?;
             usize::try_from(pinned).map_err(|_| EINVAL)
         })
@@ -245,7 +245,7 @@ impl Container {
         let Ok(npage) = i32::try_from(npage) else { return };
         let mut st = self.state.lock();
         let State { iommu, dmas, groups, pfn_spares, .. } = &mut *st;
-        let mut ops = PinContext { groups, group: GroupKey::NONE, spares: pfn_spares };
+        let mut ops = PinContext { groups, group: GroupKey::NONE, spares: pfn_spares, saw_reserved: false };
         let done = cpin::unpin_pages(dmas, iommu, &mut ops, iova, npage);
         if iommu.v2 && done != npage {
             // The C type1 WARNs here: a driver unpinned memory that is not
@@ -311,10 +311,14 @@ struct PinContext<'a> {
     group: GroupKey,
     /// Nodes of unpinned pages (`take_slot`, `recycle_slot`).
     spares: &'a mut PfnSpares,
+    /// A reserved pfn was pinned: it may be device memory without a
+    /// `struct page`, so `pfn_valid` must really check.
+    saw_reserved: bool,
 }
 
 /// `vfio_pin_page_external()` with the address space already held live:
 /// pins the page at `vaddr` and charges it to `task` unless it is reserved.
+/// Returns its pfn and whether it is reserved.
 /// Inlined into the pin path, which calls it for every single-page pin.
 #[inline(always)]
 fn pin_one(
@@ -323,7 +327,7 @@ fn pin_one(
     info: &mut VfioDma,
     vaddr: u64,
     do_accounting: bool,
-) -> core::result::Result<u64, Errno> {
+) -> core::result::Result<(u64, bool), Errno> {
     let write = info.prot & IOMMU_WRITE != 0;
     let (pfn, reserved) = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
     if do_accounting && !reserved {
@@ -336,14 +340,16 @@ fn pin_one(
         }
         info.locked_vm = acct::dma_locked_vm_after(info.locked_vm, 1);
     }
-    Ok(pfn)
+    Ok((pfn, reserved))
 }
 
 impl PinOps<Dma> for PinContext<'_> {
     fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
         let Dma { info, owner, .. } = entry;
         let users = owner.mm().users().ok_or(cerr::ENODEV)?;
-        pin_one(&users, owner.task(), info, vaddr, do_accounting)
+        let (pfn, reserved) = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
+        self.saw_reserved |= reserved;
+        Ok(pfn)
     }
 
     fn pin_run_external(
@@ -362,6 +368,7 @@ impl PinOps<Dma> for PinContext<'_> {
             let got = users.pin_pfns(vaddr, write, out, &mut reserved).unwrap_or(0);
             if got > 0 {
                 let charge = reserved.iter().take(got).filter(|r| !**r).count() as i64;
+                self.saw_reserved |= charge != got as i64;
                 if !do_accounting || charge == 0 {
                     return Ok(got);
                 }
@@ -378,18 +385,17 @@ impl PinOps<Dma> for PinContext<'_> {
         }
         // One page, exactly as the C loop pins it.
         let first = out.first_mut().ok_or(cerr::EINVAL)?;
-        *first = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
+        let (pfn, reserved) = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
+        self.saw_reserved |= reserved;
+        *first = pfn;
         Ok(1)
     }
 
-    fn pfn_valid(&self, _pfn: u64) -> bool {
-        // Holds by construction: the core asks only about pfns that
-        // `pin_run_external` returned, which `MmUsers::pin_pfns` takes from
-        // the `struct page`s `pin_user_pages_remote` pinned. The C type1
-        // checks because its `vaddr_get_pfns` also follows `VM_PFNMAP`
-        // mappings, whose pfns may have no `struct page`; `pin_pfns` refuses
-        // those (`EFAULT`).
-        true
+    fn pfn_valid(&self, pfn: u64) -> bool {
+        // A pinned page always has a valid pfn; device memory
+        // (`VM_PFNMAP`), which `MmUsers::pin_pfns` returns as reserved,
+        // may not, and then `vfio_pin_pages` fails with `EINVAL` as in C.
+        !self.saw_reserved || mm::pfn_valid(pfn)
     }
 
     fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool {

@@ -23,9 +23,14 @@
 //!   pinned through `vfio_pin_pages` are charged already), and mapped into
 //!   every domain one physically contiguous run at a time, so that the IOMMU
 //!   can use its large pages. `disable_hugepages` maps page by page.
-//! - **Unmap** (`unmap.rs`): every domain but the first is unmapped in
-//!   one call; the first is walked with `iova_to_phys` to find the
-//!   contiguous runs to unpin, unmapped with `iommu_unmap_fast`, and its
+//!   Device memory (`VM_IO`/`VM_PFNMAP`: BARs) is looked up instead of
+//!   pinned, one page-table entry at a time (`MmUsers::pin_or_follow` in
+//!   kmod-common/mm.rs), and neither pinned nor charged.
+//! - **Unmap** (`unmap.rs`): a mapping that pinned nothing (device memory
+//!   only) is unmapped from each domain in one call. Otherwise every
+//!   domain but the first is unmapped in one call; the first is walked
+//!   with `iova_to_phys` to find the contiguous runs to unpin, unmapped
+//!   with `iommu_unmap_fast`, and its
 //!   IOTLB flushed once per 512 runs before those runs are unpinned (a page
 //!   must not be unpinned while the IOTLB may still reach it).
 //! - **Detach** (`attach.rs`): the group leaves its domain; an empty domain is
@@ -52,8 +57,8 @@
 //! - Pages are pinned in the mapping process's mm (the one `MAP_DMA`
 //!   recorded), also when another process attaches a group and the
 //!   mappings are replayed; C pins in the calling process's mm.
-//! - `VM_PFNMAP` ranges (device memory mapped by another driver) cannot be
-//!   pinned: `MAP_DMA` fails with `EFAULT` where C follows the PFN map.
+//! - Device memory is looked up as far as one page-table entry maps it
+//!   (2 MiB, 1 GiB), where C looks up 4 KiB per step.
 //! - The MSI cookie is taken before the replay, so its failure leaves
 //!   nothing pinned; C takes it after the replay and leaks the replay's
 //!   pins on that (theoretical) failure.

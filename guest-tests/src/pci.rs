@@ -1,7 +1,8 @@
 //! The emulated PCI devices behind the VM's VT-d, driven through `vfio-pci`.
 //!
-//! The VM (xtask/src/vm.rs) has two QEMU `edu` devices and an `e1000e`,
-//! each in an IOMMU group of its own. [`bind_test_devices`] hands them to
+//! The VM (xtask/src/vm.rs) has two QEMU `edu` devices, an `e1000e` and
+//! an `ivshmem-plain` (1 GiB BAR2 of device memory), each in an IOMMU
+//! group of its own. [`bind_test_devices`] hands them to
 //! `vfio-pci` (through `driver_override`) after the backend's modules are
 //! loaded. [`Edu`] drives an `edu` device's DMA engine from userspace
 //! (QEMU's docs/specs/edu.rst): it copies between the device's 4 KiB
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const EDU_ID: (u16, u16) = (0x1234, 0x11e8);
 /// Intel 82574L, QEMU's `e1000e`.
 pub const E1000E_ID: (u16, u16) = (0x8086, 0x10d3);
+/// QEMU's `ivshmem-plain` (Red Hat, Inc. Inter-VM shared memory).
+pub const IVSHMEM_ID: (u16, u16) = (0x1af4, 0x1110);
 
 /// A PCI function in sysfs.
 #[derive(Clone, Debug)]
@@ -63,10 +66,10 @@ pub fn driver(bdf: &str) -> Option<String> {
     link_name(&sysfs(bdf).join("driver"))
 }
 
-/// Binds every `edu` and `e1000e` to `vfio-pci`. Without VT-d (no group)
-/// there is nothing to bind and the real-IOMMU cases skip.
+/// Binds every `edu`, `e1000e` and `ivshmem` to `vfio-pci`. Without VT-d
+/// (no group) there is nothing to bind and the real-IOMMU cases skip.
 pub fn bind_test_devices() -> Result<(), String> {
-    for dev in find(EDU_ID).into_iter().chain(find(E1000E_ID)) {
+    for dev in find(EDU_ID).into_iter().chain(find(E1000E_ID)).chain(find(IVSHMEM_ID)) {
         if driver(&dev.bdf).as_deref() == Some("vfio-pci") {
             continue;
         }
@@ -217,5 +220,42 @@ pub fn wait_dmar_fault(iova: u64, before: usize, wait: Duration) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// QEMU's `ivshmem-plain` opened through VFIO: BAR2 is device memory (a
+/// host memory backend QEMU maps as the BAR), which `mmap` of the device
+/// file maps as `VM_PFNMAP` and type1 maps without pinning.
+pub struct Ivshmem {
+    pub dev: Device,
+    /// BAR2's offset in the device file and its size.
+    pub bar2: u64,
+    pub bar2_size: u64,
+    cfg: u64,
+}
+
+impl Ivshmem {
+    /// Opens `bdf` in `group` (already in a container with an IOMMU set) and
+    /// turns memory decoding on, so that the BAR can be mapped and reached.
+    pub fn open(group: &Group, bdf: &str) -> Result<Ivshmem, String> {
+        let dev = group.device(bdf).map_err(|e| format!("GET_DEVICE_FD {bdf}: {e}"))?;
+        let bar2 = dev.region(VFIO_PCI_BAR2_REGION_INDEX).map_err(|e| format!("BAR2 info: {e}"))?;
+        if bar2.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+            return Err(format!("{bdf}: BAR2 cannot be mmap'd (flags {:#x})", bar2.flags));
+        }
+        let cfg = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).map_err(|e| format!("config info: {e}"))?.offset;
+        let shm = Ivshmem { dev, bar2: bar2.offset, bar2_size: bar2.size, cfg };
+        shm.set_memory_decode(true)?;
+        Ok(shm)
+    }
+
+    /// Sets PCI_COMMAND's memory-space bit. Clearing it makes `vfio-pci`
+    /// zap every mmap of the BARs (they fault with SIGBUS until it is set).
+    pub fn set_memory_decode(&self, on: bool) -> Result<(), String> {
+        let mut cmd = [0u8; 2];
+        self.dev.pread(&mut cmd, self.cfg + 4).map_err(|e| format!("read PCI_COMMAND: {e}"))?;
+        let cmd = u16::from_le_bytes(cmd);
+        let cmd = if on { cmd | 0x2 } else { cmd & !0x2 };
+        self.dev.write16(self.cfg + 4, cmd).map_err(|e| format!("write PCI_COMMAND: {e}"))
     }
 }

@@ -8,6 +8,7 @@
 struct mm_struct;
 struct page;
 struct task_struct;
+struct vm_area_struct;
 
 void kmod_helper_owner_get(struct mm_struct *mm, struct task_struct *task);
 void kmod_helper_owner_put(struct mm_struct *mm, struct task_struct *task);
@@ -20,5 +21,8 @@ struct page *kmod_helper_vmemmap(void);
 bool kmod_helper_pfn_valid(unsigned long pfn);
 bool kmod_helper_access_ok(unsigned long addr, unsigned long size);
 void kmod_helper_cond_resched(void);
+struct vm_area_struct *kmod_helper_vma_lookup(struct mm_struct *mm, unsigned long addr);
+unsigned int kmod_helper_pfnmap_leaf_shift(struct mm_struct *mm, unsigned long addr,
+					   unsigned long *leaf_pfn);
 
 #endif

@@ -138,7 +138,9 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
     let mut done = 0u64;
     while done < npage {
         mm::cond_resched();
-        let want = core::cmp::min(batch_len as u64, npage - done) as usize;
+        // Pages are pinned a batch at a time; device memory, which is only
+        // looked up, as far as one page-table entry maps it.
+        let want = if single { 1 } else { usize::try_from(npage - done).unwrap_or(usize::MAX) };
         let vaddr = cx.info.vaddr + (done << PAGE_SHIFT);
         let (got, runs, unreserved) = match batch.pin(&cx.users, vaddr, want, write, max_run) {
             Ok(r) => r,
@@ -156,13 +158,18 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
             charge = 0;
             let mut iova = first_iova;
             for r in runs {
-                for j in 0..r.npage {
-                    if !r.reserved && !cx.charged_by_device(iova + (j << PAGE_SHIFT)) {
-                        charge += 1;
+                if !r.reserved {
+                    for j in 0..r.npage {
+                        if !cx.charged_by_device(iova + (j << PAGE_SHIFT)) {
+                            charge += 1;
+                        }
                     }
                 }
                 iova += r.npage << PAGE_SHIFT;
             }
+        }
+        if unreserved != 0 {
+            cx.info.has_iommu_pins = true;
         }
         if let Err(e) = cx.charge(charge) {
             if e == ENOMEM {

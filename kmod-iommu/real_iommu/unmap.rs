@@ -89,6 +89,15 @@ pub(super) fn unmap_unpin(domains: &Domains, dma: &mut Dma, do_accounting: bool)
     }
     let Some(first) = domains.first() else { return 0 };
     let (start, end) = (dma.info.iova, dma.info.iova + dma.info.size);
+    if !dma.info.has_iommu_pins {
+        // Device memory only: nothing to unpin, so no runs to find.
+        for d in domains.list.iter() {
+            d.domain.unmap(start, dma.info.size);
+            mm::cond_resched();
+        }
+        dma.info.iommu_mapped = false;
+        return 0;
+    }
     // The first domain tells which pages to unpin; the others go at once,
     // so that no translation remains once the pages are unpinned.
     for d in domains.list.iter().skip(1) {
@@ -132,6 +141,7 @@ pub(super) fn unmap_unpin(domains: &Domains, dma: &mut Dma, do_accounting: bool)
     }
     dma.info.iommu_mapped = false;
     unlocked += sync_unpin(first, &gather, dma, &mut pending);
+    dma.info.has_iommu_pins = false;
     if do_accounting {
         lock_acct(dma, -unlocked);
         return 0;

@@ -200,9 +200,12 @@ impl Boot {
 
 /// The QEMU options that give the guest an emulated Intel VT-d and the PCI
 /// devices the real-IOMMU cases drive through `vfio-pci`: two `edu` devices
-/// (each a DMA engine userspace can program, in its own IOMMU group) and an
-/// `e1000e` (a different device type, for domain sharing). vng passes these
-/// last on QEMU's command line, through a shell.
+/// (each a DMA engine userspace can program, in its own IOMMU group), an
+/// `e1000e` (a different device type, for domain sharing) and an
+/// `ivshmem-plain` whose BAR2 is 1 GiB of 64-bit prefetchable memory
+/// (device memory for the PFNMAP cases: big enough for PUD-sized pfn
+/// entries; host memory only where touched). vng passes these last on
+/// QEMU's command line, through a shell.
 ///
 /// VT-d needs the q35 machine (vng asks for it only under TCG). Interrupt
 /// remapping needs QEMU's own interrupt controller: under TCG it always is;
@@ -215,7 +218,9 @@ pub fn real_iommu_qemu_opts(accel: Accel) -> String {
     };
     format!(
         "-machine {machine} -device intel-iommu,intremap=on,caching-mode=on \
-         -device edu,id=edu0 -device edu,id=edu1 -device e1000e,id=nic0"
+         -device edu,id=edu0 -device edu,id=edu1 -device e1000e,id=nic0 \
+         -object memory-backend-memfd,id=shmmem0,size=1G,share=on \
+         -device ivshmem-plain,memdev=shmmem0,id=shm0"
     )
 }
 

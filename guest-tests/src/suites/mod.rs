@@ -11,6 +11,7 @@ pub mod mtty_timeout;
 pub mod type1;
 pub mod type1_faults;
 pub mod type1_multi;
+pub mod type1_pfnmap;
 pub mod type1_stress;
 pub mod type1_vaddr;
 pub mod type1_iommu;
@@ -168,6 +169,16 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.attach_refused_over_reserved_or_aperture", run: type1_iommu::attach_refused_over_reserved_or_aperture },
     Case { name: "type1_iommu.two_device_types_share_a_domain", run: type1_iommu::two_device_types_share_a_domain },
     Case { name: "type1_iommu.memlock_limit", run: type1_iommu::memlock_limit },
+    Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
+    Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },
+    Case { name: "type1_iommu.pfnmap.read_only_vma", run: type1_pfnmap::read_only_vma },
+    Case { name: "type1_iommu.pfnmap.never_touched", run: type1_pfnmap::never_touched },
+    Case { name: "type1_iommu.pfnmap.mmap_gone_while_mapped", run: type1_pfnmap::mmap_gone_while_mapped },
+    Case { name: "type1_iommu.pfnmap.unmap_all_and_update_vaddr", run: type1_pfnmap::unmap_all_and_update_vaddr },
+    Case { name: "type1_iommu.pfnmap.groups_join_after_mapping", run: type1_pfnmap::groups_join_after_mapping },
+    Case { name: "type1_iommu.pfnmap.mixed_ram_and_bar", run: type1_pfnmap::mixed_ram_and_bar },
+    Case { name: "type1_iommu.pfnmap.two_vmas", run: type1_pfnmap::two_vmas },
+    Case { name: "type1_iommu.pfnmap.whole_bar_and_mixed_levels", run: type1_pfnmap::whole_bar_and_mixed_levels },
     Case { name: "mtty.ext.char_timeout_fires_below_trigger", run: mtty_timeout::fires_below_trigger },
     Case { name: "mtty.ext.char_timeout_waits_four_characters", run: mtty_timeout::waits_four_characters },
     Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },
@@ -189,6 +200,8 @@ pub fn case_timeout(name: &str) -> Option<std::time::Duration> {
         "mtty.qemu.guest_8250" => Some(mtty_qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
         // Fifteen workload processes, each with its warm-up pass.
         "bench.workloads_run" => Some(std::time::Duration::from_secs(600)),
+        // C looks the 1 GiB BAR up 4 KiB at a time, under TCG.
+        "type1_iommu.pfnmap.whole_bar_and_mixed_levels" => Some(std::time::Duration::from_secs(600)),
         _ => None,
     }
 }

@@ -20,7 +20,7 @@ const PAGE: u64 = 4096;
 const MIB: u64 = 1 << 20;
 
 /// The `n`th edu device, or a skip.
-fn edu(n: usize) -> Result<PciDev, Fail> {
+pub(crate) fn edu(n: usize) -> Result<PciDev, Fail> {
     pci::find(pci::EDU_ID)
         .into_iter()
         .nth(n)
@@ -56,7 +56,7 @@ pub(crate) struct Mem {
 
 impl Mem {
     /// `len` bytes of 4 KiB pages, zeroed and populated.
-    fn anon(len: u64) -> Result<Mem, Fail> {
+    pub(crate) fn anon(len: u64) -> Result<Mem, Fail> {
         backed(Backing::Small, len)
     }
 
@@ -72,17 +72,17 @@ impl Drop for Mem {
     }
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-fn bytes(buf: &Mem, off: u64, len: u64) -> &[u8] {
+pub(crate) fn bytes(buf: &Mem, off: u64, len: u64) -> &[u8] {
     assert!(off + len <= buf.len as u64);
     // SAFETY: in bounds of the live mapping (checked above).
     unsafe { std::slice::from_raw_parts(buf.addr.add(off as usize), len as usize) }
 }
 
-fn fill(buf: &Mem, off: u64, data: &[u8]) {
+pub(crate) fn fill(buf: &Mem, off: u64, data: &[u8]) {
     assert!(off + data.len() as u64 <= buf.len as u64);
     // SAFETY: in bounds of the live mapping (checked above).
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.addr.add(off as usize), data.len()) };
@@ -90,7 +90,7 @@ fn fill(buf: &Mem, off: u64, data: &[u8]) {
 
 /// Round trip through the device: RAM at `src_iova` -> edu buffer -> RAM at
 /// `dst_iova`, `len` bytes, checking that `dst` then holds what `src` held.
-fn round_trip(e: &Edu, buf: &Mem, base_iova: u64, src_off: u64, dst_off: u64, len: u64, seed: u8) -> CaseResult {
+pub(crate) fn round_trip(e: &Edu, buf: &Mem, base_iova: u64, src_off: u64, dst_off: u64, len: u64, seed: u8) -> CaseResult {
     let data = pattern(seed, len as usize);
     fill(buf, src_off, &data);
     fill(buf, dst_off, &vec![0u8; len as usize]);

@@ -37,6 +37,11 @@ pub struct VfioDma {
     pub lock_cap: bool,
     /// The vaddr was invalidated by `VFIO_DMA_UNMAP_FLAG_VADDR` (`vaddr_invalid`).
     pub vaddr_invalid: bool,
+    /// The IOMMU path pinned pages of the range that it must unpin (not in
+    /// C). A mapping of device memory only (`VM_PFNMAP` BARs) pins nothing:
+    /// it is then unmapped in one call per domain, without walking the
+    /// first domain's page tables for runs to unpin.
+    pub has_iommu_pins: bool,
     /// Pages charged to the owner's `locked_vm` for this mapping (`locked_vm`).
     pub locked_vm: u64,
 }
