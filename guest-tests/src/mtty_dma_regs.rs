@@ -31,6 +31,8 @@ pub const STATUS_ERROR: u32 = 4;
 pub const DOORBELL_TX: u32 = 1;
 pub const DOORBELL_RX: u32 = 2;
 pub const ERR_UNMAPPED: u32 = 1;
+/// ERROR_CODE: a ring page or buffer could not be pinned.
+pub const ERR_PIN_FAILED: u32 = 5;
 /// The DONE flag the device writes back into a descriptor.
 pub const DESC_DONE: u32 = 1;
 

@@ -134,7 +134,7 @@ enum Cmd {
         /// Only workloads whose name contains one of these comma-separated
         /// texts: ioctl, map.1g, map.2m, map.64k, map.4k, scale, pin.single,
         /// pin.run2, pin.same, dma_rw.16b, dma_rw.64k, unmap_pinned.1dev,
-        /// unmap_pinned.8dev, iommu.4k, iommu.thp, iommu.hugetlb.
+        /// unmap_pinned.8dev, iommu.4k, iommu.thp, iommu.hugetlb, iommu.pfnmap.
         #[arg(long)]
         filter: Option<String>,
         /// Which pair is compared: `mtty` = C type1 vs Rust type1, both with

@@ -94,6 +94,45 @@ pub(super) fn iommu_map(env: &Env, name: &str, kind: Backing) -> Result<(), Stri
     Ok(())
 }
 
+/// Device memory on the real-IOMMU path: MAP_DMA and UNMAP_DMA of the
+/// `ivshmem`'s whole 1 GiB BAR2, mmap'd 1 GiB aligned from its `vfio-pci`
+/// device file (a `VM_PFNMAP` VMA that `vfio-pci` fills with 1 GiB
+/// entries), with the device's own group in the container. Nothing is
+/// pinned: MAP_DMA looks the pfns up and maps them into the VT-d domain,
+/// UNMAP_DMA unmaps them.
+pub(super) fn iommu_pfnmap(env: &Env) -> Result<(), String> {
+    use crate::suites::type1_pfnmap::{mmap_bar, Area};
+    const IOVA: u64 = 64 << 20;
+    let dev = crate::pci::find(crate::pci::IVSHMEM_ID)
+        .into_iter()
+        .next()
+        .ok_or("no ivshmem device behind an IOMMU (the VM's VT-d)")?;
+    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
+    let group = crate::pci::open_group(&dev, &container)?;
+    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    let shm = crate::pci::Ivshmem::open(&group, &dev.bdf)?;
+    let size = shm.bar2_size;
+    let area = Area::new(size, GIB).map_err(|f| format!("address space for the BAR: {f:?}"))?;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    mmap_bar(shm.dev.raw(), shm.bar2, area.at(0), 0, size, rw).map_err(|f| format!("{f:?}"))?;
+    let n = env.iters(4);
+    let (mut tm, mut tu) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..n {
+        let t = Instant::now();
+        container.map_rw(area.at(0), IOVA, size).map_err(e("MAP_DMA of the BAR"))?;
+        tm += t.elapsed();
+        let t = Instant::now();
+        let got = container.unmap_range(IOVA, size).map_err(e("UNMAP_DMA of the BAR"))?;
+        tu += t.elapsed();
+        if got != size {
+            return Err(format!("UNMAP_DMA unmapped {got:#x} bytes, wanted {size:#x}"));
+        }
+    }
+    sample("iommu.pfnmap.map", "ns/op", ns_per(tm, n));
+    sample("iommu.pfnmap.unmap", "ns/op", ns_per(tu, n));
+    Ok(())
+}
+
 /// Sets the loaded type1's `dma_entry_limit` (read when a container opens);
 /// returns the previous value.
 fn set_entry_limit(b: Backend, v: u64) -> Result<u64, String> {

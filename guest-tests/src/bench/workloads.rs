@@ -3,7 +3,7 @@
 //! of them in its own process.
 
 use super::engine::{dma_rw_64k, pin_workload, unmap_pinned, PinKind};
-use super::map::{iommu_map, ioctl_floor, map_1g, map_split, scale};
+use super::map::{iommu_map, iommu_pfnmap, ioctl_floor, map_1g, map_split, scale};
 use crate::harness::Backend;
 use crate::suites::type1_iommu::Backing;
 use crate::uapi::*;
@@ -44,6 +44,7 @@ pub const WORKLOADS: &[Workload] = &[
     Workload { name: "iommu.4k", needs_engine: false, run: |e| iommu_map(e, "iommu.4k", Backing::Small) },
     Workload { name: "iommu.thp", needs_engine: false, run: |e| iommu_map(e, "iommu.thp", Backing::Thp) },
     Workload { name: "iommu.hugetlb", needs_engine: false, run: |e| iommu_map(e, "iommu.hugetlb", Backing::Hugetlb) },
+    Workload { name: "iommu.pfnmap", needs_engine: false, run: iommu_pfnmap },
 ];
 
 /// What a workload process knows.

@@ -179,6 +179,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.pfnmap.mixed_ram_and_bar", run: type1_pfnmap::mixed_ram_and_bar },
     Case { name: "type1_iommu.pfnmap.two_vmas", run: type1_pfnmap::two_vmas },
     Case { name: "type1_iommu.pfnmap.whole_bar_and_mixed_levels", run: type1_pfnmap::whole_bar_and_mixed_levels },
+    Case { name: "type1_iommu.pfnmap.mdev_pin_and_dma_rw", run: type1_pfnmap::mdev_pin_and_dma_rw },
     Case { name: "mtty.ext.char_timeout_fires_below_trigger", run: mtty_timeout::fires_below_trigger },
     Case { name: "mtty.ext.char_timeout_waits_four_characters", run: mtty_timeout::waits_four_characters },
     Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },

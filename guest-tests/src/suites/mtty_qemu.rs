@@ -9,6 +9,15 @@
 //! xtask builds the inner kernel and passes its files in
 //! `VFIO_RS_INNER_KERNEL` and `VFIO_RS_INNER_INITRD`.
 //!
+//! When the VM has the `ivshmem` (behind the VT-d), QEMU gets it too, with
+//! `-device vfio-pci,host=...`: the container then has a real IOMMU domain,
+//! QEMU maps the inner guest's RAM (pinned) and, once the inner firmware
+//! turns memory decoding on, the device's 1 GiB BAR (a `ram_device` region
+//! backed by QEMU's mmap of the BAR: device memory). QEMU traces each RAM
+//! region it maps (`-trace vfio_listener_region_add_ram`) and reports a
+//! failed map as `vfio_dma_map(...) = -errno`; the case requires the BAR's
+//! map to be traced and no map to fail, on both backends.
+//!
 //! The C sample fails this (reported as `rx:0` in the issue; in our runs
 //! the 3-byte lines come back and the 50-byte lines are lost, `rx:3` per
 //! port); on the C backend the case reports a skip with the outcome rather
@@ -35,14 +44,18 @@ struct InnerRun {
     booted_after: Option<Duration>,
 }
 
-fn run_qemu(kernel: &str, initrd: &str, sysfsdev: &str) -> Result<InnerRun, Fail> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc", "-accel", "tcg,tb-size=64", "-m", "128", "-smp", "1"])
+fn run_qemu(kernel: &str, initrd: &str, sysfsdev: &str, pci_host: Option<&str>) -> Result<InnerRun, Fail> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "pc", "-accel", "tcg,tb-size=64", "-m", "128", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-serial", "stdio", "-monitor", "none"])
         .args(["-kernel", kernel, "-initrd", initrd])
         .args(["-append", "console=ttyS0 panic=-1 loglevel=4 8250.nr_uarts=8"])
-        .args(["-device", &format!("vfio-pci,sysfsdev={sysfsdev}")])
+        .args(["-device", &format!("vfio-pci,sysfsdev={sysfsdev}")]);
+    if let Some(bdf) = pci_host {
+        qemu.args(["-device", &format!("vfio-pci,host={bdf}")]).args(["-trace", "vfio_listener_region_add_ram"]);
+    }
+    let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -102,7 +115,8 @@ pub fn guest_8250(ctx: &Ctx) -> CaseResult {
         return Err(Fail::Skip("no inner guest kernel (VFIO_RS_INNER_KERNEL unset: run through cargo xtask test)".into()));
     };
     let mdev = Mdev::create(&ctx.mtty_parent(), "mtty-2")?;
-    let run = run_qemu(&kernel, &initrd, &mdev.path.to_string_lossy())?;
+    let shm = crate::pci::find(crate::pci::IVSHMEM_ID).into_iter().next();
+    let run = run_qemu(&kernel, &initrd, &mdev.path.to_string_lossy(), shm.as_ref().map(|d| d.bdf.as_str()))?;
     drop(mdev);
     // Everything the inner guest said (its kernel's warnings included) goes
     // to the case's diagnostics.
@@ -114,6 +128,9 @@ pub fn guest_8250(ctx: &Ctx) -> CaseResult {
         run.booted_after.map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         run.elapsed.as_secs_f64()
     );
+    if shm.is_some() {
+        check_device_memory_mapped(&run.lines)?;
+    }
     let ports_ok = run.lines.iter().filter(|l| l.starts_with("INNER-PORT ") && l.ends_with(" ok")).count();
     let passed = run.result == Some(true) && ports_ok == 4;
     if !ctx.backend.rust_mtty {
@@ -138,4 +155,27 @@ pub fn guest_8250(ctx: &Ctx) -> CaseResult {
         Some(_) if !passed => Err(fail(format!("{ports_ok} of 4 port checks (2 ports x 2 lines) read back what was written"))),
         Some(_) => Ok(()),
     }
+}
+
+/// QEMU mapped the assigned ivshmem's 1 GiB BAR into the container (a
+/// traced `region_add [ram]` of exactly 1 GiB) and no DMA map failed.
+fn check_device_memory_mapped(lines: &[String]) -> CaseResult {
+    let failed: Vec<&String> = lines.iter().filter(|l| l.contains("vfio_dma_map(")).collect();
+    if !failed.is_empty() {
+        return Err(fail(format!("QEMU could not map guest memory into the container: {failed:?}")));
+    }
+    // `vfio_listener_region_add_ram region_add [ram] 0xSTART - 0xEND [0xVADDR]`
+    let bar_mapped = lines.iter().filter(|l| l.contains("region_add [ram]")).any(|l| {
+        let nums: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|w| w.trim_matches(|c| c == '[' || c == ']').strip_prefix("0x"))
+            .filter_map(|h| u64::from_str_radix(h, 16).ok())
+            .collect();
+        nums.len() >= 2 && nums[1].wrapping_sub(nums[0]).wrapping_add(1) == 1 << 30
+    });
+    if !bar_mapped {
+        let traced: Vec<&String> = lines.iter().filter(|l| l.contains("region_add")).collect();
+        return Err(fail(format!("QEMU never mapped the ivshmem's 1 GiB BAR (traced maps: {traced:?})")));
+    }
+    Ok(())
 }

@@ -37,14 +37,14 @@ fn ivshmem() -> Result<PciDev, Fail> {
 /// start, released on drop; BAR and anonymous mappings are placed in it
 /// with `MAP_FIXED`, so their addresses (and so the page-table levels that
 /// map them) are chosen by the case.
-struct Area {
+pub(crate) struct Area {
     base: u64,
     len: u64,
     start: u64,
 }
 
 impl Area {
-    fn new(len: u64, align: u64) -> Result<Area, Fail> {
+    pub(crate) fn new(len: u64, align: u64) -> Result<Area, Fail> {
         let total = len + align;
         // SAFETY: a new anonymous mapping with no address hint.
         let p = unsafe {
@@ -64,7 +64,7 @@ impl Area {
         Ok(Area { base, len: total, start: (base + align - 1) & !(align - 1) })
     }
 
-    fn at(&self, off: u64) -> u64 {
+    pub(crate) fn at(&self, off: u64) -> u64 {
         self.start + off
     }
 }
@@ -78,7 +78,7 @@ impl Drop for Area {
 
 /// Maps `len` bytes of BAR memory (`region` offset in `dev`'s file plus
 /// `bar_off`) at `at`, shared, with `prot`. Nothing is touched.
-fn mmap_bar(fd: i32, region: u64, at: u64, bar_off: u64, len: u64, prot: i32) -> Result<(), Fail> {
+pub(crate) fn mmap_bar(fd: i32, region: u64, at: u64, bar_off: u64, len: u64, prot: i32) -> Result<(), Fail> {
     // SAFETY: `at` lies in an `Area` of ours, which MAP_FIXED replaces.
     let p = unsafe {
         libc::mmap(at as *mut libc::c_void, len as usize, prot, libc::MAP_SHARED | libc::MAP_FIXED, fd, (region + bar_off) as i64)
@@ -577,5 +577,91 @@ pub fn whole_bar_and_mixed_levels(_ctx: &Ctx) -> CaseResult {
         check!(s.dma_read(BAR_IOVA + off, n)? == pattern(50 + i as u8, n as usize), "bytes at offset {off:#x} of a mixed-level VMA");
     }
     check_eq!(c.unmap_range(BAR_IOVA, len)?, len, "unmapped size of the mixed-level mapping");
+    Ok(())
+}
+
+/// An mdev in a container that also maps device memory (a mixed
+/// container: the ivshmem's group gives it an IOMMU domain). A device pin
+/// of a BAR IOVA (`vfio_pin_pages`) fails, as in C (`EINVAL`: the pfn has
+/// no `struct page`), and pins nothing: the mtty engine halts with
+/// PIN_FAILED at that IOVA and `VmLck` does not move. `vfio_dma_rw`, which
+/// copies through the process's mmap, reaches the BAR both ways. Rust mtty
+/// only (the C sample has no DMA engine); `--backend mtty-rs` runs it on
+/// the C type1.
+pub fn mdev_pin_and_dma_rw(ctx: &Ctx) -> CaseResult {
+    use crate::mtty_dma_regs::*;
+    super::mtty::needs_rust_mtty(ctx, "the C sample has no DMA engine")?;
+    let shm_dev = ivshmem()?;
+    let o = super::mtty::open_device(ctx, "mtty-1")?;
+    let (c, d) = (&o._container, &o.device);
+    let gs = pci::open_group(&shm_dev, c)?;
+    let shm = Ivshmem::open(&gs, &shm_dev.bdf)?;
+    let ram = Mem::anon(4 * PAGE)?;
+    c.map_rw(ram.vaddr(), RAM_IOVA, 4 * PAGE)?;
+    let area = Area::new(2 * MIB, 2 * MIB)?;
+    mmap_bar(shm.dev.raw(), shm.bar2, area.at(0), 0, 2 * MIB, libc::PROT_READ | libc::PROT_WRITE)?;
+    c.map_rw(area.at(0), BAR_IOVA, 2 * MIB)?;
+    let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+    d.write16(cfg + 0x04, 0x0007)?;
+    let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
+    let base = vm_locked_kb();
+
+    // TX ring in RAM page 0; its one descriptor's buffer lies in the BAR.
+    let target = BAR_IOVA + 0x1000;
+    let mut desc = [0u8; 16];
+    desc[..8].copy_from_slice(&target.to_le_bytes());
+    desc[8..12].copy_from_slice(&16u32.to_le_bytes());
+    fill(&ram, 0, &desc);
+    for (ring, page) in [(TX, 0), (RX, 1)] {
+        d.write32(bar + ring + RING_BASE, (RAM_IOVA + page * PAGE) as u32)?;
+        d.write32(bar + ring + RING_BASE + 4, 0)?;
+        d.write32(bar + ring + RING_SIZE, 16)?;
+    }
+    d.write32(bar + INT_ENABLE, 0x7)?;
+    d.write32(bar + CTRL, CTRL_ENABLE)?;
+    check_eq!(d.read32(bar + STATUS)? & (STATUS_RUNNING | STATUS_ERROR), STATUS_RUNNING, "engine running (ring pages pinned)");
+    d.write32(bar + TX + RING_TAIL, 1)?;
+    d.write32(bar + DOORBELL, DOORBELL_TX)?;
+    let t = std::time::Instant::now();
+    while d.read32(bar + STATUS)? & STATUS_ERROR == 0 {
+        check!(t.elapsed() < Duration::from_secs(10), "the engine did not halt on a buffer in device memory");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lo = d.read32(bar + ERROR_IOVA)? as u64;
+    let hi = d.read32(bar + ERROR_IOVA + 4)? as u64;
+    check_eq!((d.read32(bar + ERROR_CODE)?, lo | hi << 32), (ERR_PIN_FAILED, target), "ERROR_CODE and ERROR_IOVA");
+    check_eq!(vm_locked_kb(), base, "VmLck after the refused pin");
+
+    // vfio_dma_rw: BAR -> RAM, then RAM -> BAR.
+    d.write32(bar + CTRL, CTRL_RESET)?;
+    d.write32(bar + INT_ENABLE, INT_COPY_DONE | INT_ERROR)?;
+    d.write32(bar + CTRL, CTRL_ENABLE)?;
+    let copy = |src: u64, dst: u64, len: u32| -> Result<u32, Fail> {
+        for (reg, v) in [(COPY_SRC, src), (COPY_DST, dst)] {
+            d.write32(bar + reg, v as u32)?;
+            d.write32(bar + reg + 4, (v >> 32) as u32)?;
+        }
+        d.write32(bar + COPY_LEN, len)?;
+        d.write32(bar + DOORBELL, DOORBELL_COPY)?;
+        let t = std::time::Instant::now();
+        loop {
+            let st = d.read32(bar + STATUS)?;
+            if st & STATUS_COPY == 0 {
+                return Ok(st);
+            }
+            check!(t.elapsed() < Duration::from_secs(10), "copy still busy after 10 s");
+        }
+    };
+    let a = pattern(70, 300);
+    write_mem(area.at(0x100), &a);
+    check_eq!(copy(BAR_IOVA + 0x100, RAM_IOVA + 2 * PAGE, 300)?, STATUS_RUNNING, "STATUS after a copy out of the BAR");
+    check!(bytes(&ram, 2 * PAGE, 300) == &a[..], "bytes vfio_dma_rw read from the BAR");
+    let b = pattern(71, 200);
+    fill(&ram, 3 * PAGE, &b);
+    check_eq!(copy(RAM_IOVA + 3 * PAGE, BAR_IOVA + 0x2ff0, 200)?, STATUS_RUNNING, "STATUS after a copy into the BAR");
+    check!(read_mem(area.at(0x2ff0), 200) == b, "bytes vfio_dma_rw wrote into the BAR");
+    d.write32(bar + CTRL, 0)?;
+    check_eq!(vm_locked_kb(), base, "VmLck at the end");
+    drop((shm, gs));
     Ok(())
 }
