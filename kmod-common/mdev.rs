@@ -191,6 +191,10 @@ impl<T: MdevDriver> Parent<T> {
 
     /// The registration steps; on failure undoes the ones that succeeded.
     fn register(&mut self) -> Result {
+        // Checked before anything is registered: an early return later would
+        // leave `dev` set, and the failed initializer's drop would then
+        // unregister a parent that was never registered.
+        let nr = u32::try_from(self.type_ptrs.len()).map_err(|_| EINVAL)?;
         // SAFETY: `driver` is a complete `mdev_driver` that stays at this
         // address until `unregister`.
         to_result(unsafe { bindings::mdev_register_driver(self.driver.get()) })?;
@@ -229,7 +233,6 @@ impl<T: MdevDriver> Parent<T> {
             }
         };
         self.dev = dev;
-        let nr = u32::try_from(self.type_ptrs.len()).map_err(|_| EINVAL)?;
         // SAFETY: `raw`, `driver` and the types stay at their addresses
         // until `drop`; `dev` is a registered device; `type_ptrs` holds
         // `nr` valid type pointers.

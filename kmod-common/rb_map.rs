@@ -633,17 +633,6 @@ impl<V: RbValue, A: NodeAlloc<V>, M: Memory> RbMap<V, A, M> {
         Some(Some(unsafe { self.unlink(n) }))
     }
 
-    /// Removes the entry with the lowest key.
-    pub(crate) fn pop_first(&mut self) -> Option<RbOwned<V, A>> {
-        // SAFETY: the root is a valid tree.
-        let n = unsafe { bindings::rb_first(&self.root) };
-        if n.is_null() {
-            return None;
-        }
-        // SAFETY: `n` is a node of the tree.
-        Some(unsafe { self.unlink(n) })
-    }
-
     /// Removes the entry under `key` and returns it with the entry that
     /// followed it (the smallest key `> key`), which the map remembers
     /// for a removal of that one.

@@ -457,22 +457,20 @@ impl Dma {
         if self.info.iommu_mapped && self.info.size != 0 {
             pr_warn!("mapping at iova {:#x} dropped while mapped in an IOMMU domain; its pins leak\n", self.info.iova);
         }
-        // A device that kept pins past close would leave pinned pages behind:
-        // give them back rather than leak them, and say so.
+        // A device that kept pins past close: its driver may still use the
+        // pages, so unpinning them here could hand them to someone else
+        // under its feet. They stay pinned and charged (leaked), as the C
+        // type1 leaves them after its WARN_ON; the nodes go with the tree.
         if self.pfns.is_empty() {
             return;
         }
-        pr_warn!("mapping at iova {:#x} removed with pages still pinned\n", self.info.iova);
-        let write = self.info.prot & IOMMU_WRITE != 0;
-        let mut released = 0i64;
-        while let Some((_, vpfn)) = self.pfns.pop_first() {
-            if mm::put_pfn(vpfn.pfn, write) {
-                released += 1;
-            }
-        }
-        if released > 0 && self.info.locked_vm > 0 {
-            let _ = self.owner.mm().account_locked(self.owner.task(), -released, self.info.lock_cap);
-        }
+        let mut pinned = 0u64;
+        self.pfns.for_each(|_, _| pinned += 1);
+        pr_warn!(
+            "mapping at iova {:#x} removed with {} pages still pinned by a device: they stay pinned (leaked)\n",
+            self.info.iova,
+            pinned
+        );
     }
 }
 

@@ -88,7 +88,13 @@ fn get_info(c: &Container, arg: usize) -> Result {
         let n = cinfo::build_info(&st.iommu, iovas, argsz, &mut out).map_err(err)?;
         (out, n)
     };
-    UserSlice::new(arg, n).writer().write_slice(&out[..n])
+    // The capability chain first, then the fixed part, as C copies them:
+    // if the chain faults, the header the caller reads is left untouched.
+    let head = n.min(u::IOMMU_INFO_SIZE as usize);
+    if n > head {
+        UserSlice::new(arg.wrapping_add(head), n - head).writer().write_slice(&out[head..n])?;
+    }
+    UserSlice::new(arg, head).writer().write_slice(&out[..head])
 }
 
 /// Reads the first `N` 64-bit words of the argument (a fixed-size

@@ -122,11 +122,6 @@ impl PfnTree {
     pub(crate) const fn new() -> Self {
         PfnTree(RbMap::new())
     }
-
-    /// Unlinks the lowest pinned page.
-    pub(crate) fn pop_first(&mut self) -> Option<(u64, VfioPfn)> {
-        self.0.pop_first().map(|p| (p.iova, p.vpfn))
-    }
 }
 
 impl PfnStore for PfnTree {

@@ -27,10 +27,13 @@ use kernel::sync::{new_mutex, Arc, Mutex};
 use kernel::types::ARef;
 use kernel::uaccess::{UserSliceReader, UserSliceWriter};
 
-/// The bytes of one data file.
+/// The bytes of one data file, and its stream position (kept here, under
+/// the same lock, rather than in the file's `f_pos`: two threads may read
+/// or write one file at once).
 struct MigBuf {
     data: KVec<u8>,
     filled: usize,
+    pos: usize,
     disabled: bool,
 }
 
@@ -61,7 +64,7 @@ impl MigData {
         let data = KVec::from_elem(0u8, STATE_SIZE, GFP_KERNEL)?;
         Ok(try_pin_init!(MigData {
             dev,
-            buf <- new_mutex!(MigBuf { data, filled: 0, disabled: false }, "MigData::buf"),
+            buf <- new_mutex!(MigBuf { data, filled: 0, pos: 0, disabled: false }, "MigData::buf"),
         }? Error))
     }
 
@@ -211,12 +214,12 @@ pub(crate) fn set_state(dev: &Device<Mtty>, new: MigState) -> Result<Option<Migr
 impl MigrationFileOps for SaveFile {
     const OWNER: &'static ThisModule = &crate::THIS_MODULE;
 
-    fn read(this: &Self, buf: &mut UserSliceWriter, pos: &mut u64) -> Result<usize> {
-        let b = this.inner.buf.lock();
+    fn read(this: &Self, buf: &mut UserSliceWriter) -> Result<usize> {
+        let mut b = this.inner.buf.lock();
         if b.disabled {
             return Err(ENODEV);
         }
-        let start = usize::try_from(*pos).map_err(|_| EINVAL)?;
+        let start = b.pos;
         if start > b.filled {
             return Err(EINVAL);
         }
@@ -226,11 +229,11 @@ impl MigrationFileOps for SaveFile {
         }
         let src = b.data.get(start..start + n).ok_or(EINVAL)?;
         buf.write_slice(src)?;
-        *pos += n as u64;
+        b.pos = start + n;
         Ok(n)
     }
 
-    fn ioctl(this: &Self, cmd: u32, arg: usize, pos: u64) -> Result<isize> {
+    fn ioctl(this: &Self, cmd: u32, arg: usize) -> Result<isize> {
         if cmd != vd::uapi::VFIO_MIG_GET_PRECOPY_INFO {
             return Err(ENOTTY);
         }
@@ -244,11 +247,10 @@ impl MigrationFileOps for SaveFile {
             if b.disabled {
                 return Err(ENODEV);
             }
-            let pos = usize::try_from(pos).map_err(|_| EINVAL)?;
-            if pos > b.filled {
+            if b.pos > b.filled {
                 return Err(EINVAL);
             }
-            Ok(((b.filled - pos) as u64, 0))
+            Ok(((b.filled - b.pos) as u64, 0))
         })?;
         Ok(0)
     }
@@ -258,20 +260,20 @@ impl MigrationFileOps for SaveFile {
 impl MigrationFileOps for ResumeFile {
     const OWNER: &'static ThisModule = &crate::THIS_MODULE;
 
-    fn write(this: &Self, buf: &mut UserSliceReader, pos: &mut u64) -> Result<usize> {
-        let start = usize::try_from(*pos).map_err(|_| EINVAL)?;
+    fn write(this: &Self, buf: &mut UserSliceReader) -> Result<usize> {
+        let mut b = this.inner.buf.lock();
+        let start = b.pos;
         let len = buf.len();
         let end = start.checked_add(len).ok_or(EINVAL)?;
         if end > STATE_SIZE {
             return Err(ENOMEM);
         }
-        let mut b = this.inner.buf.lock();
         if b.disabled {
             return Err(ENODEV);
         }
         let dst = b.data.get_mut(start..end).ok_or(EINVAL)?;
         buf.read_slice(dst)?;
-        *pos = end as u64;
+        b.pos = end;
         let before = b.filled;
         b.filled = b.filled.max(end);
         if before < HEADER_LEN && b.filled >= HEADER_LEN {

@@ -84,18 +84,21 @@ pub(crate) trait MigrationFileOps: Sized + Send + Sync + 'static {
     /// VFS keeps it loaded while the file is open.
     const OWNER: &'static ThisModule;
 
-    /// `read(2)` from the stream position into `buf`.
-    fn read(_this: &Self, _buf: &mut UserSliceWriter, _pos: &mut u64) -> Result<usize> {
+    /// `read(2)` into `buf`. The file is a stream: the driver keeps its
+    /// position itself, under the lock that guards its data, so that
+    /// concurrent reads of one file each see and advance it atomically
+    /// (the file's `f_pos` is never used).
+    fn read(_this: &Self, _buf: &mut UserSliceWriter) -> Result<usize> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
-    /// `write(2)` at the stream position from `buf`.
-    fn write(_this: &Self, _buf: &mut UserSliceReader, _pos: &mut u64) -> Result<usize> {
+    /// `write(2)` from `buf`, at the driver's own position (see `read`).
+    fn write(_this: &Self, _buf: &mut UserSliceReader) -> Result<usize> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
-    /// An ioctl on the file, with the stream position.
-    fn ioctl(_this: &Self, _cmd: u32, _arg: usize, _pos: u64) -> Result<isize> {
+    /// An ioctl on the file.
+    fn ioctl(_this: &Self, _cmd: u32, _arg: usize) -> Result<isize> {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 }
@@ -187,20 +190,18 @@ impl<F: MigrationFileOps> MigrationFileVTable<F> {
     /// # Safety
     ///
     /// Called by the VFS for `read(2)` on one of our files; `ppos` is NULL
-    /// for a stream file (the position is `f_pos`).
+    /// for a stream file. The driver keeps the position (see
+    /// [`MigrationFileOps::read`]): `f_pos` is not touched, as two threads
+    /// may read one file at once.
     unsafe extern "C" fn read(file: *mut bindings::file, buf: *mut ffi::c_char, len: usize, ppos: *mut bindings::loff_t) -> isize {
         if !ppos.is_null() {
             return ESPIPE.to_errno() as isize;
         }
         // SAFETY: see the function's safety section.
-        let (this, fpos) = unsafe { (Self::data(file), &mut (*file).f_pos) };
-        let mut pos = u64::try_from(*fpos).unwrap_or(u64::MAX);
+        let this = unsafe { Self::data(file) };
         let mut w = UserSlice::new(buf as usize, len).writer();
-        match F::read(&this, &mut w, &mut pos) {
-            Ok(n) => {
-                *fpos = bindings::loff_t::try_from(pos).unwrap_or(bindings::loff_t::MAX);
-                n as isize
-            }
+        match F::read(&this, &mut w) {
+            Ok(n) => n as isize,
             Err(e) => e.to_errno() as isize,
         }
     }
@@ -213,16 +214,10 @@ impl<F: MigrationFileOps> MigrationFileVTable<F> {
             return ESPIPE.to_errno() as isize;
         }
         // SAFETY: see the function's safety section.
-        let (this, fpos) = unsafe { (Self::data(file), &mut (*file).f_pos) };
-        let Ok(mut pos) = u64::try_from(*fpos) else {
-            return EINVAL.to_errno() as isize;
-        };
+        let this = unsafe { Self::data(file) };
         let mut r = UserSlice::new(buf as usize, len).reader();
-        match F::write(&this, &mut r, &mut pos) {
-            Ok(n) => {
-                *fpos = bindings::loff_t::try_from(pos).unwrap_or(bindings::loff_t::MAX);
-                n as isize
-            }
+        match F::write(&this, &mut r) {
+            Ok(n) => n as isize,
             Err(e) => e.to_errno() as isize,
         }
     }
@@ -232,9 +227,8 @@ impl<F: MigrationFileOps> MigrationFileVTable<F> {
     /// Called by the VFS for an ioctl on one of our files.
     unsafe extern "C" fn ioctl(file: *mut bindings::file, cmd: ffi::c_uint, arg: ffi::c_ulong) -> ffi::c_long {
         // SAFETY: see the function's safety section.
-        let (this, pos) = unsafe { (Self::data(file), (*file).f_pos) };
-        let pos = u64::try_from(pos).unwrap_or(u64::MAX);
-        from_result(|| F::ioctl(&this, cmd, arg, pos).map(|v| v as ffi::c_long))
+        let this = unsafe { Self::data(file) };
+        from_result(|| F::ioctl(&this, cmd, arg).map(|v| v as ffi::c_long))
     }
 
     /// # Safety

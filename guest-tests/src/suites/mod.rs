@@ -10,6 +10,7 @@ pub mod mtty_qemu;
 pub mod mtty_timeout;
 pub mod type1;
 pub mod type1_faults;
+pub mod type1_history;
 pub mod type1_multi;
 pub mod type1_pfnmap;
 pub mod type1_stress;
@@ -129,6 +130,9 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.two_processes", run: type1_multi::two_processes },
     Case { name: "type1.pin_unpin_vs_map_threads", run: type1_multi::pin_unpin_vs_map_threads },
     Case { name: "type1.fault_injection", run: type1_faults::fault_injection },
+    Case { name: "type1.history.get_info_into_a_short_buffer", run: type1_history::get_info_into_a_short_buffer },
+    Case { name: "type1.history.irq_eventfds_released", run: type1_history::irq_eventfds_released },
+    Case { name: "type1.history.rmmod_while_in_use", run: type1_history::rmmod_while_in_use },
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },
@@ -143,6 +147,7 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.migration_round_trip", run: mtty::migration_round_trip },
     Case { name: "mtty.migration_wrong_type", run: mtty::migration_wrong_type },
     Case { name: "mtty.migration_precopy", run: mtty::migration_precopy },
+    Case { name: "mtty.migration_two_readers", run: mtty::migration_two_readers },
     Case { name: "mtty.config_space", run: mtty_ext::config_space },
     Case { name: "mtty.ext.type_description", run: mtty_ext::type_description },
     Case { name: "mtty.ext.level_intx_unmask", run: mtty_ext::level_intx_unmask },
@@ -169,6 +174,8 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.attach_refused_over_reserved_or_aperture", run: type1_iommu::attach_refused_over_reserved_or_aperture },
     Case { name: "type1_iommu.two_device_types_share_a_domain", run: type1_iommu::two_device_types_share_a_domain },
     Case { name: "type1_iommu.memlock_limit", run: type1_iommu::memlock_limit },
+    Case { name: "type1_iommu.history.map_killed_midway", run: type1_history::map_killed_midway },
+    Case { name: "type1_iommu.history.locked_vm_race_with_mlock", run: type1_history::locked_vm_race_with_mlock },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
     Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },
     Case { name: "type1_iommu.pfnmap.read_only_vma", run: type1_pfnmap::read_only_vma },

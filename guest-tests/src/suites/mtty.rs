@@ -528,3 +528,54 @@ pub fn migration_precopy(ctx: &Ctx) -> CaseResult {
     s.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
     Ok(())
 }
+
+/// Two threads read one migration data file at once, one byte per
+/// `read(2)`: the stream position is shared, so between them they read
+/// every byte of the image exactly once (the same bytes as a second,
+/// single-threaded save of the stopped device), none twice and none lost.
+pub fn migration_two_readers(ctx: &Ctx) -> CaseResult {
+    use reg::*;
+    use std::os::fd::AsRawFd;
+    let o = open_device(ctx, "mtty-2")?;
+    let d = &o.device;
+    let b0 = d.region(0)?.offset;
+    d.write8(b0 + SCR, 0x3c)?;
+    d.write8(b0 + LCR, 0x1b)?;
+    let save = || -> Result<std::os::fd::OwnedFd, super::Fail> {
+        d.set_mig_state(VFIO_DEVICE_STATE_STOP)?;
+        d.set_mig_state(VFIO_DEVICE_STATE_STOP_COPY)?.ok_or_else(|| fail("STOP_COPY gave no data file"))
+    };
+    let reference = crate::vfio::read_all_fd(&save()?)?;
+    check!(reference.len() > 64, "a migration image of {} bytes", reference.len());
+    for round in 0..4 {
+        let f = save()?;
+        let fd = f.as_raw_fd();
+        let reader = move || -> Result<Vec<u8>, i32> {
+            let mut got = Vec::new();
+            loop {
+                let mut b = [0u8; 1];
+                // SAFETY: reads at most one byte into `b`; `f` outlives both threads.
+                let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+                match r {
+                    0 => return Ok(got),
+                    1 => got.push(b[0]),
+                    _ => return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+                }
+            }
+        };
+        let (t1, t2) = (std::thread::spawn(reader), std::thread::spawn(reader));
+        let (a, b) = (t1.join(), t2.join());
+        let (Ok(Ok(a)), Ok(Ok(b))) = (a, b) else {
+            return Err(fail(format!("round {round}: a reader failed")));
+        };
+        check_eq!(a.len() + b.len(), reference.len(), "bytes read by two threads together (round {round}: {} + {})", a.len(), b.len());
+        let mut all: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        let mut want = reference.clone();
+        all.sort_unstable();
+        want.sort_unstable();
+        check!(all == want, "round {round}: the two threads' bytes are not the image's bytes");
+        drop(f);
+    }
+    d.set_mig_state(VFIO_DEVICE_STATE_RUNNING)?;
+    Ok(())
+}

@@ -49,6 +49,16 @@ impl Pipe {
         unsafe { libc::write(self.tx.as_raw_fd(), (&b as *const u8).cast(), 1) };
     }
 
+    /// A byte if one is waiting, without blocking.
+    pub(super) fn try_recv(&self) -> Option<u8> {
+        let mut p = libc::pollfd { fd: self.rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one live descriptor, without waiting.
+        if unsafe { libc::poll(&mut p, 1, 0) } != 1 {
+            return None;
+        }
+        self.recv()
+    }
+
     /// The next byte, or `None` when the other end is closed.
     pub(super) fn recv(&self) -> Option<u8> {
         let mut b = 0u8;

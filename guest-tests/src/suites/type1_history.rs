@@ -1,0 +1,301 @@
+//! Type1's bug history as regression cases: inputs that broke the C type1
+//! in the past, or that a review of ours found, each with 6.12's results.
+//! docs/type1.md ("Bug history") maps each historical bug to its case.
+
+use super::type1_iommu::{edu, Mem};
+use super::type1_multi::Pipe;
+use super::{fail, CaseResult, Ctx, Fail};
+use crate::pci;
+use crate::uapi::*;
+use crate::vfio::{ioctl_raw, vm_locked_kb, Container, Errno, EventFd};
+use crate::{check, check_eq};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAGE: u64 = 4096;
+
+/// Two pages, the second `PROT_NONE`, unmapped on drop: a buffer placed
+/// `k` bytes before the second page's start has exactly `k` writable bytes.
+struct Guarded {
+    base: *mut u8,
+}
+
+impl Guarded {
+    fn new() -> Result<Guarded, super::Fail> {
+        // SAFETY: a new anonymous mapping with no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(fail(format!("mmap: {}", std::io::Error::last_os_error())));
+        }
+        let g = Guarded { base: p.cast() };
+        // SAFETY: the second page of the mapping just made.
+        if unsafe { libc::mprotect(g.base.add(PAGE as usize).cast(), PAGE as usize, libc::PROT_NONE) } != 0 {
+            return Err(fail(format!("mprotect: {}", std::io::Error::last_os_error())));
+        }
+        Ok(g)
+    }
+
+    /// The address `k` bytes before the guard page.
+    fn at(&self, k: usize) -> *mut u8 {
+        // SAFETY: `k` is at most a page: the result lies in the first page
+        // or at its end.
+        unsafe { self.base.add(PAGE as usize - k) }
+    }
+
+    /// The `k` writable bytes before the guard page.
+    fn bytes(&self, k: usize) -> Vec<u8> {
+        let mut v = vec![0u8; k];
+        // SAFETY: `k` bytes of the first page.
+        unsafe { std::ptr::copy_nonoverlapping(self.at(k), v.as_mut_ptr(), k) };
+        v
+    }
+
+    fn fill(&self, k: usize, data: &[u8]) {
+        // SAFETY: `data.len() <= k` bytes of the first page.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.at(k), data.len().min(k)) };
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made.
+        unsafe { libc::munmap(self.base.cast(), 2 * PAGE as usize) };
+    }
+}
+
+/// `VFIO_IOMMU_GET_INFO` into a buffer that runs into an unmapped page,
+/// at every length from 1 byte to the whole reply: 6.12 copies the
+/// capability chain first and the fixed header last, so when the chain
+/// faults (`EFAULT`) the header is left as it was, and the chain's bytes
+/// up to the fault are the reply's. Ours wrote the header first.
+pub fn get_info_into_a_short_buffer(ctx: &Ctx) -> CaseResult {
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let c = &s.container;
+    let full_len = u32::from_ne_bytes(c.get_info_raw(argsz::<vfio_iommu_type1_info>())?[0..4].try_into().unwrap());
+    let full = c.get_info_raw(full_len)?;
+    check_eq!(full.len(), full_len as usize, "reply length");
+    let g = Guarded::new()?;
+    const POISON: u8 = 0xa5;
+    for k in 1..=full.len() + 8 {
+        let mut before = vec![POISON; k];
+        before[..4.min(k)].copy_from_slice(&full_len.to_ne_bytes()[..4.min(k)]);
+        g.fill(k, &before);
+        let r = ioctl_raw(c.fd(), VFIO_IOMMU_GET_INFO, g.at(k) as libc::c_ulong);
+        let after = g.bytes(k);
+        if k >= full.len() {
+            check!(r.is_ok(), "GET_INFO with {k} writable bytes: {r:?}");
+            check!(after[..full.len()] == full[..], "reply with {k} writable bytes");
+            continue;
+        }
+        check_eq!(r.err(), Some(Errno(libc::EFAULT)), "GET_INFO with {k} of {} bytes writable", full.len());
+        let head = k.min(IOMMU_INFO_LEN);
+        check!(after[..head] == before[..head], "header bytes changed although GET_INFO failed ({k} writable bytes): {:02x?}", &after[..head]);
+        if k > IOMMU_INFO_LEN {
+            check!(
+                after[IOMMU_INFO_LEN..] == full[IOMMU_INFO_LEN..k],
+                "capability bytes before the fault ({k} writable bytes): {:02x?}",
+                &after[IOMMU_INFO_LEN..]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `sizeof(struct vfio_iommu_type1_info)`.
+const IOMMU_INFO_LEN: usize = std::mem::size_of::<vfio_iommu_type1_info>();
+
+/// Long-term pins held in the whole system (`nr_foll_pin_acquired` minus
+/// `nr_foll_pin_released` in /proc/vmstat): a pin leaked anywhere shows.
+fn pins_held() -> Result<i64, Fail> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").map_err(|e| fail(format!("/proc/vmstat: {e}")))?;
+    let get = |name: &str| -> Result<i64, Fail> {
+        vmstat
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .ok_or_else(|| fail(format!("no {name} in /proc/vmstat")))
+    };
+    Ok(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
+}
+
+/// A type1v2 container with the first `edu`'s group (a real IOMMU domain).
+fn edu_container() -> Result<(Container, crate::vfio::Group), Fail> {
+    let dev = edu(0)?;
+    let c = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
+    let g = pci::open_group(&dev, &c)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(|e| fail(format!("SET_IOMMU(TYPE1v2): {e}")))?;
+    Ok((c, g))
+}
+
+/// SIGKILL in the middle of a large `MAP_DMA` on a real-IOMMU container
+/// (GUP sees the fatal signal and the map unwinds, or the process exit
+/// tears the mapping down): afterwards no page is left pinned.
+pub fn map_killed_midway(_ctx: &Ctx) -> CaseResult {
+    let _ = edu(0)?;
+    let before = pins_held()?;
+    let size = 1u64 << 30;
+    let up = Pipe::new()?;
+    // SAFETY: the case runs single-threaded in its own process; the child
+    // only makes system calls and then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(fail("fork failed"));
+    }
+    if pid == 0 {
+        let code = match edu_container() {
+            Ok((c, _g)) => {
+                // SAFETY: a new anonymous mapping, never unmapped (the child exits).
+                let p = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        size as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                up.send(b's');
+                if p != libc::MAP_FAILED && c.map_rw(p as u64, 0x1000_0000, size).is_ok() {
+                    up.send(b'm');
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(_) => 2,
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    check_eq!(up.recv(), Some(b's'), "child ready to map");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a child of ours.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut status = 0;
+    // SAFETY: waits for that child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let finished = up.try_recv() == Some(b'm');
+    println!("child {} before the kill", if finished { "had finished mapping" } else { "was still mapping" });
+    check!(libc::WIFSIGNALED(status), "child status {status:#x}: not killed");
+    // Pins of a dying process go when its files are released, which the
+    // exit does before waitpid returns; give deferred fput a moment anyway.
+    // (Another process's pin may also end meanwhile: the count may drop
+    // below where it was, but a pin left by the child keeps it above.)
+    let t = Instant::now();
+    while pins_held()? > before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = pins_held()?;
+    check!(after <= before, "{} pages still pinned system-wide after the killed MAP_DMA ({before} before, {after} after)", after - before);
+    Ok(())
+}
+
+/// The `locked_vm` accounting race: 4 KiB MAP/UNMAP on a real-IOMMU
+/// container in one thread while another thread of the same process (same
+/// mm) mlocks and munlocks: every update of `locked_vm` is made under the
+/// mmap lock, so `VmLck` ends where it started.
+pub fn locked_vm_race_with_mlock(_ctx: &Ctx) -> CaseResult {
+    let (c, _g) = edu_container()?;
+    let buf = Mem::anon(4 * PAGE)?;
+    let locked = Mem::anon(16 * PAGE)?;
+    let base = vm_locked_kb();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, len) = (locked.vaddr() as usize, 16 * PAGE as usize);
+    let stop2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            // SAFETY: lock and unlock pages of a live mapping of the case.
+            unsafe {
+                libc::mlock(addr as *const libc::c_void, len);
+                libc::munlock(addr as *const libc::c_void, len);
+            }
+            n += 1;
+        }
+        n
+    });
+    let start = Instant::now();
+    let mut maps = 0u64;
+    let mut r = Ok(());
+    while start.elapsed() < Duration::from_secs(3) {
+        for i in 0..4 {
+            if let Err(e) = c.map_rw(buf.vaddr() + i * PAGE, 0x20_0000 + i * PAGE, PAGE) {
+                r = Err(fail(format!("MAP_DMA: {e}")));
+            }
+        }
+        if let Err(e) = c.unmap_range(0x20_0000, 4 * PAGE) {
+            r = Err(fail(format!("UNMAP_DMA: {e}")));
+        }
+        maps += 4;
+        if r.is_err() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mlocks = t.join().map_err(|_| fail("mlock thread panicked"))?;
+    r?;
+    println!("{maps} maps against {mlocks} mlock/munlock pairs");
+    check!(mlocks > 0 && maps > 0, "both threads ran");
+    check_eq!(vm_locked_kb(), base, "VmLck after the race");
+    Ok(())
+}
+
+/// The interrupt eventfd leak the mtty sample once had: triggers set,
+/// replaced, torn down and left set at close, many times over. No
+/// eventfd may stay referenced: the fds are closed by us, the kernel's
+/// references are checked by kmemleak at the end of the run, and a
+/// signal after teardown must not arrive.
+pub fn irq_eventfds_released(ctx: &Ctx) -> CaseResult {
+    let fds_before = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    for round in 0..20 {
+        let o = super::mtty::open_device(ctx, "mtty-1")?;
+        let d = &o.device;
+        d.info()?;
+        // INTx and MSI in turn (one at a time, as vfio-pci allows), each
+        // left set at close every other time.
+        let index = if round % 2 == 0 { VFIO_PCI_INTX_IRQ_INDEX } else { VFIO_PCI_MSI_IRQ_INDEX };
+        d.irq_info(index)?;
+        let step = |what: &str, r: Result<(), Errno>| r.map_err(|e| fail(format!("round {round}, irq index {index}: {what}: {e}")));
+        let a = EventFd::new()?;
+        let b = EventFd::new()?;
+        step("set a trigger", d.set_irq_eventfd(index, a.raw()))?;
+        step("replace the trigger", d.set_irq_eventfd(index, b.raw()))?;
+        if (round / 2) % 2 == 0 {
+            // Left set at close: the release path must drop it.
+            continue;
+        }
+        step("disable (DATA_NONE, count 0)", d.set_irq_none(index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0))?;
+        step("set a trigger again", d.set_irq_eventfd(index, a.raw()))?;
+        step("disable again", d.set_irq_none(index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0))?;
+    }
+    let fds_after = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    check_eq!(fds_after, fds_before, "open file descriptors after 20 rounds");
+    Ok(())
+}
+
+/// `rmmod` of either module while it is in use is refused and changes
+/// nothing: the container and the device keep working.
+pub fn rmmod_while_in_use(ctx: &Ctx) -> CaseResult {
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let dev = s.group.device(&s.mdev.uuid).map_err(|e| fail(format!("GET_DEVICE_FD: {e}")))?;
+    for module in [ctx.backend.type1_module(), ctx.backend.mtty_module()] {
+        let out = std::process::Command::new("rmmod").arg(module).output().map_err(|e| fail(format!("rmmod: {e}")))?;
+        check!(!out.status.success(), "rmmod {module} succeeded while in use");
+        check!(std::path::Path::new("/sys/module").join(module).exists(), "{module} is gone after a refused rmmod");
+    }
+    let buf = Mem::anon(PAGE)?;
+    s.container.map_rw(buf.vaddr(), 0x10_0000, PAGE)?;
+    check_eq!(s.container.unmap_range(0x10_0000, PAGE)?, PAGE, "unmap after the refused rmmods");
+    check!(dev.info().is_ok(), "device info after the refused rmmods");
+    Ok(())
+}
