@@ -136,6 +136,11 @@ impl Group {
         ioctl_ptr(self.fd(), VFIO_GROUP_SET_CONTAINER, &mut fd).map(|_| ())
     }
 
+    /// `VFIO_GROUP_UNSET_CONTAINER`: the group leaves its container.
+    pub fn unset_container(&self) -> VResult<()> {
+        ioctl_raw(self.fd(), VFIO_GROUP_UNSET_CONTAINER, 0).map(|_| ())
+    }
+
     pub fn device(&self, name: &str) -> VResult<Device> {
         let cname = CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
         let fd = ioctl_raw(self.fd(), VFIO_GROUP_GET_DEVICE_FD, cname.as_ptr() as libc::c_ulong)?;

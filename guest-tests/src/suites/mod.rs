@@ -174,6 +174,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.attach_refused_over_reserved_or_aperture", run: type1_iommu::attach_refused_over_reserved_or_aperture },
     Case { name: "type1_iommu.two_device_types_share_a_domain", run: type1_iommu::two_device_types_share_a_domain },
     Case { name: "type1_iommu.memlock_limit", run: type1_iommu::memlock_limit },
+    Case { name: "type1_iommu.fault_injection", run: type1_faults::iommu_fault_injection },
     Case { name: "type1_iommu.history.map_killed_midway", run: type1_history::map_killed_midway },
     Case { name: "type1_iommu.history.locked_vm_race_with_mlock", run: type1_history::locked_vm_race_with_mlock },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },

@@ -1,7 +1,7 @@
 //! Type1 uAPI conformance: the results and errnos of
 //! `drivers/vfio/vfio_iommu_type1.c` (Linux 6.12), which both backends must give.
 
-use super::{fail, CaseResult, Ctx};
+use super::{fail, CaseResult, Ctx, Fail};
 use crate::uapi::*;
 use crate::vfio::{Buffer, Container, Errno};
 use crate::{check, check_eq};
@@ -65,6 +65,17 @@ fn caps(buf: &[u8]) -> Result<Vec<(u16, u16, usize)>, String> {
         off = u32::from_ne_bytes(buf[off + 4..off + 8].try_into().unwrap()) as usize;
     }
     Ok(out)
+}
+
+/// The container's `dma_avail` (the DMA_AVAIL capability of GET_INFO):
+/// how many more mappings `dma_entry_limit` allows.
+pub(crate) fn dma_avail(c: &Container) -> Result<u32, Fail> {
+    let buf = c.get_info_raw(512)?;
+    let (_, _, off) = caps(&buf)?
+        .into_iter()
+        .find(|c| u32::from(c.0) == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL)
+        .ok_or_else(|| fail("no DMA_AVAIL capability"))?;
+    Ok(u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap()))
 }
 
 /// GET_INFO: argsz below the fixed part is EINVAL; a fixed-size buffer

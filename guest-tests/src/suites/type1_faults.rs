@@ -8,11 +8,11 @@
 //! absorbed: success), and the kernel must stay silent (the run fails on
 //! any splat or leak).
 
-use super::type1::dirty;
+use super::type1::{dirty, dma_avail};
 use super::{fail, CaseResult, Ctx, Fail};
 use crate::mtty_dma_regs::*;
 use crate::uapi::*;
-use crate::vfio::{vm_locked_kb, Buffer, Container, Errno, VResult};
+use crate::vfio::{vm_locked_kb, Buffer, Container, Errno, Group, VResult};
 use crate::{check, check_eq};
 
 const PAGE: u64 = 4096;
@@ -147,8 +147,12 @@ fn get_bitmap(c: &Container, iova: u64, size: u64) -> VResult<Vec<u8>> {
 /// Sweeps a MAP_DMA of `[iova, iova+size)`: a failed one leaves no
 /// mapping there. The clean run's mapping is left in place.
 fn sweep_map(nth: &FailNth, what: &str, c: &Container, vaddr: u64, iova: u64, size: u64) -> CaseResult {
+    let avail = dma_avail(c)?;
     let mut map = || c.map_rw(vaddr, iova, size);
     let mut nothing_there = || -> CaseResult {
+        // Before the probe, whose unmap would also remove a zero-sized
+        // mapping left behind.
+        check_eq!(dma_avail(c)?, avail, "{what}: dma_avail after a failed MAP_DMA");
         check!(!is_mapped(c, iova, size)?, "{what}: a failed MAP_DMA left a mapping");
         Ok(())
     };
@@ -289,5 +293,126 @@ fn pin_paths(nth: &FailNth, s: &super::Setup, mem: &Buffer, base: u64) -> CaseRe
     check_eq!(n, 16 * PAGE, "unmapped size");
     check_eq!(d.read32(bar + ERROR_CODE)?, ERR_UNMAPPED, "engine told of the unmap");
     check_eq!(vm_locked_kb(), base, "pins released");
+    Ok(())
+}
+
+/// As [`sweep`], for paths where an injected failure may surface as
+/// another errno than `ENOMEM` (an IOMMU driver's own allocation failing
+/// inside an attach): any errno is accepted, and printed, as long as
+/// `unchanged` holds.
+fn sweep_any_errno<T>(
+    nth: &FailNth,
+    what: &str,
+    op: &mut dyn FnMut() -> VResult<T>,
+    unchanged: &mut dyn FnMut() -> CaseResult,
+    undo: &mut dyn FnMut(&T) -> CaseResult,
+) -> Result<(u32, T), Fail> {
+    let mut errnos = std::collections::BTreeSet::new();
+    for n in 1..=MAX_POINTS {
+        match nth.run(n, op)? {
+            (Ok(v), false) => {
+                println!("{what}: {} injection points, errnos {errnos:?}", n - 1);
+                return Ok((n - 1, v));
+            }
+            (Err(e), false) => return Err(fail(format!("{what}: failed with {e} and nothing injected"))),
+            (Ok(v), true) => undo(&v)?,
+            (Err(e), true) => {
+                errnos.insert(e.0);
+                unchanged()?;
+            }
+        }
+    }
+    Err(fail(format!("{what}: still injecting after {MAX_POINTS} points")))
+}
+
+/// The real-IOMMU paths with every allocation failed in turn (the IOMMU
+/// driver's page-table and domain allocations included): the first
+/// attach (`SET_IOMMU` with an `edu`'s group), MAP_DMA (pin, map into the
+/// domain), UNMAP_DMA (unmap, flush, unpin), and the replay when the group
+/// joins a container whose mappings were made with only an mdev group. A
+/// failed step leaves no pin behind (`VmLck`) and the container as it was.
+pub fn iommu_fault_injection(ctx: &Ctx) -> CaseResult {
+    let Some(dev) = crate::pci::find(crate::pci::EDU_ID).into_iter().next() else {
+        return Err(Fail::Skip("no edu device behind an IOMMU (needs the VM's VT-d)".into()));
+    };
+    let _failslab = FailSlab::setup()?;
+    let nth = FailNth::open()?;
+    let group = Group::open(dev.group).map_err(|e| fail(format!("open group {}: {e}", dev.group)))?;
+    let base = vm_locked_kb();
+
+    // The first attach: SET_IOMMU allocates the domain and attaches the group.
+    let c = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
+    group.set_container(&c)?;
+    let mut set_iommu = || c.set_iommu(VFIO_TYPE1v2_IOMMU).map(|_| ());
+    let mut no_iommu = || -> CaseResult {
+        check_eq!(c.check_extension(VFIO_TYPE1v2_IOMMU)?, 1, "the container still offers type1v2");
+        check_eq!(c.get_info_raw(16).err(), Some(Errno(libc::EINVAL)), "GET_INFO after a failed SET_IOMMU (no IOMMU set)");
+        Ok(())
+    };
+    let mut reset = |_: &()| -> CaseResult {
+        group.unset_container()?;
+        group.set_container(&c)?;
+        Ok(())
+    };
+    sweep_any_errno(&nth, "SET_IOMMU (first attach of a vfio-pci group)", &mut set_iommu, &mut no_iommu, &mut reset)?;
+
+    // MAP_DMA and UNMAP_DMA with the domain: 64 pages of 4 KiB.
+    let mem = Buffer::new(64 * PAGE as usize);
+    const IOVA: u64 = 0x20_0000;
+    let size = 64 * PAGE;
+    let avail = dma_avail(&c)?;
+    let mut map = || c.map_rw(mem.vaddr(), IOVA, size);
+    let mut nothing = || -> CaseResult {
+        // Before the probe, whose unmap would also remove a zero-sized
+        // mapping left behind.
+        check_eq!(dma_avail(&c)?, avail, "dma_avail after a failed MAP_DMA (a mapping left behind)");
+        check!(!is_mapped(&c, IOVA, size)?, "a failed MAP_DMA left a mapping");
+        check_eq!(vm_locked_kb(), base, "VmLck after a failed MAP_DMA");
+        Ok(())
+    };
+    let mut unmap_again = |_: &()| -> CaseResult {
+        check_eq!(c.unmap_range(IOVA, size)?, size, "unmap after an absorbed failure");
+        Ok(())
+    };
+    sweep(&nth, "MAP_DMA with an IOMMU domain", &mut map, &mut nothing, &mut unmap_again)?;
+    check_eq!(vm_locked_kb(), base + size / 1024, "VmLck with the mapping pinned");
+    let mut unmap = || c.unmap_range(IOVA, size);
+    let mut still = || -> CaseResult {
+        check!(is_mapped(&c, IOVA, size)?, "a failed UNMAP_DMA removed the mapping");
+        check_eq!(vm_locked_kb(), base + size / 1024, "VmLck after a failed UNMAP_DMA");
+        Ok(())
+    };
+    let mut remap = |n: &u64| -> CaseResult {
+        check_eq!(*n, size, "unmapped size");
+        Ok(c.map_rw(mem.vaddr(), IOVA, size)?)
+    };
+    sweep(&nth, "UNMAP_DMA with an IOMMU domain", &mut unmap, &mut still, &mut remap)?;
+    check_eq!(vm_locked_kb(), base, "VmLck after the unmap");
+    group.unset_container()?;
+    drop(c);
+
+    // The replay: mappings made with only an mdev group are pinned and
+    // mapped when the vfio-pci group joins.
+    let s = ctx.container_with_mdev("mtty-1")?;
+    let m = &s.container;
+    m.map_rw(mem.vaddr(), IOVA, size)?;
+    m.map_rw(mem.vaddr(), IOVA + 2 * size, 4 * PAGE)?;
+    let mut join = || group.set_container(m);
+    let mut not_joined = || -> CaseResult {
+        check_eq!(vm_locked_kb(), base, "VmLck after a failed replay");
+        check_eq!(group.unset_container().err(), Some(Errno(libc::EINVAL)), "the group is in no container after a failed join");
+        Ok(())
+    };
+    let mut leave = |_: &()| -> CaseResult {
+        check_eq!(vm_locked_kb(), base + (size + 4 * PAGE) / 1024, "VmLck after the replay");
+        group.unset_container()?;
+        check_eq!(vm_locked_kb(), base, "VmLck after the group left");
+        Ok(())
+    };
+    sweep_any_errno(&nth, "GROUP_SET_CONTAINER with replay", &mut join, &mut not_joined, &mut leave)?;
+    check_eq!(vm_locked_kb(), base + (size + 4 * PAGE) / 1024, "VmLck with the replayed mappings pinned");
+    group.unset_container()?;
+    check_eq!(m.unmap_range(0, 1 << 40)?, size + 4 * PAGE, "both mappings still there");
+    check_eq!(vm_locked_kb(), base, "VmLck at the end");
     Ok(())
 }
