@@ -299,3 +299,66 @@ pub fn rmmod_while_in_use(ctx: &Ctx) -> CaseResult {
     check!(dev.info().is_ok(), "device info after the refused rmmods");
     Ok(())
 }
+
+/// Hot-unplug of an assigned `vfio-pci` device while its buffer is mapped
+/// and pinned and it has just DMA'd: `remove` waits (vfio-pci relays the
+/// request to the user) until the process closes the device, then the
+/// group leaves the container, the pins go, and nothing is reported. The
+/// device comes back by a bus rescan and is bound to `vfio-pci` again.
+pub fn hot_unplug_while_mapped(_ctx: &Ctx) -> CaseResult {
+    let dev = edu(1)?;
+    let before = pins_held()?;
+    let base = vm_locked_kb();
+    let c = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
+    let g = pci::open_group(&dev, &c)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(|e| fail(format!("SET_IOMMU(TYPE1v2): {e}")))?;
+    let e = pci::Edu::open(&g, &dev.bdf)?;
+    let buf = Mem::anon(16 * PAGE)?;
+    c.map_rw(buf.vaddr(), 0x10_0000, 16 * PAGE)?;
+    check_eq!(vm_locked_kb(), base + 64, "VmLck with the buffer pinned");
+    e.dma_from_ram(0x10_0000, 0, 512)?;
+    e.dma_to_ram(0, 0x10_0000 + PAGE, 512)?;
+    // No request eventfd is registered: vfio-pci says it waits for the user.
+    let relays = || kernel_log_count("blocked until released by user");
+    let relayed_before = relays();
+    let remove = format!("/sys/bus/pci/devices/{}/remove", dev.bdf);
+    let t = std::thread::spawn(move || std::fs::write(&remove, "1"));
+    // vfio-pci's remove waits for the user to close the device.
+    let start = Instant::now();
+    while relays() == relayed_before && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let relayed = relays() > relayed_before;
+    check!(!t.is_finished(), "remove finished while the device was open");
+    drop(e);
+    drop(g);
+    let removed = t.join().map_err(|_| fail("remove thread panicked"))?;
+    let rescan = std::fs::write("/sys/bus/pci/rescan", "1");
+    let rebound = pci::bind_test_devices();
+    removed.map_err(|err| fail(format!("remove: {err}")))?;
+    check!(relayed, "vfio-pci never said it waits for the user to release the device");
+    rescan.map_err(|err| fail(format!("rescan: {err}")))?;
+    rebound?;
+    check_eq!(pci::driver(&dev.bdf), Some("vfio-pci".to_string()), "driver of the device after the rescan");
+    // The container outlived its group: the IOMMU backend went with the
+    // last group, and the mapping with it.
+    check_eq!(vm_locked_kb(), base, "VmLck after the unplug");
+    check_eq!(c.unmap_range(0, 1 << 40).err(), Some(Errno(libc::EINVAL)), "UNMAP_DMA on the container its last group left");
+    drop(c);
+    let t = Instant::now();
+    while pins_held()? > before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = pins_held()?;
+    check!(after <= before, "{} pages still pinned after the unplug ({before} before, {after} after)", after - before);
+    check!(pci::find(crate::pci::EDU_ID).len() >= 2, "both edu devices back behind the IOMMU");
+    Ok(())
+}
+
+/// Kernel log lines containing `needle`.
+fn kernel_log_count(needle: &str) -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(needle)).count())
+        .unwrap_or(0)
+}
