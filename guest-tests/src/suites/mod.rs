@@ -177,6 +177,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.fault_injection", run: type1_faults::iommu_fault_injection },
     Case { name: "type1_iommu.history.map_killed_midway", run: type1_history::map_killed_midway },
     Case { name: "type1_iommu.history.locked_vm_race_with_mlock", run: type1_history::locked_vm_race_with_mlock },
+    Case { name: "type1_iommu.history.group_leaves_while_mdev_pins", run: type1_history::group_leaves_while_mdev_pins },
     Case { name: "type1_iommu.history.hot_unplug_while_mapped", run: type1_history::hot_unplug_while_mapped },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
     Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },

@@ -362,3 +362,50 @@ fn kernel_log_count(needle: &str) -> usize {
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(needle)).count())
         .unwrap_or(0)
 }
+
+/// A `vfio-pci` group leaves a container while an mdev there holds pins:
+/// with the last IOMMU domain gone only the IOMMU's pins go, the pages the
+/// device pinned stay pinned and are charged again (C's
+/// `vfio_iommu_unmap_unpin_reaccount`), the device keeps working, and an
+/// unmap still reaches it. Needs the Rust mtty's DMA engine to pin;
+/// `--backend mtty-rs` runs it on the C type1, with the same results, and
+/// a lockdep report from the final unmap (the C type1's lock inversion,
+/// docs/type1.md).
+pub fn group_leaves_while_mdev_pins(ctx: &Ctx) -> CaseResult {
+    use crate::mtty_dma_regs::*;
+    super::mtty::needs_rust_mtty(ctx, "the C sample has no DMA engine to pin with")?;
+    let dev = edu(0)?;
+    let o = super::mtty::open_device(ctx, "mtty-1")?;
+    let (c, d) = (&o._container, &o.device);
+    const IOVA: u64 = 0x10_0000;
+    let mem = Mem::anon(16 * PAGE)?;
+    c.map_rw(mem.vaddr(), IOVA, 16 * PAGE)?;
+    let base = vm_locked_kb();
+    let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+    d.write16(cfg + 0x04, 0x0007)?;
+    let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
+    for (ring, page) in [(TX, 0), (RX, 1)] {
+        d.write32(bar + ring + RING_BASE, (IOVA + page * PAGE) as u32)?;
+        d.write32(bar + ring + RING_BASE + 4, 0)?;
+        d.write32(bar + ring + RING_SIZE, 16)?;
+    }
+    d.write32(bar + CTRL, CTRL_ENABLE)?;
+    let running = |what: &str| -> CaseResult {
+        check_eq!(d.read32(bar + STATUS)? & (STATUS_RUNNING | STATUS_ERROR), STATUS_RUNNING, "engine {what}");
+        Ok(())
+    };
+    running("after enable")?;
+    check_eq!(vm_locked_kb(), base + 8, "VmLck: the two ring pages the device pinned");
+    let g = pci::open_group(&dev, c)?;
+    check_eq!(vm_locked_kb(), base + 64, "VmLck once the vfio-pci group joined: the whole mapping, the device's pages once");
+    let e = pci::Edu::open(&g, &dev.bdf)?;
+    e.dma_from_ram(IOVA + 4 * PAGE, 0, 256)?;
+    drop(e);
+    g.unset_container()?;
+    check_eq!(vm_locked_kb(), base + 8, "VmLck after the group left: the device's pins, charged again");
+    running("after the group left")?;
+    check_eq!(c.unmap_range(IOVA, 16 * PAGE)?, 16 * PAGE, "unmap reaching the device");
+    check_eq!(d.read32(bar + ERROR_CODE)?, ERR_UNMAPPED, "engine told of the unmap");
+    check_eq!(vm_locked_kb(), base, "VmLck after the unmap");
+    Ok(())
+}
