@@ -133,6 +133,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.history.get_info_into_a_short_buffer", run: type1_history::get_info_into_a_short_buffer },
     Case { name: "type1.history.irq_eventfds_released", run: type1_history::irq_eventfds_released },
     Case { name: "type1.history.rmmod_while_in_use", run: type1_history::rmmod_while_in_use },
+    Case { name: "type1.history.dma_rw_dirty_with_offset", run: type1_history::dma_rw_dirty_with_offset },
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },

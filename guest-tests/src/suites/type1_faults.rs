@@ -129,7 +129,7 @@ fn is_mapped(c: &Container, iova: u64, size: u64) -> Result<bool, Fail> {
     }
 }
 
-fn get_bitmap(c: &Container, iova: u64, size: u64) -> VResult<Vec<u8>> {
+pub(crate) fn get_bitmap(c: &Container, iova: u64, size: u64) -> VResult<Vec<u8>> {
     let mut bits = vec![0u8; ((size / PAGE).div_ceil(64) * 8) as usize];
     let mut g = DirtyGet {
         argsz: std::mem::size_of::<DirtyGet>() as u32,

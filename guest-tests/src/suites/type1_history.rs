@@ -409,3 +409,52 @@ pub fn group_leaves_while_mdev_pins(ctx: &Ctx) -> CaseResult {
     check_eq!(vm_locked_kb(), base, "VmLck after the unmap");
     Ok(())
 }
+
+/// `vfio_dma_rw` dirty accounting with a start offset: a 2-byte device
+/// write at offset `PAGE_SIZE - 1` of a mapping dirties its first two
+/// pages (an upstream fix once counted the pages from the offset wrongly),
+/// and a device read dirties nothing. The writes come from the mtty
+/// engine's copy command, in the calling process's context. Rust mtty only
+/// (the engine); `--backend mtty-rs` gives the same on the C type1.
+pub fn dma_rw_dirty_with_offset(ctx: &Ctx) -> CaseResult {
+    use crate::mtty_dma_regs::*;
+    use super::type1::dirty;
+    use super::type1_faults::get_bitmap;
+    super::mtty::needs_rust_mtty(ctx, "the C sample has no DMA engine")?;
+    let o = super::mtty::open_device(ctx, "mtty-1")?;
+    let (c, d) = (&o._container, &o.device);
+    const IOVA: u64 = 0x10_0000;
+    let mem = Mem::anon(8 * PAGE)?;
+    c.map_rw(mem.vaddr(), IOVA, 8 * PAGE)?;
+    let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+    d.write16(cfg + 0x04, 0x0007)?;
+    let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
+    d.write32(bar + INT_ENABLE, INT_COPY_DONE | INT_ERROR)?;
+    d.write32(bar + CTRL, CTRL_ENABLE)?;
+    let copy = |src: u64, dst: u64, len: u32| -> CaseResult {
+        for (reg, v) in [(COPY_SRC, src), (COPY_DST, dst)] {
+            d.write32(bar + reg, v as u32)?;
+            d.write32(bar + reg + 4, (v >> 32) as u32)?;
+        }
+        d.write32(bar + COPY_LEN, len)?;
+        d.write32(bar + DOORBELL, DOORBELL_COPY)?;
+        let t = Instant::now();
+        while d.read32(bar + STATUS)? & STATUS_COPY != 0 {
+            check!(t.elapsed() < Duration::from_secs(10), "copy still busy after 10 s");
+        }
+        check_eq!(d.read32(bar + STATUS)? & STATUS_ERROR, 0, "copy {src:#x} -> {dst:#x} failed");
+        Ok(())
+    };
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START)?;
+    // Nothing dirty yet once the first report is taken.
+    let _ = get_bitmap(c, IOVA, 8 * PAGE)?;
+    check_eq!(get_bitmap(c, IOVA, 8 * PAGE)?[0], 0, "bitmap after it was read once");
+    // Source on pages 5-6, destination 2 bytes straddling pages 0 and 1.
+    copy(IOVA + 5 * PAGE + PAGE - 1, IOVA + PAGE - 1, 2)?;
+    check_eq!(get_bitmap(c, IOVA, 8 * PAGE)?[0], 0b0000_0011, "dirty pages after a 2-byte write at offset PAGE_SIZE - 1");
+    // A larger write from offset 1 of page 2 to the first byte of page 4.
+    copy(IOVA + 6 * PAGE, IOVA + 2 * PAGE + 1, (2 * PAGE) as u32)?;
+    check_eq!(get_bitmap(c, IOVA, 8 * PAGE)?[0], 0b0001_1100, "dirty pages after a write over pages 2-4");
+    dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)?;
+    Ok(())
+}
