@@ -138,6 +138,10 @@ pub(crate) unsafe trait DeviceParent {
 /// table of `T`, the allocation being a whole `Device<T>`; `data` is
 /// initialised once `live` is set, which happens before the device is shared.
 /// The object is reference counted through `vdev.device`.
+// The C and the Rust view of `struct vfio_device` must have the same size:
+// `data` follows it in the allocation `_vfio_alloc_device` makes.
+const _: () = assert!(core::mem::size_of::<bindings::vfio_device>() == bindings::KMOD_VFIO_DEVICE_SIZE as usize);
+
 #[repr(C)]
 pub(crate) struct Device<T: DeviceOps> {
     vdev: Opaque<bindings::vfio_device>,
