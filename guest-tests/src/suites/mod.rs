@@ -4,6 +4,7 @@
 pub mod bench_smoke;
 pub mod mdevctl;
 pub mod mtty;
+pub mod mtty_cdev;
 pub mod mtty_dma;
 pub mod mtty_ext;
 pub mod mtty_qemu;
@@ -202,6 +203,8 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.copy_bad_length", run: mtty_dma::copy_bad_length },
     Case { name: "mtty.dma.copy_waits_for_bus_master", run: mtty_dma::copy_waits_for_bus_master },
     Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
+    Case { name: "mtty.cdev.uart_loopback", run: mtty_cdev::uart_loopback },
+    Case { name: "mtty.cdev.dma_engine_on_iommufd", run: mtty_cdev::dma_engine_on_iommufd },
     Case { name: "bench.workloads_run", run: bench_smoke::workloads_run },
 ];
 
