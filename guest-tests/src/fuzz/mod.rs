@@ -68,6 +68,54 @@ pub fn compare(a: &[SeqOutcome], b: &[SeqOutcome]) -> Option<Divergence> {
     })
 }
 
+/// Which results each kind of operation got, as `MAP_DMA 812 (ok 301,
+/// EINVAL 402, ...)` lines: to see that the sequences reach past the
+/// argument checks.
+#[derive(Default)]
+pub struct Coverage(std::collections::BTreeMap<&'static str, std::collections::BTreeMap<i32, u64>>);
+
+impl Coverage {
+    pub fn add(&mut self, seqs: &[Seq], outs: &[SeqOutcome]) {
+        for (s, o) in seqs.iter().zip(outs) {
+            let Ok(o) = o else { continue };
+            for (op, out) in s.ops.iter().zip(o) {
+                *self.0.entry(op.kind()).or_default().entry(out.errno).or_default() += 1;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (kind, by) in &self.0 {
+            let total: u64 = by.values().sum();
+            let parts: Vec<String> = by
+                .iter()
+                .map(|(e, n)| if *e == 0 { format!("ok {n}") } else { format!("{} {n}", errno_name(*e)) })
+                .collect();
+            writeln!(f, "{kind} {total} ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    match e {
+        libc::EINVAL => "EINVAL".into(),
+        libc::EFAULT => "EFAULT".into(),
+        libc::EEXIST => "EEXIST".into(),
+        libc::ENOENT => "ENOENT".into(),
+        libc::EBUSY => "EBUSY".into(),
+        libc::EACCES => "EACCES".into(),
+        libc::ENOMEM => "ENOMEM".into(),
+        libc::ENOSPC => "ENOSPC".into(),
+        libc::ENODEV => "ENODEV".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::ENOTTY => "ENOTTY".into(),
+        e => format!("errno{e}"),
+    }
+}
+
 /// Ops and sequences of a batch.
 fn count_ops(seqs: &[Seq]) -> usize {
     seqs.iter().map(|s| s.ops.len()).sum()
@@ -255,6 +303,7 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
     let start = Instant::now();
     let (mut seqs_done, mut ops_done, mut next) = (0u64, 0usize, 0u64);
     let mut time = [Duration::ZERO; 2];
+    let mut cov = Coverage::default();
     let mut ok = true;
     loop {
         let indices: Vec<u64> = match &cfg.only {
@@ -280,6 +329,7 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
                 break;
             }
         };
+        cov.add(&seqs, &c);
         seqs_done += seqs.len() as u64;
         ops_done += count_ops(&seqs);
         if let Some(d) = compare(&c, &r) {
@@ -330,6 +380,7 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
         println!("fuzz: FAIL: unloading {}: {e}", loaded.name());
         ok = false;
     }
+    print!("fuzz: results of each kind of operation (C side):\n{cov}");
     println!("fuzz: {} after {seqs_done} sequences and {ops_done} ops", if ok { "no divergence" } else { "FAILED" });
     ok
 }

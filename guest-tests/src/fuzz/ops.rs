@@ -95,6 +95,27 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name, for coverage counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Map { flags, .. } if flags & crate::uapi::VFIO_DMA_MAP_FLAG_VADDR != 0 => "MAP_DMA(VADDR)",
+            Op::Map { .. } => "MAP_DMA",
+            Op::Unmap { flags, .. } if *flags == 0 => "UNMAP_DMA",
+            Op::Unmap { flags, .. } if *flags == crate::uapi::VFIO_DMA_UNMAP_FLAG_ALL => "UNMAP_DMA(ALL)",
+            Op::Unmap { flags, .. } if *flags == crate::uapi::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP => "UNMAP_DMA(BITMAP)",
+            Op::Unmap { .. } => "UNMAP_DMA(other flags)",
+            Op::Dirty { flags, .. } if *flags == crate::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP => "DIRTY_PAGES(GET_BITMAP)",
+            Op::Dirty { .. } => "DIRTY_PAGES(other)",
+            Op::Info { .. } => "GET_INFO",
+            Op::Ext { .. } => "CHECK_EXTENSION",
+            Op::Munmap { .. } => "munmap",
+            Op::Remap { .. } => "mmap",
+            Op::EngineStart { .. } => "engine start",
+            Op::EngineStop => "engine stop",
+            Op::Copy { .. } => "engine copy",
+        }
+    }
+
     /// Whether the op needs the mtty device open (and the Rust mtty's engine).
     pub fn needs_engine(&self) -> bool {
         matches!(self, Op::EngineStart { .. } | Op::EngineStop | Op::Copy { .. })

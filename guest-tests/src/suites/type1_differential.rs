@@ -42,6 +42,9 @@ pub fn differential(ctx: &Ctx) -> CaseResult {
     let secs = t.elapsed().as_secs_f64();
     drop(env);
     println!("{COUNT} sequences, {ops} ops in {secs:.1} s ({:.0} ops/s) on {}", ops as f64 / secs, ctx.backend.name());
+    let mut cov = fuzz::Coverage::default();
+    cov.add(&seqs, &outcomes);
+    print!("{cov}");
     if let Some((i, e)) = outcomes.iter().enumerate().find_map(|(i, o)| o.as_ref().err().map(|e| (i, e))) {
         return Err(fail(format!("sequence {i} could not be set up: {e}")));
     }
