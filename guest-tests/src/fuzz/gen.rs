@@ -60,7 +60,8 @@ pub fn sequence(seed: u64, index: u64, p: Profile) -> Seq {
     let v2 = !r.chance(1, 5);
     let device = p.engine && r.chance(2, 3) || !p.engine && r.chance(1, 3);
     let n = 1 + r.below(p.max_ops);
-    let ops = (0..n).map(|_| op(&mut r, p.engine && device)).collect();
+    let mut known = Vec::new();
+    let ops = (0..n).map(|_| op(&mut r, p.engine && device, &mut known)).collect();
     Seq { index, v2, device, ops }
 }
 
@@ -164,7 +165,35 @@ fn bitmap(r: &mut Rng, size: u64) -> Bitmap {
     Bitmap { pgsize, size: bsize, data }
 }
 
-fn op(r: &mut Rng, engine: bool) -> Op {
+/// A range the sequence mapped before (or tried to), so that unmaps,
+/// bitmaps, ring pins and copies often hit mappings exactly; sometimes two
+/// neighbours in one range.
+fn known_range(r: &mut Rng, known: &[(u64, u64)]) -> Option<(u64, u64)> {
+    if known.is_empty() || r.chance(1, 2) {
+        return None;
+    }
+    let (iova, size) = known[r.below(known.len() as u64) as usize];
+    if r.chance(1, 4) {
+        let (next, nsize) = known[r.below(known.len() as u64) as usize];
+        if next > iova {
+            return Some((iova, (next - iova).saturating_add(nsize)));
+        }
+    }
+    Some((iova, size))
+}
+
+/// An IOVA inside a known mapping (page-aligned when `aligned`), or in the window.
+fn inside(r: &mut Rng, known: &[(u64, u64)], aligned: bool) -> u64 {
+    if !known.is_empty() && r.chance(3, 4) {
+        let (iova, size) = known[r.below(known.len() as u64) as usize];
+        let off = r.below(size.max(1));
+        return iova.wrapping_add(if aligned { off & !(PAGE - 1) } else { off });
+    }
+    let off = r.below(IOVA_PAGES * PAGE);
+    IOVA_BASE + if aligned { off & !(PAGE - 1) } else { off }
+}
+
+fn op(r: &mut Rng, engine: bool, known: &mut Vec<(u64, u64)>) -> Op {
     let k = r.below(if engine { 100 } else { 84 });
     match k {
         0..=29 => {
@@ -179,10 +208,17 @@ fn op(r: &mut Rng, engine: bool) -> Op {
                 }
                 _ => RW,
             };
+            if flags == RW && size != 0 && (iova | size).is_multiple_of(PAGE) && iova.checked_add(size).is_some() {
+                known.push((iova, size));
+            }
             Op::Map { argsz: argsz(r, 32), flags, vaddr: vaddr(r), iova, size, at: at(r, 32) }
         }
         30..=49 => {
-            let (mut flags, mut iova, mut size) = (0, iova(r), size(r));
+            let (mut iova, mut size) = (iova(r), size(r));
+            if let Some(k) = known_range(r, known) {
+                (iova, size) = k;
+            }
+            let mut flags = 0;
             match r.below(12) {
                 0 | 1 => {
                     flags = VFIO_DMA_UNMAP_FLAG_ALL;
@@ -213,7 +249,7 @@ fn op(r: &mut Rng, engine: bool) -> Op {
                 _ => r.next() as u32,
             };
             let get = (flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP != 0 || r.chance(1, 10)).then(|| {
-                let (iova, size) = (iova(r), size(r));
+                let (iova, size) = known_range(r, known).unwrap_or_else(|| (iova(r), size(r)));
                 (iova, size, bitmap(r, size))
             });
             let good = if get.is_some() { 48 } else { 8 };
@@ -248,19 +284,18 @@ fn op(r: &mut Rng, engine: bool) -> Op {
             // Ring bases page-aligned: the engine pins whole ring pages, and
             // unaligned pin IOVAs below a mapping are a documented
             // difference (docs/type1.md "Differences from the reference").
-            let ring = |r: &mut Rng| if r.chance(1, 10) { iova(r) & !(PAGE - 1) } else { IOVA_BASE + r.below(IOVA_PAGES) * PAGE };
+            let ring = |r: &mut Rng| if r.chance(1, 10) { iova(r) & !(PAGE - 1) } else { inside(r, known, true) };
             let rings = (!r.chance(1, 5)).then(|| (ring(r), ring(r)));
             Op::EngineStart { rings }
         }
         91..=93 => Op::EngineStop,
         _ => {
-            let at = |r: &mut Rng| IOVA_BASE + r.below(IOVA_PAGES * PAGE);
             let len = match r.below(8) {
                 0 => r.pick(&[0, 65537]),
                 1 => 65536,
                 _ => 1 + r.below(3 * PAGE) as u32,
             };
-            Op::Copy { src: at(r), dst: at(r), len }
+            Op::Copy { src: inside(r, known, false), dst: inside(r, known, false), len }
         }
     }
 }

@@ -72,14 +72,30 @@ pub fn compare(a: &[SeqOutcome], b: &[SeqOutcome]) -> Option<Divergence> {
 /// EINVAL 402, ...)` lines: to see that the sequences reach past the
 /// argument checks.
 #[derive(Default)]
-pub struct Coverage(std::collections::BTreeMap<&'static str, std::collections::BTreeMap<i32, u64>>);
+pub struct Coverage {
+    by_kind: std::collections::BTreeMap<&'static str, std::collections::BTreeMap<i32, u64>>,
+    /// Outcomes with pages pinned (`VmLck` above the start).
+    pinned: u64,
+    /// Engine error codes seen after an op (code -> count).
+    engine_errors: std::collections::BTreeMap<u32, u64>,
+    /// Non-empty dirty bitmaps written back.
+    dirty_bits: u64,
+}
 
 impl Coverage {
     pub fn add(&mut self, seqs: &[Seq], outs: &[SeqOutcome]) {
         for (s, o) in seqs.iter().zip(outs) {
             let Ok(o) = o else { continue };
             for (op, out) in s.ops.iter().zip(o) {
-                *self.0.entry(op.kind()).or_default().entry(out.errno).or_default() += 1;
+                *self.by_kind.entry(op.kind()).or_default().entry(out.errno).or_default() += 1;
+                self.pinned += u64::from(out.vmlck_kb > 0);
+                if let Some([_, code, _, _]) = out.engine {
+                    if code != 0 {
+                        *self.engine_errors.entry(code).or_default() += 1;
+                    }
+                }
+                let bitmap_ok = matches!(op, ops::Op::Unmap { bitmap: Some(_), .. } | ops::Op::Dirty { get: Some(_), .. }) && out.errno == 0;
+                self.dirty_bits += u64::from(bitmap_ok && out.bitmap.iter().any(|(_, hex)| hex.bytes().any(|b| b != b'0')));
             }
         }
     }
@@ -87,7 +103,7 @@ impl Coverage {
 
 impl std::fmt::Display for Coverage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (kind, by) in &self.0 {
+        for (kind, by) in &self.by_kind {
             let total: u64 = by.values().sum();
             let parts: Vec<String> = by
                 .iter()
@@ -95,7 +111,11 @@ impl std::fmt::Display for Coverage {
                 .collect();
             writeln!(f, "{kind} {total} ({})", parts.join(", "))?;
         }
-        Ok(())
+        writeln!(
+            f,
+            "outcomes with pages pinned: {}; bitmaps with dirty bits: {}; engine error codes after an op: {:?}",
+            self.pinned, self.dirty_bits, self.engine_errors
+        )
     }
 }
 
@@ -162,6 +182,8 @@ struct Sides {
     loaded: usize,
     swaps: u64,
     round: u64,
+    /// Time in the executor per side (module swaps not included).
+    time: [Duration; 2],
 }
 
 /// Marks in the kernel log which side is loaded, in the format the bench
@@ -201,7 +223,9 @@ impl Sides {
         if self.engine {
             args.push("--engine");
         }
+        let t = Instant::now();
         let run = harness::run_self(&args, Duration::from_secs(900))?;
+        self.time[side] += t.elapsed();
         kmsg(&format!("vfio-rs-fuzz: end round {} side {} backend {}", self.round, SIDE_NAMES[side], b.name()));
         if run.status.is_none_or(|s| !s.success()) {
             return Err(format!(
@@ -299,10 +323,9 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
         println!("fuzz: FAIL: cannot load {}: {e}", pair[0].name());
         return false;
     }
-    let mut sides = Sides { pair, engine: cfg.engine, loaded: 0, swaps: 0, round: 0 };
+    let mut sides = Sides { pair, engine: cfg.engine, loaded: 0, swaps: 0, round: 0, time: [Duration::ZERO; 2] };
     let start = Instant::now();
     let (mut seqs_done, mut ops_done, mut next) = (0u64, 0usize, 0u64);
-    let mut time = [Duration::ZERO; 2];
     let mut cov = Coverage::default();
     let mut ok = true;
     loop {
@@ -313,13 +336,9 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
         };
         next += cfg.batch;
         let seqs: Vec<Seq> = indices.iter().map(|&i| gen::sequence(cfg.seed, i, profile)).collect();
-        let t0 = Instant::now();
         let first = sides.loaded;
         let a = sides.exec(&cfg.run, first, &seqs);
-        let t1 = Instant::now();
         let b = a.and_then(|a| sides.exec(&cfg.run, 1 - first, &seqs).map(|b| (a, b)));
-        time[first] += t1 - t0;
-        time[1 - first] += t1.elapsed();
         let (c, r) = match b {
             Ok((a, b)) if first == 0 => (a, b),
             Ok((a, b)) => (b, a),
@@ -364,11 +383,11 @@ pub fn fuzz(cfg: &FuzzConfig) -> bool {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "fuzz: {seqs_done} sequences, {ops_done} ops, {secs:.0} s; per side: {} {:.0} ops/s, {} {:.0} ops/s; {} module swaps",
+            "fuzz: {seqs_done} sequences, {ops_done} ops, {secs:.0} s; executor per side: {} {:.0} ops/s, {} {:.0} ops/s; {} module swaps",
             SIDE_NAMES[0],
-            ops_done as f64 / time[0].as_secs_f64().max(1e-3),
+            ops_done as f64 / sides.time[0].as_secs_f64().max(1e-3),
             SIDE_NAMES[1],
-            ops_done as f64 / time[1].as_secs_f64().max(1e-3),
+            ops_done as f64 / sides.time[1].as_secs_f64().max(1e-3),
             sides.swaps
         );
         if start.elapsed() >= Duration::from_secs(cfg.seconds) {
