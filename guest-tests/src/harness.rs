@@ -226,6 +226,20 @@ pub fn unload_backend(cfg: &RunConfig, b: Backend) -> Result<(), String> {
     }
 }
 
+/// Replaces the loaded type1 of `from` with that of `to` (the other
+/// modules must be the same in both: only the type1 module is unloaded,
+/// then [`load_backend`] loads what `to` lacks). Used by the differential
+/// tester (`crate::fuzz`), whose two sides differ in type1 alone.
+pub(crate) fn swap_type1(cfg: &RunConfig, from: Backend, to: Backend) -> Result<(), String> {
+    if from.rust_mtty != to.rust_mtty {
+        return Err(format!("cannot swap {} for {}: the mtty differs too", from.name(), to.name()));
+    }
+    if module_loaded(from.type1_module()) {
+        sh("rmmod", &[from.type1_module()])?;
+    }
+    load_backend(cfg, to)
+}
+
 /// What [`run_self`] saw of a child: its exit status (`None` if it was
 /// killed at the time limit or could not be waited for), stdout, stderr.
 pub struct ChildRun {
@@ -276,7 +290,8 @@ pub fn run_self(args: &[&str], limit: Duration) -> Result<ChildRun, String> {
 
 fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
     let limit = suites::case_timeout(name).map_or(cfg.case_timeout, |t| t.max(cfg.case_timeout));
-    let run = match run_self(&["case", name, "--backend", b.name()], limit) {
+    let results = cfg.results.to_string_lossy();
+    let run = match run_self(&["case", name, "--backend", b.name(), "--results", &results], limit) {
         Ok(r) => r,
         Err(e) => return (Verdict::Fail(format!("cannot start case process: {e}")), vec![]),
     };
@@ -362,7 +377,7 @@ pub fn run(cfg: &RunConfig) -> bool {
 }
 
 /// The end of a run: an explicit kmemleak scan and a copy of the kernel log.
-fn finish(cfg: &RunConfig) {
+pub(crate) fn finish(cfg: &RunConfig) {
     // kmemleak reports an object only once it has been seen unreferenced
     // over two scans, with some time between them.
     for _ in 0..2 {

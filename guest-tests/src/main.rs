@@ -6,10 +6,13 @@
 //! - `vfio-guest demo --backend c|rust`: the walk-through of `cargo xtask demo`.
 //! - `vfio-guest bench ...`: the benchmark rounds of `cargo xtask bench`
 //!   (`bench/`); `vfio-guest bench-one <workload>` runs one workload.
+//! - `vfio-guest fuzz ...`: the differential tester of `cargo xtask fuzz`
+//!   (`fuzz/`); `vfio-guest fuzz-exec` runs one batch of it on one side.
 //! - `vfio-guest list`: the case names.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod harness;
 mod mtty_dma_regs;
 mod pci;
@@ -27,7 +30,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -85,7 +88,7 @@ fn main() {
                 eprintln!("no case named {name}");
                 std::process::exit(2);
             };
-            let ctx = suites::Ctx { backend };
+            let ctx = suites::Ctx { backend, results: args.value("--results").map(PathBuf::from) };
             match (case.run)(&ctx) {
                 Ok(()) => std::process::exit(0),
                 Err(suites::Fail::Skip(why)) => {
@@ -157,6 +160,33 @@ fn main() {
                 scale: args.value("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
             };
             std::process::exit(bench::run_one(&name, &env));
+        }
+        "fuzz" => {
+            // The guest half of `cargo xtask fuzz` (see fuzz/).
+            let results = PathBuf::from(args.required("--results"));
+            let cfg = fuzz::FuzzConfig {
+                run: RunConfig {
+                    results: results.clone(),
+                    modroot: PathBuf::from(args.required("--modroot")),
+                    kmods: PathBuf::from(args.required("--kmods")),
+                    backends: vec![],
+                    filter: None,
+                    keep_going: true,
+                    case_timeout: Duration::from_secs(0),
+                },
+                seed: args.value("--seed").and_then(|s| s.parse().ok()).unwrap_or(1),
+                seconds: args.value("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60),
+                engine: !args.has("--no-engine"),
+                batch: args.value("--batch").and_then(|s| s.parse().ok()).unwrap_or(40),
+                only: args.value("--only").map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()),
+            };
+            let _ = std::fs::create_dir_all(&results);
+            let ok = fuzz::fuzz(&cfg);
+            harness::finish(&cfg.run);
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        "fuzz-exec" => {
+            std::process::exit(fuzz::exec_main(&args.required("--in"), &args.required("--out"), args.has("--engine")));
         }
         "demo" => {
             let backend = backend_arg(&args);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod inner;
 mod kernel;
 mod modules;
@@ -169,6 +170,33 @@ enum Cmd {
         #[command(flatten)]
         vm: VmOpts,
     },
+    /// The differential tester run long: seeded random sequences of type1
+    /// container ioctls on the C and the Rust type1 in one VM, every return
+    /// value, errno and written-back byte compared; stops at the first
+    /// divergence and prints its seed and a minimal sequence
+    /// (docs/testing.md, "The differential tester").
+    Fuzz {
+        /// How long to generate new sequences (boot and shrinking come on top).
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Seed of the sequences; sequence N of a seed is always the same.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Leave out the DMA engine's pins and copies, and compare C type1 +
+        /// C mtty with Rust type1 + C mtty (the sequences of the short pass
+        /// in `cargo xtask test`, which is `--seed 1 --no-engine`).
+        #[arg(long)]
+        no_engine: bool,
+        /// Run only these sequence numbers of the seed (comma-separated), e.g.
+        /// to shrink one a report named.
+        #[arg(long)]
+        only: Option<String>,
+        /// Sequences per batch (each batch costs one module swap).
+        #[arg(long, default_value_t = 40)]
+        batch: u64,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
     /// Remove the cache outside the checkout (kernel builds, virtme-ng venv).
     CleanCache {
         /// Remove only kernel builds that no longer match the config and toolchain.
@@ -205,6 +233,9 @@ fn main() {
             &paths,
             &bench::BenchOpts { clock, rounds, filter, pair, scale, timeout_min, accel: vm.accel, from, perf, kernel },
         ),
+        Cmd::Fuzz { seconds, seed, no_engine, only, batch, vm } => {
+            fuzz::fuzz(&paths, &fuzz::FuzzOpts { seconds, seed, no_engine, only, batch, accel: vm.accel })
+        }
         Cmd::CleanCache { stale } => kernel::clean_cache(&paths, stale).map(|_| true),
     };
     match result {

@@ -11,6 +11,7 @@ pub mod mtty_qemu;
 pub mod mtty_timeout;
 pub mod type1;
 pub mod type1_faults;
+pub mod type1_differential;
 pub mod type1_history;
 pub mod type1_multi;
 pub mod type1_pfnmap;
@@ -25,6 +26,9 @@ use std::path::PathBuf;
 /// What a case knows about its run.
 pub struct Ctx {
     pub backend: Backend,
+    /// The run's writable results directory (`--results`), when the runner
+    /// passed one: where a case leaves what a later case or backend reads.
+    pub results: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -135,6 +139,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.history.irq_eventfds_released", run: type1_history::irq_eventfds_released },
     Case { name: "type1.history.rmmod_while_in_use", run: type1_history::rmmod_while_in_use },
     Case { name: "type1.history.dma_rw_dirty_with_offset", run: type1_history::dma_rw_dirty_with_offset },
+    Case { name: "type1.differential", run: type1_differential::differential },
     Case { name: "mtty.types_and_instances", run: mtty::types_and_instances },
     Case { name: "mtty.device_info_and_regions", run: mtty::device_info_and_regions },
     Case { name: "mtty.uart_loopback", run: mtty::uart_loopback },

@@ -8,7 +8,7 @@
 //! [`splats`] sorts the run's kernel reports by the side that was loaded.
 
 mod render;
-mod splats;
+pub(crate) mod splats;
 mod stats;
 
 use crate::cmd::{note, step};

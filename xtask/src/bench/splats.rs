@@ -29,9 +29,15 @@ pub fn modules_in_report(console: &str, line: &str) -> Vec<String> {
     out
 }
 
-/// Prefix of the side markers the guest writes to the kernel log
-/// (guest-tests/src/bench/runner.rs).
-const MARK: &str = "vfio-rs-bench:";
+/// Prefixes of the side markers the guest writes to the kernel log: the
+/// bench's (guest-tests/src/bench/runner.rs) and the differential tester's
+/// (guest-tests/src/fuzz/mod.rs), which share this format.
+const MARKS: [&str; 2] = ["vfio-rs-bench:", "vfio-rs-fuzz:"];
+
+/// The rest of a kernel message after a side marker.
+fn strip_mark(msg: &str) -> Option<&str> {
+    MARKS.iter().find_map(|m| msg.strip_prefix(m))
+}
 
 /// Which side's modules were loaded when the console line `line` was
 /// printed: the side named by the last marker before it, as
@@ -41,7 +47,7 @@ pub fn side_at(console: &str, line: &str) -> Option<(u32, String, String)> {
     let mut last = None;
     for l in console.lines().take(end) {
         let Some(msg) = report::kernel_message(l) else { continue };
-        let Some(rest) = msg.strip_prefix(MARK) else { continue };
+        let Some(rest) = strip_mark(msg) else { continue };
         // " begin round N side S backend B" or " end ..."
         let f: Vec<&str> = rest.split_whitespace().collect();
         if let [_, "round", n, "side", side, "backend", b] = f[..] {
@@ -105,7 +111,7 @@ pub fn judge_splats(console: &str, found: &[report::Splat], log: &Path) -> bool 
         // windows it still covered.
         let mut live = Vec::new();
         for (i, l) in console.lines().enumerate().take(pos) {
-            if let Some(rest) = report::kernel_message(l).and_then(|m| m.strip_prefix(MARK)) {
+            if let Some(rest) = report::kernel_message(l).and_then(strip_mark) {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 if let ["end", "round", n, "side", "rust", ..] = f[..] {
                     if i < pos {
