@@ -35,10 +35,24 @@ pub const BINDGEN_VERSION: &str = "0.70.1";
 /// The virtme-ng release that boots the test VM.
 pub const VIRTME_NG_VERSION: &str = "1.42";
 
+/// The oldest QEMU the QEMU cases support: 8.0 brought VFIO migration v2
+/// (Debian 12's own 7.2 cannot migrate a VFIO device).
+pub const QEMU_MIN_MAJOR: u32 = 8;
+/// Where Debian 12 has a newer QEMU (10.0 at the time of writing).
+const BACKPORTS_SUITE: &str = "bookworm-backports";
+/// The apt source of [`BACKPORTS_SUITE`] that setup writes.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/vfio-rs-backports.sources";
+/// The apt pin that keeps everything but QEMU on bookworm.
+const BACKPORTS_PIN: &str = "/etc/apt/preferences.d/vfio-rs-qemu";
+/// The packages taken from [`BACKPORTS_SUITE`]: QEMU and its firmware.
+const QEMU_BACKPORTS_PACKAGES: &str = "qemu-system-x86 qemu-system-common qemu-system-data seabios";
+
 /// Installs whatever is missing; prints one line per check.
 pub fn setup(paths: &Paths) -> Result<()> {
     step("setup: checking the tools the build and the VM need");
+    qemu_from_backports()?;
     debian_packages()?;
+    qemu_upgrade()?;
     rust_src()?;
     bindgen()?;
     virtme_ng(paths)?;
@@ -90,6 +104,99 @@ fn debian_packages() -> Result<()> {
         bail!("apt-get did not install: {}", still.join(" "));
     }
     Ok(())
+}
+
+/// The major version `qemu-system-x86_64 --version` reports.
+pub fn qemu_major() -> Option<u32> {
+    parse_qemu_major(&cmd::probe_version(Command::new("qemu-system-x86_64").arg("--version"))?)
+}
+
+/// "QEMU emulator version 10.0.2 (Debian ...)" -> 10.
+fn parse_qemu_major(version_line: &str) -> Option<u32> {
+    let rest = version_line.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
+}
+
+fn debian_codename() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"').to_owned())
+}
+
+fn backports_source_text() -> String {
+    format!(
+        "# Written by `cargo xtask setup` (vfio-rs): QEMU >= {QEMU_MIN_MAJOR} for the QEMU cases.\n\
+         Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {BACKPORTS_SUITE}\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+}
+
+fn backports_pin_text() -> String {
+    format!(
+        "# Written by `cargo xtask setup` (vfio-rs): nothing comes from {BACKPORTS_SUITE}\n\
+         # unless asked for, except QEMU and its firmware.\n\
+         Package: *\nPin: release n={BACKPORTS_SUITE}\nPin-Priority: 1\n\n\
+         Package: {QEMU_BACKPORTS_PACKAGES}\nPin: release n={BACKPORTS_SUITE}\nPin-Priority: 500\n"
+    )
+}
+
+/// On Debian 12, adds bookworm-backports to apt for QEMU's packages only,
+/// so that the install or upgrade that follows takes QEMU 10 from there.
+/// Elsewhere (or when QEMU is new enough) it leaves apt alone.
+fn qemu_from_backports() -> Result<()> {
+    if qemu_major().is_some_and(|m| m >= QEMU_MIN_MAJOR) {
+        return Ok(());
+    }
+    if debian_codename().as_deref() != Some("bookworm") {
+        return Ok(());
+    }
+    if std::path::Path::new(BACKPORTS_PIN).exists() && std::path::Path::new(BACKPORTS_SOURCES).exists() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "QEMU {QEMU_MIN_MAJOR} or later is needed (Debian 12 has 7.2; {BACKPORTS_SUITE} has 10).\n  \
+             Add {BACKPORTS_SUITE} for QEMU only, then install it:\n    \
+             printf '%s' '{}' | sudo tee {BACKPORTS_SOURCES}\n    \
+             printf '%s' '{}' | sudo tee {BACKPORTS_PIN}\n    \
+             sudo apt-get update && sudo apt-get install -y qemu-system-x86\n  then run the command again",
+            backports_source_text(),
+            backports_pin_text()
+        );
+    }
+    note(&format!(
+        "adding Debian's {BACKPORTS_SUITE} to apt for QEMU only ({BACKPORTS_SOURCES}, pinned in {BACKPORTS_PIN}): \
+         QEMU {QEMU_MIN_MAJOR}+ is needed for VFIO migration"
+    ));
+    std::fs::write(BACKPORTS_SOURCES, backports_source_text()).with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
+    std::fs::write(BACKPORTS_PIN, backports_pin_text()).with_context(|| format!("cannot write {BACKPORTS_PIN}"))?;
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))
+        .context("apt-get update failed: check the network access to Debian's mirrors")
+}
+
+/// Upgrades an installed QEMU older than [`QEMU_MIN_MAJOR`] (the pin above
+/// makes apt's candidate the backported one).
+fn qemu_upgrade() -> Result<()> {
+    match qemu_major() {
+        Some(m) if m >= QEMU_MIN_MAJOR => {
+            note(&format!("QEMU {m}: new enough for VFIO migration v2"));
+            return Ok(());
+        }
+        _ if !is_root() => bail!(
+            "QEMU {QEMU_MIN_MAJOR} or later is needed: install it with\n    sudo apt-get install -y qemu-system-x86\n  \
+             (on Debian 12 from {BACKPORTS_SUITE}: run `cargo xtask setup` as root once, or see docs/testing.md)"
+        ),
+        _ => {}
+    }
+    note("upgrading QEMU");
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    match qemu_major() {
+        Some(m) if m >= QEMU_MIN_MAJOR => Ok(()),
+        other => bail!("after the upgrade QEMU's major version is {other:?}; {QEMU_MIN_MAJOR} or later is needed"),
+    }
 }
 
 fn rust_src() -> Result<()> {
@@ -152,4 +259,14 @@ fn virtme_ng(paths: &Paths) -> Result<()> {
             .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn qemu_major_from_version_line() {
+        assert_eq!(super::parse_qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"), Some(10));
+        assert_eq!(super::parse_qemu_major("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), Some(7));
+        assert_eq!(super::parse_qemu_major("qemu-system-x86_64: not found"), None);
+    }
 }
