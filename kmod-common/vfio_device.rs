@@ -211,10 +211,13 @@ impl<T: DeviceOps> Device<T> {
             (*this).live = true;
             if T::HAS_MIGRATION_SET_STATE {
                 let mig: &'static bindings::vfio_migration_ops = &Self::MIG_OPS;
-                let log: &'static bindings::vfio_log_ops = &Self::LOG_OPS;
                 (*vdev).migration_flags = T::MIGRATION_FLAGS;
                 (*vdev).mig_ops = mig;
-                (*vdev).log_ops = log;
+                // No `log_ops`: the device writes guest memory only through
+                // pages the IOMMU backend pinned for it, and the backend's
+                // dirty tracking reports those. With `log_ops` (the C
+                // sample's do-nothing stubs) QEMU would ask the device
+                // instead and be told nothing is ever dirty.
             }
         }
         // SAFETY: `_vfio_alloc_device` returned with one reference, which

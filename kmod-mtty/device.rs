@@ -445,9 +445,11 @@ impl DeviceOps for Mtty {
     fn ioctl(dev: &Device<Self>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             vd::uapi::VFIO_DEVICE_GET_INFO => {
-                // Like the sample, VFIO_DEVICE_FLAGS_RESET is not reported
-                // although VFIO_DEVICE_RESET works.
-                get_info(arg, &DeviceInfo { flags: VFIO_DEVICE_FLAGS_PCI, num_regions: PCI_NUM_REGIONS, num_irqs: PCI_NUM_IRQS })?;
+                // Unlike the sample, VFIO_DEVICE_FLAGS_RESET is reported:
+                // VFIO_DEVICE_RESET returns the device to its power-on state
+                // (and a VMM that sees no reset warns that it cannot reset).
+                let flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
+                get_info(arg, &DeviceInfo { flags, num_regions: PCI_NUM_REGIONS, num_irqs: PCI_NUM_IRQS })?;
             }
             vd::uapi::VFIO_DEVICE_GET_REGION_INFO => get_region_info(arg, |i| dev.region_info(i))?,
             vd::uapi::VFIO_DEVICE_GET_IRQ_INFO => get_irq_info(arg, |i| {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The C ops tables of a [`Device<T>`] (`struct vfio_device_ops`,
-//! `vfio_migration_ops`, `vfio_log_ops`) and their trampolines: each fills
+//! `vfio_migration_ops`) and their trampolines: each fills
 //! an entry only if `T` implements the method, and turns the C arguments
 //! into safe ones for [`DeviceOps`].
 
@@ -54,16 +54,6 @@ impl<T: DeviceOps> Device<T> {
         migration_set_state: Some(Self::mig_set_state_callback),
         migration_get_state: Some(Self::mig_get_state_callback),
         migration_get_data_size: Some(Self::mig_get_data_size_callback),
-    };
-
-    /// The dirty-logging ops: a device that writes guest memory only through
-    /// the IOMMU backend's pins has nothing to log itself (the backend
-    /// reports pinned pages dirty), so every operation succeeds, as in the
-    /// C sample.
-    pub(super) const LOG_OPS: bindings::vfio_log_ops = bindings::vfio_log_ops {
-        log_start: Some(Self::log_start_callback),
-        log_stop: Some(Self::log_stop_callback),
-        log_read_and_clear: Some(Self::log_read_and_clear_callback),
     };
 
     /// # Safety
@@ -217,36 +207,5 @@ impl<T: DeviceOps> Device<T> {
             unsafe { *len = n as ffi::c_ulong };
             Ok(0)
         })
-    }
-
-    /// # Safety
-    ///
-    /// Called by the VFIO core; the arguments are not used.
-    unsafe extern "C" fn log_start_callback(
-        _vdev: *mut bindings::vfio_device,
-        _ranges: *mut bindings::rb_root_cached,
-        _nnodes: u32,
-        _page_size: *mut u64,
-    ) -> ffi::c_int {
-        0
-    }
-
-    /// # Safety
-    ///
-    /// Called by the VFIO core; the argument is not used.
-    unsafe extern "C" fn log_stop_callback(_vdev: *mut bindings::vfio_device) -> ffi::c_int {
-        0
-    }
-
-    /// # Safety
-    ///
-    /// Called by the VFIO core; the arguments are not used.
-    unsafe extern "C" fn log_read_and_clear_callback(
-        _vdev: *mut bindings::vfio_device,
-        _iova: ffi::c_ulong,
-        _length: ffi::c_ulong,
-        _dirty: *mut bindings::iova_bitmap,
-    ) -> ffi::c_int {
-        0
     }
 }
