@@ -14,6 +14,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod harness;
+mod inner_qemu;
 mod mtty_dma_regs;
 mod pci;
 mod suites;

@@ -16,13 +16,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// The guest case that needs the inner guest kernel (`crate::inner`).
-const QEMU_CASE: &str = "mtty.qemu.guest_8250";
+/// The guest cases that boot the inner guest kernel (`crate::inner`).
+const QEMU_CASES: &[&str] = &["mtty.qemu.guest_8250", "qemu.vfio_pci_nic", "qemu.migrate_mtty"];
 
 /// Whether a `--filter` value (comma-separated texts, any of which a case
-/// name must contain, as the guest runner reads it) selects [`QEMU_CASE`].
+/// name must contain, as the guest runner reads it) selects one of
+/// [`QEMU_CASES`].
 fn selects_qemu_case(filter: &str) -> bool {
-    filter.split(',').any(|part| QEMU_CASE.contains(part))
+    filter.split(',').any(|part| QEMU_CASES.iter().any(|case| case.contains(part)))
 }
 
 /// Options of `cargo xtask test`.
@@ -180,8 +181,8 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     let results = paths.vm_results().join("results");
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
-    // The QEMU case boots a tiny kernel of its own: build it only when that
-    // case is selected.
+    // The QEMU cases boot a tiny kernel of their own: build it only when
+    // one of them is selected.
     let mut env = String::new();
     if o.filter.as_deref().is_none_or(selects_qemu_case) {
         let g = inner::inner_guest(paths, &p.kernel)?;
@@ -339,6 +340,8 @@ mod tests {
         assert!(super::selects_qemu_case("mtty,mdevctl,demo"));
         assert!(super::selects_qemu_case("guest_8250"));
         assert!(!super::selects_qemu_case("type1,bench"));
+        assert!(super::selects_qemu_case("qemu"));
+        assert!(super::selects_qemu_case("vfio_pci_nic"));
     }
 
     use super::*;

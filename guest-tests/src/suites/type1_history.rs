@@ -4,7 +4,7 @@
 
 use super::type1_iommu::{edu, Mem};
 use super::type1_multi::Pipe;
-use super::{fail, CaseResult, Ctx, Fail};
+use super::{fail, pins_held, CaseResult, Ctx, Fail};
 use crate::pci;
 use crate::uapi::*;
 use crate::vfio::{ioctl_raw, vm_locked_kb, Container, Errno, EventFd};
@@ -113,23 +113,6 @@ pub fn get_info_into_a_short_buffer(ctx: &Ctx) -> CaseResult {
 
 /// `sizeof(struct vfio_iommu_type1_info)`.
 const IOMMU_INFO_LEN: usize = std::mem::size_of::<vfio_iommu_type1_info>();
-
-/// Long-term pins held in the whole system (`nr_foll_pin_acquired` minus
-/// `nr_foll_pin_released` in /proc/vmstat): a pin leaked anywhere shows.
-/// The counters are per CPU and folded into the totals now and then: a
-/// write to `vm/stat_refresh` folds them first (without it the difference
-/// was seen at -17 and 0 a moment apart with nothing pinned).
-fn pins_held() -> Result<i64, Fail> {
-    std::fs::write("/proc/sys/vm/stat_refresh", "1").map_err(|e| fail(format!("/proc/sys/vm/stat_refresh: {e}")))?;
-    let vmstat = std::fs::read_to_string("/proc/vmstat").map_err(|e| fail(format!("/proc/vmstat: {e}")))?;
-    let get = |name: &str| -> Result<i64, Fail> {
-        vmstat
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .ok_or_else(|| fail(format!("no {name} in /proc/vmstat")))
-    };
-    Ok(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
-}
 
 /// A type1v2 container with the first `edu`'s group (a real IOMMU domain).
 fn edu_container() -> Result<(Container, crate::vfio::Group), Fail> {
