@@ -86,6 +86,12 @@ impl InnerQemu {
         self.child.id()
     }
 
+    /// What QEMU's file descriptors point to (`/proc/PID/fd`).
+    pub fn open_files(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else { return Vec::new() };
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).map(|p| p.to_string_lossy().into_owned()).collect()
+    }
+
     /// Reads lines until one satisfies `pred` (returned), QEMU's output ends
     /// or `deadline` passes (both `None`).
     pub fn wait_for(&mut self, deadline: Instant, pred: impl Fn(&str) -> bool) -> Option<String> {

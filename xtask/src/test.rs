@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The guest cases that boot the inner guest kernel (`crate::inner`).
-const QEMU_CASES: &[&str] = &["mtty.qemu.guest_8250", "qemu.vfio_pci_nic", "qemu.migrate_mtty"];
+const QEMU_CASES: &[&str] =
+    &["mtty.qemu.guest_8250", "mtty.qemu.guest_8250_iommufd", "qemu.vfio_pci_nic", "qemu.migrate_mtty"];
 
 /// Whether a `--filter` value (comma-separated texts, any of which a case
 /// name must contain, as the guest runner reads it) selects one of

@@ -220,6 +220,7 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.ext.char_timeout_teardown_while_armed", run: mtty_timeout::teardown_while_armed },
     Case { name: "mtty.mdevctl.start_stop", run: mdevctl::start_stop },
     Case { name: "mtty.qemu.guest_8250", run: mtty_qemu::guest_8250 },
+    Case { name: "mtty.qemu.guest_8250_iommufd", run: mtty_qemu::guest_8250_iommufd },
     Case { name: "qemu.vfio_pci_nic", run: qemu::vfio_pci_nic },
     Case { name: "qemu.migrate_mtty", run: qemu::migrate_mtty },
     Case { name: "mtty.dma.copy_64k", run: mtty_dma::copy_64k },
@@ -237,7 +238,7 @@ pub static ALL: &[Case] = &[
 pub fn case_timeout(name: &str) -> Option<std::time::Duration> {
     match name {
         // QEMU boots a kernel under TCG inside this TCG guest.
-        "mtty.qemu.guest_8250" => Some(mtty_qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
+        "mtty.qemu.guest_8250" | "mtty.qemu.guest_8250_iommufd" => Some(mtty_qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
         "qemu.vfio_pci_nic" | "qemu.migrate_mtty" => Some(qemu::INNER_TIMEOUT + std::time::Duration::from_secs(60)),
         // Fifteen workload processes, each with its warm-up pass.
         "bench.workloads_run" => Some(std::time::Duration::from_secs(600)),

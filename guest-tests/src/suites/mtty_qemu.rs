@@ -37,15 +37,44 @@ pub const INNER_TIMEOUT: Duration = Duration::from_secs(420);
 /// QEMU assigns an `mtty-2` instance to a guest whose 8250 driver reads back
 /// what it wrote on each port.
 pub fn guest_8250(ctx: &Ctx) -> CaseResult {
+    run_guest_8250(ctx, false)
+}
+
+/// The same through iommufd: QEMU opens the instance's cdev
+/// (`/dev/vfio/devices/vfioN`) and `/dev/iommu` (`-object iommufd`) instead
+/// of a type1 container, so the mtty's accesses go through iommufd's access
+/// object. Only the instance: the ivshmem's BAR (device memory) cannot be
+/// mapped into an IOAS by 6.12's iommufd.
+pub fn guest_8250_iommufd(ctx: &Ctx) -> CaseResult {
+    if !ctx.backend.rust_mtty {
+        return Err(Fail::Skip("the C sample already fails the 8250 check through its group (mtty.qemu.guest_8250)".into()));
+    }
+    if !std::path::Path::new("/dev/iommu").exists() {
+        return Err(Fail::Skip("no /dev/iommu: the kernel has no CONFIG_IOMMUFD".into()));
+    }
+    run_guest_8250(ctx, true)
+}
+
+fn run_guest_8250(ctx: &Ctx, iommufd: bool) -> CaseResult {
     let mut qemu = inner_qemu::command(128, "vfio_rs.case=serial")?;
     let mdev = Mdev::create(&ctx.mtty_parent(), "mtty-2")?;
-    qemu.args(["-device", &format!("vfio-pci,sysfsdev={}", mdev.path.display())]);
-    let shm = crate::pci::find(crate::pci::IVSHMEM_ID).into_iter().next();
+    if iommufd {
+        qemu.args(["-object", "iommufd,id=iommufd0"])
+            .args(["-device", &format!("vfio-pci,sysfsdev={},iommufd=iommufd0", mdev.path.display())]);
+    } else {
+        qemu.args(["-device", &format!("vfio-pci,sysfsdev={}", mdev.path.display())]);
+    }
+    let shm = if iommufd { None } else { crate::pci::find(crate::pci::IVSHMEM_ID).into_iter().next() };
     if let Some(dev) = &shm {
         qemu.args(["-device", &format!("vfio-pci,host={}", dev.bdf)]).args(["-trace", "vfio_listener_region_add_ram"]);
     }
     let mut vm = InnerQemu::spawn(qemu)?;
-    let result = vm.result(Instant::now() + INNER_TIMEOUT);
+    let deadline = Instant::now() + INNER_TIMEOUT;
+    // Which way QEMU reached the device, seen from its open files once the
+    // inner guest runs.
+    vm.wait_for(deadline, |l| l.starts_with("INNER-BOOTED"));
+    let files = vm.open_files();
+    let result = vm.result(deadline);
     vm.finish(Duration::from_secs(10));
     drop(mdev);
     // Everything the inner guest said (its kernel's warnings included) goes
@@ -53,6 +82,13 @@ pub fn guest_8250(ctx: &Ctx) -> CaseResult {
     vm.print("inner guest");
     if shm.is_some() {
         check_device_memory_mapped(&vm)?;
+    }
+    let through_cdev = files.iter().any(|f| f == "/dev/iommu") && files.iter().any(|f| f.starts_with("/dev/vfio/devices/vfio"));
+    if iommufd && !through_cdev {
+        return Err(fail(format!("QEMU has no /dev/iommu and device cdev open: {files:?}")));
+    }
+    if !iommufd && !files.iter().any(|f| f == "/dev/vfio/vfio") {
+        return Err(fail(format!("QEMU has no type1 container (/dev/vfio/vfio) open: {files:?}")));
     }
     let run = &vm;
     let ports_ok = run.lines.iter().filter(|l| l.starts_with("INNER-PORT ") && l.ends_with(" ok")).count();
