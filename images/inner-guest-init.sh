@@ -10,7 +10,8 @@
 #           transmit hang.
 #   stream  (qemu.migrate_mtty) an mtty instance is assigned: stream
 #           numbered lines through the first PCI port's loopback and check
-#           every byte, while the outer case migrates the guest.
+#           every byte, while the device's DMA engine copies pages
+#           (vfio-guest inner-dma) and the outer case migrates the guest.
 # Every line the outer case reads starts with INNER-; the last one is
 # INNER-RESULT pass|fail.
 /bin/busybox --install -s /bin
@@ -163,6 +164,15 @@ case_stream() {
     exec 4<>"/dev/$port"
     echo "INNER-REGS before$(uart_regs "$port")"
     result=pass
+    # Meanwhile the device's DMA engine copies pages the CPU never writes
+    # (vfio-guest inner-dma; our mtty's BAR2, which the C sample lacks).
+    dma_pid=""
+    if [ -e "$(pci_function "$port")/resource2" ]; then
+        /bin/vfio-guest inner-dma --pages 4 --stop /tmp/dma.stop &
+        dma_pid=$!
+    else
+        echo "INNER-DMA none (no BAR2)"
+    fi
     i=1
     while [ $i -le "$stream_lines" ]; do
         data="<$i:abcdefghijklmnopqrstuvwxyz0123456789:$i>"
@@ -177,6 +187,10 @@ case_stream() {
     done
     echo "INNER-REGS after$(uart_regs "$port")"
     exec 4>&-
+    if [ -n "$dma_pid" ]; then
+        touch /tmp/dma.stop
+        wait "$dma_pid" || result=fail
+    fi
     echo "INNER-RESULT $result"
 }
 

@@ -14,6 +14,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod harness;
+mod inner_dma;
 mod inner_qemu;
 mod mtty_dma_regs;
 mod pci;
@@ -31,7 +32,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -153,6 +154,11 @@ fn main() {
             let ok = if args.has("--perf") { bench::perf(&cfg) } else { bench::run(&cfg) };
             bench::finish(&results);
             std::process::exit(if ok { 0 } else { 1 });
+        }
+        "inner-dma" => {
+            // Inside the nested guest of qemu.migrate_mtty (inner_dma.rs).
+            let pages = args.value("--pages").and_then(|s| s.parse().ok()).unwrap_or(4);
+            std::process::exit(inner_dma::main(pages, &args.required("--stop")));
         }
         "bench-one" => {
             let Some(name) = args.0.first().cloned() else { usage() };

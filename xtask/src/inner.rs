@@ -6,8 +6,9 @@
 //! with `images/inner-guest.config` on `allnoconfig` and no Rust, into
 //! `<cache>/kernel/tiny-<key>/` (the key hashes the fragment, this recipe,
 //! the source package version and clang/lld). The initramfs is rebuilt every
-//! run (it takes a moment) from `images/inner-guest-init.sh` and the host's
-//! static busybox into `target/vm/inner-initramfs.cpio`.
+//! run (it takes a moment) from `images/inner-guest-init.sh`, the host's
+//! static busybox and the guest test program (`vfio-guest inner-dma`, with
+//! the shared libraries `ldd` lists) into `target/vm/inner-initramfs.cpio`.
 
 use crate::cmd::{self, note, step};
 use crate::kernel::{config_mismatches, KernelBuild};
@@ -54,9 +55,10 @@ pub fn current_dir(paths: &Paths, kernel: &KernelBuild) -> Result<PathBuf> {
     Ok(paths.kernels().join(format!("tiny-{}", key(paths, &kernel.src)?)))
 }
 
-/// Returns the inner kernel and a fresh initramfs, building the kernel if
-/// it is not cached.
-pub fn inner_guest(paths: &Paths, kernel: &KernelBuild) -> Result<InnerGuest> {
+/// Returns the inner kernel and a fresh initramfs (with `guest`, the guest
+/// test program, for `vfio-guest inner-dma`), building the kernel if it is
+/// not cached.
+pub fn inner_guest(paths: &Paths, kernel: &KernelBuild, guest: &Path) -> Result<InnerGuest> {
     let dir = current_dir(paths, kernel)?;
     let build = dir.join("build");
     let bzimage = build.join("arch/x86/boot/bzImage");
@@ -90,12 +92,31 @@ pub fn inner_guest(paths: &Paths, kernel: &KernelBuild) -> Result<InnerGuest> {
         std::fs::write(&stamp, format!("built in {} s\n", start.elapsed().as_secs()))?;
         note(&format!("inner kernel built in {} s", start.elapsed().as_secs()));
     }
-    let initramfs = initramfs(paths)?;
+    let initramfs = initramfs(paths, guest)?;
     Ok(InnerGuest { bzimage, initramfs })
 }
 
-/// Packs `/init` (the script) and busybox into an uncompressed newc cpio.
-fn initramfs(paths: &Paths) -> Result<PathBuf> {
+/// The shared libraries `ldd` lists for `binary` (absolute paths).
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = cmd::output(Command::new("ldd").arg(binary)).with_context(|| format!("ldd {}", binary.display()))?;
+    Ok(parse_ldd(&out))
+}
+
+/// `ldd` lines: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file.
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p);
+            path.split_whitespace().next().filter(|p| p.starts_with('/')).map(PathBuf::from)
+        })
+        .collect()
+}
+
+/// Packs `/init` (the script), busybox and the guest test program with its
+/// shared libraries into an uncompressed newc cpio.
+fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf> {
     if !Path::new(BUSYBOX).exists() {
         bail!("{BUSYBOX} is missing: install busybox-static (`cargo xtask setup`)");
     }
@@ -105,6 +126,14 @@ fn initramfs(paths: &Paths) -> Result<PathBuf> {
         std::fs::create_dir_all(stage.join(d))?;
     }
     std::fs::copy(BUSYBOX, stage.join("bin/busybox"))?;
+    std::fs::copy(guest, stage.join("bin/vfio-guest")).with_context(|| format!("cannot copy {}", guest.display()))?;
+    for lib in shared_libraries(guest)? {
+        let to = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&lib, &to).with_context(|| format!("cannot copy {}", lib.display()))?;
+    }
     std::fs::copy(paths.root().join(INIT), stage.join("init")).with_context(|| format!("cannot read {INIT}"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
@@ -116,4 +145,18 @@ fn initramfs(paths: &Paths) -> Result<PathBuf> {
     )
     .context("cpio failed (the cpio package is missing? run `cargo xtask setup`)")?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ldd_lines() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f98)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f98)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f98)\n";
+        let libs: Vec<String> = super::parse_ldd(out).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            libs,
+            ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+        );
+    }
 }

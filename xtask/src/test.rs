@@ -186,7 +186,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     // one of them is selected.
     let mut env = String::new();
     if o.filter.as_deref().is_none_or(selects_qemu_case) {
-        let g = inner::inner_guest(paths, &p.kernel)?;
+        let g = inner::inner_guest(paths, &p.kernel, &p.guest)?;
         env = format!("VFIO_RS_INNER_KERNEL='{}' VFIO_RS_INNER_INITRD='{}' ", g.bzimage.display(), g.initramfs.display());
     }
     let mut exec = format!(

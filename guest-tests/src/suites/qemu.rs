@@ -11,9 +11,10 @@
 //!   interrupt path.
 //! - `qemu.migrate_mtty`: live migration of an inner guest whose serial
 //!   port is an mtty instance, to a second QEMU with a second instance,
-//!   while the guest streams numbered lines through the port's loopback:
-//!   the VFIO migration v2 uAPI and the container's dirty-page tracking,
-//!   driven by QEMU.
+//!   while the guest streams numbered lines through the port's loopback and
+//!   (our mtty) has the device's DMA engine copy pages that only the device
+//!   writes (`vfio-guest inner-dma`): the VFIO migration v2 uAPI and the
+//!   container's dirty-page tracking, driven by QEMU.
 
 use super::{fail, pins_held, CaseResult, Ctx, Fail};
 use crate::inner_qemu::{self, InnerQemu, Qmp};
@@ -169,7 +170,7 @@ pub fn migrate_mtty(ctx: &Ctx) -> CaseResult {
     let mut src = migration_side(&src_dev, &src_qmp, None)?;
     let mut dst = migration_side(&dst_dev, &dst_qmp, Some(&format!("unix:{stream}")))?;
     let deadline = Instant::now() + INNER_TIMEOUT;
-    let outcome = migrate_while_streaming(&mut src, &mut dst, &src_qmp, &dst_qmp, &stream, deadline);
+    let outcome = migrate_while_streaming(&mut src, &mut dst, &src_qmp, &dst_qmp, &stream, deadline, ctx.backend.rust_mtty);
     src.finish(Duration::from_secs(2));
     dst.finish(Duration::from_secs(10));
     src.print("source");
@@ -203,10 +204,15 @@ fn migrate_while_streaming(
     dst_qmp: &str,
     stream: &str,
     deadline: Instant,
+    rust_mtty: bool,
 ) -> CaseResult {
     let started = format!("INNER-STREAM {MIGRATE_AT_LINE} ok");
     if src.wait_for(deadline, |l| l.starts_with(&started) || l.contains("FAIL")).filter(|l| !l.contains("FAIL")).is_none() {
         return Err(fail(format!("the source never streamed {MIGRATE_AT_LINE} lines (last: {:?})", src.lines.last())));
+    }
+    // Our mtty's engine has copied on the source before the migration starts.
+    if rust_mtty && src.wait_for(deadline, |l| l.starts_with("INNER-DMA round 2 ") || l.contains("FAIL")).filter(|l| !l.contains("FAIL")).is_none() {
+        return Err(fail(format!("the DMA engine never completed 2 rounds on the source (last: {:?})", src.lines.last())));
     }
     let mut qmp = Qmp::connect(std::path::Path::new(src_qmp), Duration::from_secs(10))?;
     // Make sure the destination is listening before the source connects.
@@ -241,6 +247,15 @@ fn migrate_while_streaming(
         None => Err(fail(format!("the destination gave no result (last line: {:?})", dst.lines.last()))),
         Some(false) => Err(fail(format!("the stream broke on the destination: {:?}", dst.lines.iter().rev().take(3).collect::<Vec<_>>()))),
         Some(true) => {
+            // Our mtty's engine copied pages before, across and after the
+            // switch-over, every byte checked by the inner guest's CPU.
+            let dma_on_destination = dst.lines.iter().filter(|l| l.starts_with("INNER-DMA round ")).count();
+            let dma_done = dst.lines.iter().any(|l| l.starts_with("INNER-DMA done"));
+            let dma_on_source = src.lines.iter().filter(|l| l.starts_with("INNER-DMA round ")).count();
+            println!("DMA rounds: {dma_on_source} on the source, {dma_on_destination} on the destination");
+            if rust_mtty && (!dma_done || dma_on_source == 0 || dma_on_destination == 0) {
+                return Err(fail("the DMA engine did not run on both sides of the migration"));
+            }
             let on_destination = dst.lines.iter().filter(|l| l.starts_with("INNER-STREAM ")).count();
             println!("lines checked: up to {last_on_source} on the source, then {on_destination} progress lines on the destination");
             if on_destination == 0 {
