@@ -15,6 +15,7 @@ mod demo;
 mod fuzz;
 mod harness;
 mod inner_dma;
+mod iommufd;
 mod inner_qemu;
 mod mtty_dma_regs;
 mod pci;

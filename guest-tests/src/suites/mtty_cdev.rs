@@ -8,174 +8,42 @@
 //! `IOMMU_IOAS_UNMAP` calls the device's `dma_unmap`: the same contract as
 //! type1's device list, served by other code. No type1 module takes part.
 
-use super::{fail, CaseResult, Ctx, Fail};
+use super::{CaseResult, Ctx, Fail};
+use crate::iommufd::{open_device_cdev, vm_pinned_kb, Iommufd};
 use crate::uapi::*;
-use crate::vfio::{ioctl_ptr, Device, Mdev};
+use crate::vfio::{Device, Mdev};
 use crate::{check, check_eq};
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
 
 const PAGE: u64 = 4096;
-
-// include/uapi/linux/iommufd.h: `_IO(';', 0x80 + n)`.
-const fn iommufd_io(n: u32) -> u64 {
-    ((b';' as u64) << 8) | (0x80 + n) as u64
-}
-const IOMMU_IOAS_ALLOC: u64 = iommufd_io(1);
-const IOMMU_IOAS_MAP: u64 = iommufd_io(5);
-const IOMMU_IOAS_UNMAP: u64 = iommufd_io(6);
-const IOMMU_OPTION: u64 = iommufd_io(7);
-const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
-const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
-const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
-const IOMMU_OPTION_RLIMIT_MODE: u32 = 0;
-const IOMMU_OPTION_OP_SET: u16 = 0;
-// include/uapi/linux/vfio.h: `_IO(VFIO_TYPE, VFIO_BASE + n)`.
-const VFIO_DEVICE_BIND_IOMMUFD: u64 = (b';' as u64) << 8 | (100 + 18);
-const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = (b';' as u64) << 8 | (100 + 19);
-
-#[repr(C)]
-#[derive(Default)]
-struct IoasAlloc {
-    size: u32,
-    flags: u32,
-    out_ioas_id: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct IoasMap {
-    size: u32,
-    flags: u32,
-    ioas_id: u32,
-    reserved: u32,
-    user_va: u64,
-    length: u64,
-    iova: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct IoasUnmap {
-    size: u32,
-    ioas_id: u32,
-    iova: u64,
-    length: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct IommuOption {
-    size: u32,
-    option_id: u32,
-    op: u16,
-    reserved: u16,
-    object_id: u32,
-    val64: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct BindIommufd {
-    argsz: u32,
-    flags: u32,
-    iommufd: i32,
-    out_devid: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct AttachPt {
-    argsz: u32,
-    flags: u32,
-    pt_id: u32,
-}
-
-// The sizes of include/uapi/linux/{iommufd,vfio}.h in 6.12.
-const _: () = assert!(std::mem::size_of::<IoasAlloc>() == 12);
-const _: () = assert!(std::mem::size_of::<IoasMap>() == 40);
-const _: () = assert!(std::mem::size_of::<IoasUnmap>() == 24);
-const _: () = assert!(std::mem::size_of::<IommuOption>() == 24);
-const _: () = assert!(std::mem::size_of::<BindIommufd>() == 16);
-const _: () = assert!(std::mem::size_of::<AttachPt>() == 12);
-
-fn size_of<T>() -> u32 {
-    std::mem::size_of::<T>() as u32
-}
-
-/// `VmPin` of this process in kB: iommufd charges pinned pages to the mm's
-/// `pinned_vm` (in per-mm accounting mode), where type1 uses `locked_vm`.
-fn vm_pinned_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmPin:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// An mtty instance opened through its cdev, bound to a new iommufd
 /// context (pinned memory charged to the process's mm, so `VmPin` shows
 /// the pins) and attached to a new IOAS.
 struct CdevDevice {
     device: Device,
-    iommufd: File,
+    iommufd: Iommufd,
     ioas: u32,
     _mdev: Mdev,
 }
 
 fn open_cdev(ctx: &Ctx, mdev_type: &str) -> Result<CdevDevice, Fail> {
-    if !std::path::Path::new("/dev/iommu").exists() {
-        return Err(Fail::Skip("no /dev/iommu (a kernel without CONFIG_IOMMUFD)".into()));
-    }
+    let iommufd = Iommufd::open()?;
     let mdev = Mdev::create(&ctx.mtty_parent(), mdev_type)?;
-    let dir = mdev.path.join("vfio-dev");
-    let name = std::fs::read_dir(&dir)
-        .map_err(|e| fail(format!("{}: {e} (no VFIO device cdev: CONFIG_VFIO_DEVICE_CDEV)", dir.display())))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("vfio"))
-        .ok_or_else(|| fail(format!("no vfioN under {}", dir.display())))?;
-    let open = |p: &str| OpenOptions::new().read(true).write(true).open(p).map_err(|e| fail(format!("open {p}: {e}")));
-    let cdev = open(&format!("/dev/vfio/devices/{name}"))?;
-    let iommufd = open("/dev/iommu")?;
-    let mut opt = IommuOption {
-        size: size_of::<IommuOption>(),
-        option_id: IOMMU_OPTION_RLIMIT_MODE,
-        op: IOMMU_OPTION_OP_SET,
-        val64: 1,
-        ..Default::default()
-    };
-    ioctl_ptr(iommufd.as_raw_fd(), IOMMU_OPTION, &mut opt).map_err(|e| fail(format!("IOMMU_OPTION(RLIMIT_MODE=mm): {e}")))?;
-    let device = Device { fd: OwnedFd::from(cdev) };
-    let mut bind = BindIommufd { argsz: size_of::<BindIommufd>(), iommufd: iommufd.as_raw_fd(), ..Default::default() };
-    ioctl_ptr(device.raw(), VFIO_DEVICE_BIND_IOMMUFD, &mut bind).map_err(|e| fail(format!("VFIO_DEVICE_BIND_IOMMUFD: {e}")))?;
-    let mut alloc = IoasAlloc { size: size_of::<IoasAlloc>(), ..Default::default() };
-    ioctl_ptr(iommufd.as_raw_fd(), IOMMU_IOAS_ALLOC, &mut alloc).map_err(|e| fail(format!("IOMMU_IOAS_ALLOC: {e}")))?;
-    let mut attach = AttachPt { argsz: size_of::<AttachPt>(), pt_id: alloc.out_ioas_id, ..Default::default() };
-    ioctl_ptr(device.raw(), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut attach)
-        .map_err(|e| fail(format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT: {e}")))?;
-    Ok(CdevDevice { device, iommufd, ioas: alloc.out_ioas_id, _mdev: mdev })
+    let device = open_device_cdev(&mdev.path)?;
+    iommufd.bind(&device)?;
+    let ioas = iommufd.ioas_alloc()?;
+    iommufd.attach_pt(&device, ioas)?;
+    Ok(CdevDevice { device, iommufd, ioas, _mdev: mdev })
 }
 
 impl CdevDevice {
     fn map(&self, vaddr: u64, iova: u64, length: u64) -> Result<(), Fail> {
-        let mut m = IoasMap {
-            size: size_of::<IoasMap>(),
-            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-            ioas_id: self.ioas,
-            user_va: vaddr,
-            length,
-            iova,
-            ..Default::default()
-        };
-        ioctl_ptr(self.iommufd.as_raw_fd(), IOMMU_IOAS_MAP, &mut m).map_err(|e| fail(format!("IOMMU_IOAS_MAP: {e}")))?;
-        Ok(())
+        self.iommufd.map(self.ioas, vaddr, iova, length)
     }
 
     /// Unmaps `[iova, iova + length)`; returns the length unmapped.
     fn unmap(&self, iova: u64, length: u64) -> Result<u64, Fail> {
-        let mut u = IoasUnmap { size: size_of::<IoasUnmap>(), ioas_id: self.ioas, iova, length };
-        ioctl_ptr(self.iommufd.as_raw_fd(), IOMMU_IOAS_UNMAP, &mut u).map_err(|e| fail(format!("IOMMU_IOAS_UNMAP: {e}")))?;
-        Ok(u.length)
+        self.iommufd.unmap(self.ioas, iova, length)
     }
 }
 

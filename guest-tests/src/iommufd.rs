@@ -1,0 +1,197 @@
+//! iommufd from userspace, as the cases use it: an `/dev/iommu` context
+//! (`IOMMU_OPTION` per-mm accounting, IOAS allocation, `IOMMU_IOAS_MAP` /
+//! `UNMAP`) and VFIO devices opened through their cdev
+//! (`/dev/vfio/devices/vfioN`, `VFIO_DEVICE_BIND_IOMMUFD`,
+//! `VFIO_DEVICE_ATTACH_IOMMUFD_PT`). The structures are the 6.12 uAPI's.
+
+use crate::suites::{fail, Fail};
+use crate::vfio::{ioctl_ptr, Device};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+// include/uapi/linux/iommufd.h: `_IO(';', 0x80 + n)`.
+const fn iommufd_io(n: u32) -> u64 {
+    ((b';' as u64) << 8) | (0x80 + n) as u64
+}
+const IOMMU_IOAS_ALLOC: u64 = iommufd_io(1);
+const IOMMU_IOAS_MAP: u64 = iommufd_io(5);
+const IOMMU_IOAS_UNMAP: u64 = iommufd_io(6);
+const IOMMU_OPTION: u64 = iommufd_io(7);
+const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
+const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
+const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
+const IOMMU_OPTION_RLIMIT_MODE: u32 = 0;
+const IOMMU_OPTION_OP_SET: u16 = 0;
+// include/uapi/linux/vfio.h: `_IO(VFIO_TYPE, VFIO_BASE + n)`.
+const VFIO_DEVICE_BIND_IOMMUFD: u64 = (b';' as u64) << 8 | (100 + 18);
+const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = (b';' as u64) << 8 | (100 + 19);
+
+#[repr(C)]
+#[derive(Default)]
+struct IoasAlloc {
+    size: u32,
+    flags: u32,
+    out_ioas_id: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct IoasMap {
+    size: u32,
+    flags: u32,
+    ioas_id: u32,
+    reserved: u32,
+    user_va: u64,
+    length: u64,
+    iova: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct IoasUnmap {
+    size: u32,
+    ioas_id: u32,
+    iova: u64,
+    length: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct IommuOption {
+    size: u32,
+    option_id: u32,
+    op: u16,
+    reserved: u16,
+    object_id: u32,
+    val64: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BindIommufd {
+    argsz: u32,
+    flags: u32,
+    iommufd: i32,
+    out_devid: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct AttachPt {
+    argsz: u32,
+    flags: u32,
+    pt_id: u32,
+}
+
+// The sizes of include/uapi/linux/{iommufd,vfio}.h in 6.12.
+const _: () = assert!(std::mem::size_of::<IoasAlloc>() == 12);
+const _: () = assert!(std::mem::size_of::<IoasMap>() == 40);
+const _: () = assert!(std::mem::size_of::<IoasUnmap>() == 24);
+const _: () = assert!(std::mem::size_of::<IommuOption>() == 24);
+const _: () = assert!(std::mem::size_of::<BindIommufd>() == 16);
+const _: () = assert!(std::mem::size_of::<AttachPt>() == 12);
+
+fn size_of<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+/// `VmPin` of this process in kB: iommufd charges pinned pages to the mm's
+/// `pinned_vm` (in per-mm accounting mode), where type1 uses `locked_vm`.
+pub fn vm_pinned_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmPin:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn open_rw(path: &str) -> Result<File, Fail> {
+    OpenOptions::new().read(true).write(true).open(path).map_err(|e| fail(format!("open {path}: {e}")))
+}
+
+/// Opens the VFIO device cdev of the device at `sysfs_dev` (an mdev or a
+/// PCI function bound to a VFIO driver): `sysfs_dev/vfio-dev/vfioN` names
+/// `/dev/vfio/devices/vfioN`.
+pub fn open_device_cdev(sysfs_dev: &Path) -> Result<Device, Fail> {
+    let dir = sysfs_dev.join("vfio-dev");
+    let name = std::fs::read_dir(&dir)
+        .map_err(|e| fail(format!("{}: {e} (no VFIO device cdev: CONFIG_VFIO_DEVICE_CDEV)", dir.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("vfio"))
+        .ok_or_else(|| fail(format!("no vfioN under {}", dir.display())))?;
+    Ok(Device { fd: OwnedFd::from(open_rw(&format!("/dev/vfio/devices/{name}"))?) })
+}
+
+/// An `/dev/iommu` context whose pins are charged to this process's mm
+/// (`IOMMU_OPTION_RLIMIT_MODE` = 1), so `VmPin` shows them.
+pub struct Iommufd {
+    file: File,
+}
+
+impl Iommufd {
+    /// Opens `/dev/iommu`; a skip on a kernel without `CONFIG_IOMMUFD`.
+    pub fn open() -> Result<Self, Fail> {
+        if !Path::new("/dev/iommu").exists() {
+            return Err(Fail::Skip("no /dev/iommu (a kernel without CONFIG_IOMMUFD)".into()));
+        }
+        let file = open_rw("/dev/iommu")?;
+        let mut opt = IommuOption {
+            size: size_of::<IommuOption>(),
+            option_id: IOMMU_OPTION_RLIMIT_MODE,
+            op: IOMMU_OPTION_OP_SET,
+            val64: 1,
+            ..Default::default()
+        };
+        ioctl_ptr(file.as_raw_fd(), IOMMU_OPTION, &mut opt).map_err(|e| fail(format!("IOMMU_OPTION(RLIMIT_MODE=mm): {e}")))?;
+        Ok(Self { file })
+    }
+
+    /// `VFIO_DEVICE_BIND_IOMMUFD`: binds `device` to this context; returns
+    /// its device id.
+    pub fn bind(&self, device: &Device) -> Result<u32, Fail> {
+        let mut bind = BindIommufd { argsz: size_of::<BindIommufd>(), iommufd: self.file.as_raw_fd(), ..Default::default() };
+        ioctl_ptr(device.raw(), VFIO_DEVICE_BIND_IOMMUFD, &mut bind).map_err(|e| fail(format!("VFIO_DEVICE_BIND_IOMMUFD: {e}")))?;
+        Ok(bind.out_devid)
+    }
+
+    /// `IOMMU_IOAS_ALLOC`: a new, empty IOAS.
+    pub fn ioas_alloc(&self) -> Result<u32, Fail> {
+        let mut alloc = IoasAlloc { size: size_of::<IoasAlloc>(), ..Default::default() };
+        ioctl_ptr(self.file.as_raw_fd(), IOMMU_IOAS_ALLOC, &mut alloc).map_err(|e| fail(format!("IOMMU_IOAS_ALLOC: {e}")))?;
+        Ok(alloc.out_ioas_id)
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: attaches a bound `device` to the
+    /// IOAS or hardware page table `pt_id`.
+    pub fn attach_pt(&self, device: &Device, pt_id: u32) -> Result<(), Fail> {
+        let mut attach = AttachPt { argsz: size_of::<AttachPt>(), pt_id, ..Default::default() };
+        ioctl_ptr(device.raw(), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut attach)
+            .map_err(|e| fail(format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT: {e}")))?;
+        Ok(())
+    }
+
+    /// `IOMMU_IOAS_MAP` of `[vaddr, vaddr + length)` at the fixed `iova`,
+    /// readable and writeable.
+    pub fn map(&self, ioas: u32, vaddr: u64, iova: u64, length: u64) -> Result<(), Fail> {
+        let mut m = IoasMap {
+            size: size_of::<IoasMap>(),
+            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            ioas_id: ioas,
+            user_va: vaddr,
+            length,
+            iova,
+            ..Default::default()
+        };
+        ioctl_ptr(self.file.as_raw_fd(), IOMMU_IOAS_MAP, &mut m).map_err(|e| fail(format!("IOMMU_IOAS_MAP: {e}")))?;
+        Ok(())
+    }
+
+    /// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`; returns the length
+    /// unmapped.
+    pub fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64, Fail> {
+        let mut u = IoasUnmap { size: size_of::<IoasUnmap>(), ioas_id: ioas, iova, length };
+        ioctl_ptr(self.file.as_raw_fd(), IOMMU_IOAS_UNMAP, &mut u).map_err(|e| fail(format!("IOMMU_IOAS_UNMAP: {e}")))?;
+        Ok(u.length)
+    }
+}
