@@ -199,27 +199,47 @@ pub fn dmar_faults_at(iova: u64) -> usize {
         .unwrap_or(0)
 }
 
-/// How many IOMMU fault events (interrupts) the guest has handled
-/// (`DMAR: DRHD: handling fault status reg ...`).
-pub fn dmar_fault_events() -> usize {
-    std::process::Command::new("dmesg")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("DRHD: handling fault status")).count())
-        .unwrap_or(0)
+/// How many DMAR fault interrupts the guest has taken (`/proc/interrupts`,
+/// the `dmarN` lines): counted even when the kernel's rate limit (10
+/// reports per 5 s) or QEMU's fault compression leaves no log line.
+pub fn dmar_fault_irqs() -> u64 {
+    let table = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let cpus = table.lines().next().map_or(0, |h| h.split_whitespace().count());
+    table
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w.starts_with("dmar")))
+        .flat_map(|l| l.split_whitespace().skip(1).take(cpus).filter_map(|n| n.parse::<u64>().ok()))
+        .sum()
 }
 
-/// Waits up to `wait` for more than `before` fault reports at `iova` (the
-/// IOMMU reports faults from an interrupt); true if one came.
-pub fn wait_dmar_fault(iova: u64, before: usize, wait: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        if dmar_faults_at(iova) > before {
-            return true;
+/// Watches for an IOMMU fault caused by a DMA about to be started.
+pub struct FaultWatch {
+    iova: u64,
+    records: usize,
+    irqs: u64,
+}
+
+impl FaultWatch {
+    /// Takes the counts before the DMA to `iova`.
+    pub fn start(iova: u64) -> Self {
+        Self { iova, records: dmar_faults_at(iova), irqs: dmar_fault_irqs() }
+    }
+
+    /// Waits up to `wait` for a fault report at the page of `iova` or, when
+    /// the log has none (rate limit, or QEMU's VT-d dropping the record of
+    /// a fault soon after another's: "New fault is not recorded due to
+    /// compression of faults"), a new fault interrupt; true if one came.
+    pub fn wait(&self, wait: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if dmar_faults_at(self.iova) > self.records || dmar_fault_irqs() > self.irqs {
+                return true;
+            }
+            if start.elapsed() > wait {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        if start.elapsed() > wait {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

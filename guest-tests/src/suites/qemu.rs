@@ -66,7 +66,7 @@ pub fn vfio_pci_nic(_ctx: &Ctx) -> CaseResult {
         return Err(fail(format!("{} is not bound to vfio-pci", nic.bdf)));
     }
     let pins_before = pins_held()?;
-    let dmar_before = pci::dmar_fault_events();
+    let dmar_before = pci::dmar_fault_irqs();
     let mut qemu = inner_qemu::command(NIC_GUEST_MIB as u32, "vfio_rs.case=nic")?;
     qemu.args(["-device", &format!("vfio-pci,host={}", nic.bdf)]);
     let mut vm = InnerQemu::spawn(qemu)?;
@@ -80,7 +80,7 @@ pub fn vfio_pci_nic(_ctx: &Ctx) -> CaseResult {
     vm.finish(Duration::from_secs(10));
     vm.print("inner guest");
     let pins_after = pins_back_to(pins_before)?;
-    let dmar_after = pci::dmar_fault_events();
+    let dmar_after = pci::dmar_fault_irqs();
     println!(
         "QEMU VmLck while running: {locked_kb} kB; pages pinned then: {pinned_while_running}; after exit: {}",
         pins_after - pins_before

@@ -238,10 +238,10 @@ fn expect_errno(r: Result<(), Errno>, errno: i32, what: &str) -> CaseResult {
 /// A write through the device to `iova`, which is no longer mapped, must
 /// fault in the IOMMU.
 fn expect_fault(s: &Setup, iova: u64, data: &[u8]) -> CaseResult {
-    let before = pci::dmar_faults_at(iova);
+    let faults = pci::FaultWatch::start(iova);
     s.dma_write(iova, data)?;
     check!(
-        pci::wait_dmar_fault(iova, before, Duration::from_secs(5)),
+        faults.wait(Duration::from_secs(5)),
         "no IOMMU fault at {iova:#x} after a DMA to an unmapped IOVA"
     );
     Ok(())
@@ -307,9 +307,9 @@ pub fn peer_to_peer(_ctx: &Ctx) -> CaseResult {
     let id = dma_read(&e0, &ram, p2p, 4)?;
     check_eq!(u32::from_le_bytes(id[..4].try_into().unwrap()), e1.dev.read32(bar0.offset)?, "identification register read by DMA");
     check_eq!(container.unmap_range(p2p, bar0.size)?, bar0.size, "unmapped size");
-    let before = pci::dmar_faults_at(p2p);
+    let faults = pci::FaultWatch::start(p2p);
     dma_write(&e0, &ram, p2p + 4, &0xdead_beefu32.to_le_bytes())?;
-    check!(pci::wait_dmar_fault(p2p, before, Duration::from_secs(5)), "no IOMMU fault for the unmapped peer address");
+    check!(faults.wait(Duration::from_secs(5)), "no IOMMU fault for the unmapped peer address");
     check_eq!(e1.dev.read32(bar0.offset + 4)?, !0x1234_5678u32, "the register changed after the unmap");
     Ok(())
 }
