@@ -5,7 +5,7 @@
 //! `VFIO_DEVICE_ATTACH_IOMMUFD_PT`). The structures are the 6.12 uAPI's.
 
 use crate::suites::{fail, Fail};
-use crate::vfio::{ioctl_ptr, Device};
+use crate::vfio::{ioctl_ptr, Device, Errno};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -150,9 +150,7 @@ impl Iommufd {
     /// `VFIO_DEVICE_BIND_IOMMUFD`: binds `device` to this context; returns
     /// its device id.
     pub fn bind(&self, device: &Device) -> Result<u32, Fail> {
-        let mut bind = BindIommufd { argsz: size_of::<BindIommufd>(), iommufd: self.file.as_raw_fd(), ..Default::default() };
-        ioctl_ptr(device.raw(), VFIO_DEVICE_BIND_IOMMUFD, &mut bind).map_err(|e| fail(format!("VFIO_DEVICE_BIND_IOMMUFD: {e}")))?;
-        Ok(bind.out_devid)
+        self.try_bind(device).map_err(|e| fail(format!("VFIO_DEVICE_BIND_IOMMUFD: {e}")))
     }
 
     /// `IOMMU_IOAS_ALLOC`: a new, empty IOAS.
@@ -193,5 +191,75 @@ impl Iommufd {
         let mut u = IoasUnmap { size: size_of::<IoasUnmap>(), ioas_id: ioas, iova, length };
         ioctl_ptr(self.file.as_raw_fd(), IOMMU_IOAS_UNMAP, &mut u).map_err(|e| fail(format!("IOMMU_IOAS_UNMAP: {e}")))?;
         Ok(u.length)
+    }
+}
+
+// IOMMU_HWPT_ALLOC and IOMMU_IOAS_IOVA_RANGES (6.12 uAPI).
+const IOMMU_IOAS_IOVA_RANGES: u64 = iommufd_io(4);
+const IOMMU_HWPT_ALLOC: u64 = iommufd_io(9);
+
+#[repr(C)]
+#[derive(Default)]
+struct HwptAlloc {
+    size: u32,
+    flags: u32,
+    dev_id: u32,
+    pt_id: u32,
+    out_hwpt_id: u32,
+    reserved: u32,
+    data_type: u32,
+    data_len: u32,
+    data_uptr: u64,
+    fault_id: u32,
+    reserved2: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct IoasIovaRanges {
+    size: u32,
+    ioas_id: u32,
+    num_iovas: u32,
+    reserved: u32,
+    allowed_iovas: u64,
+    out_iova_alignment: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<HwptAlloc>() == 48);
+const _: () = assert!(std::mem::size_of::<IoasIovaRanges>() == 32);
+
+impl Iommufd {
+    /// [`Iommufd::bind`] with the errno of a refusal.
+    pub fn try_bind(&self, device: &Device) -> Result<u32, Errno> {
+        let mut bind = BindIommufd { argsz: size_of::<BindIommufd>(), iommufd: self.file.as_raw_fd(), ..Default::default() };
+        ioctl_ptr(device.raw(), VFIO_DEVICE_BIND_IOMMUFD, &mut bind)?;
+        Ok(bind.out_devid)
+    }
+
+    /// `IOMMU_HWPT_ALLOC`: a kernel-managed hardware page table (an IOMMU
+    /// domain, `IOMMU_HWPT_DATA_NONE`) for the bound device `dev_id`, filled
+    /// from and kept in sync with the IOAS `ioas`; returns its id.
+    pub fn hwpt_alloc(&self, dev_id: u32, ioas: u32) -> Result<u32, Fail> {
+        let mut a = HwptAlloc { size: size_of::<HwptAlloc>(), dev_id, pt_id: ioas, ..Default::default() };
+        ioctl_ptr(self.file.as_raw_fd(), IOMMU_HWPT_ALLOC, &mut a).map_err(|e| fail(format!("IOMMU_HWPT_ALLOC: {e}")))?;
+        Ok(a.out_hwpt_id)
+    }
+
+    /// `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges `[start, last]` the IOAS
+    /// allows, i.e. without the reserved regions of the attached devices.
+    pub fn iova_ranges(&self, ioas: u32) -> Result<Vec<(u64, u64)>, Fail> {
+        // Room for more ranges than an x86 device has reserved holes; the
+        // kernel says EMSGSIZE if there are more.
+        let mut ranges = [[0u64; 2]; 16];
+        let mut r = IoasIovaRanges {
+            size: size_of::<IoasIovaRanges>(),
+            ioas_id: ioas,
+            num_iovas: ranges.len() as u32,
+            allowed_iovas: ranges.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        ioctl_ptr(self.file.as_raw_fd(), IOMMU_IOAS_IOVA_RANGES, &mut r)
+            .map_err(|e| fail(format!("IOMMU_IOAS_IOVA_RANGES: {e}")))?;
+        Ok(ranges[..r.num_iovas as usize].iter().map(|&[start, last]| (start, last)).collect())
     }
 }

@@ -30,6 +30,13 @@ pub struct PciDev {
     pub group: u32,
 }
 
+impl PciDev {
+    /// `/sys/bus/pci/devices/<bdf>`.
+    pub fn sysfs(&self) -> PathBuf {
+        sysfs(&self.bdf)
+    }
+}
+
 fn sysfs(bdf: &str) -> PathBuf {
     Path::new("/sys/bus/pci/devices").join(bdf)
 }
@@ -120,6 +127,12 @@ impl Edu {
     /// checks its identity register and enables bus mastering.
     pub fn open(group: &Group, bdf: &str) -> Result<Edu, String> {
         let dev = group.device(bdf).map_err(|e| format!("GET_DEVICE_FD {bdf}: {e}"))?;
+        Edu::from_device(dev, bdf)
+    }
+
+    /// The same for a device already opened and given an IOMMU some other
+    /// way (its cdev attached to an iommufd IOAS or page table).
+    pub fn from_device(dev: Device, bdf: &str) -> Result<Edu, String> {
         let bar0 = dev.region(VFIO_PCI_BAR0_REGION_INDEX).map_err(|e| format!("BAR0 info: {e}"))?.offset;
         let cfg = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).map_err(|e| format!("config info: {e}"))?.offset;
         let edu = Edu { dev, bar0 };

@@ -2,6 +2,7 @@
 //! backend is loaded, and must give the same results on both.
 
 pub mod bench_smoke;
+pub mod iommufd_edu;
 pub mod mdevctl;
 pub mod mtty;
 pub mod mtty_cdev;
@@ -234,6 +235,8 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
     Case { name: "mtty.cdev.uart_loopback", run: mtty_cdev::uart_loopback },
     Case { name: "mtty.cdev.dma_engine_on_iommufd", run: mtty_cdev::dma_engine_on_iommufd },
+    Case { name: "iommufd.edu.dma_round_trip", run: iommufd_edu::dma_round_trip },
+    Case { name: "iommufd.edu.then_type1", run: iommufd_edu::then_type1 },
     Case { name: "bench.workloads_run", run: bench_smoke::workloads_run },
 ];
 

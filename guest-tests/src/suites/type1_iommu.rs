@@ -28,13 +28,13 @@ pub(crate) fn edu(n: usize) -> Result<PciDev, Fail> {
 }
 
 /// A type1v2 container with one edu's group and the device open.
-struct EduSetup {
-    edu: Edu,
+pub(crate) struct EduSetup {
+    pub(crate) edu: Edu,
     _group: Group,
-    container: Container,
+    pub(crate) container: Container,
 }
 
-fn edu_setup(n: usize) -> Result<EduSetup, Fail> {
+pub(crate) fn edu_setup(n: usize) -> Result<EduSetup, Fail> {
     let dev = edu(n)?;
     let container = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
     let group = pci::open_group(&dev, &container)?;
