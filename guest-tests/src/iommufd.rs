@@ -96,8 +96,9 @@ fn size_of<T>() -> u32 {
     std::mem::size_of::<T>() as u32
 }
 
-/// `VmPin` of this process in kB: iommufd charges pinned pages to the mm's
-/// `pinned_vm` (in per-mm accounting mode), where type1 uses `locked_vm`.
+/// `VmPin` of this process in kB: iommufd always counts its pins in the
+/// mm's `pinned_vm` (per-mm accounting mode also charges `locked_vm`),
+/// where type1 uses `locked_vm` alone.
 pub fn vm_pinned_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

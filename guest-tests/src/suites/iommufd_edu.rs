@@ -66,11 +66,11 @@ fn overlaps(ranges: &[(u64, u64)], (start, last): (u64, u64)) -> bool {
 fn dma_faults_after_unmap(e: &Edu, buf: &Mem, what: &str) -> CaseResult {
     fill(buf, PAGE, &[0x5a; 256]);
     let target = IOVA + PAGE;
-    let before = pci::dmar_faults_at(target);
+    let faults = pci::FaultWatch::start(target);
     e.dma_to_ram(0, target, 256)?;
     check!(bytes(buf, PAGE, 256).iter().all(|&b| b == 0x5a), "{what}: the buffer changed after its IOVA was unmapped");
     check!(
-        pci::wait_dmar_fault(target, before, Duration::from_secs(5)),
+        faults.wait(Duration::from_secs(5)),
         "{what}: no IOMMU fault reported at {target:#x} after a DMA to an unmapped IOVA"
     );
     Ok(())
