@@ -329,7 +329,7 @@ fn venv_pip_install(paths: &Paths, spec: &str) -> Result<()> {
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .arg(spec),
     )
-    .with_context(|| format!("pip could not install {spec}: check the network access to PyPI"))
+    .with_context(|| format!("pip could not install {spec} (its messages are above)"))
 }
 
 #[cfg(test)]
