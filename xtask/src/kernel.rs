@@ -141,6 +141,29 @@ fn current_dir(paths: &Paths, flavor: Flavor) -> Result<PathBuf> {
     Ok(paths.kernels().join(format!("{pkg_version}{}-{key}", flavor.dir_tag()).replace('~', "_")))
 }
 
+/// The finished build in cache directory `dir`, if its stamp and bzImage are there.
+fn finished_build(dir: &Path, flavor: Flavor) -> Option<KernelBuild> {
+    let release = std::fs::read_to_string(dir.join("ready")).ok()?;
+    let kb = KernelBuild {
+        src: dir.join("src"),
+        build: dir.join("build"),
+        modroot: dir.join("modroot"),
+        release: release.trim().to_owned(),
+        flavor,
+    };
+    if kb.bzimage().exists() {
+        return Some(kb);
+    }
+    note("the cache stamp exists but bzImage is gone: rebuilding");
+    None
+}
+
+/// The cached build of `flavor` for the current key, without building one
+/// (`cargo xtask install` only needs to know what the modules were built against).
+pub fn cached(paths: &Paths, flavor: Flavor) -> Result<Option<KernelBuild>> {
+    Ok(finished_build(&current_dir(paths, flavor)?, flavor))
+}
+
 /// Returns the cached build of `flavor` for the current key, building it if needed.
 pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     let (pkg_version, material) = key_material(paths, flavor)?;
@@ -150,21 +173,7 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     let modroot = dir.join("modroot");
     let stamp = dir.join("ready");
 
-    let cached = || -> Option<KernelBuild> {
-        let release = std::fs::read_to_string(&stamp).ok()?;
-        let kb = KernelBuild {
-            src: src.clone(),
-            build: build.clone(),
-            modroot: modroot.clone(),
-            release: release.trim().to_owned(),
-            flavor,
-        };
-        if kb.bzimage().exists() {
-            return Some(kb);
-        }
-        note("the cache stamp exists but bzImage is gone: rebuilding");
-        None
-    };
+    let cached = || finished_build(&dir, flavor);
     if let Some(kb) = cached() {
         step(&format!("kernel {}: cached in {}", kb.release, dir.display()));
         return Ok(kb);

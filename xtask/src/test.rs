@@ -11,7 +11,7 @@ use crate::vm::{self, Accel, Boot};
 use crate::{setup, AccelArg, BackendArg};
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -99,12 +99,74 @@ fn host_tests(paths: &Paths) -> Result<Tally> {
         println!("FAIL host: cargo test did not build or run (see above)");
     }
     note(&format!("host: {} passed, {} failed, {} ignored", t.passed, t.failed, t.skipped));
+    // Each lint gate counts as one failure, as a build failure does; a clean
+    // run adds nothing, so the counts stay those of the tests.
     if !clippy_clean(paths)? {
-        // Counted as one failure, as a build failure is; a clean run adds
-        // nothing, so the counts stay those of the tests.
         t.failed += 1;
     }
+    match workflows_lint(paths)? {
+        LintGate::Clean => {}
+        LintGate::Failed => t.failed += 1,
+        LintGate::Skipped => t.skipped += 1,
+    }
     Ok(t)
+}
+
+/// The outcome of a lint gate whose tool may be missing.
+enum LintGate {
+    Clean,
+    Failed,
+    /// The tool could not be installed here (said why on a SKIP line).
+    Skipped,
+}
+
+/// The workflow files actionlint checks: `.github/workflows/*.yml` and
+/// `*.yaml`, sorted.
+fn workflow_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join(".github/workflows");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut files = Vec::new();
+    for e in entries {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yml" || x == "yaml") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The second lint gate: actionlint on the CI workflows (syntax, keys,
+/// expressions, job dependencies, and the shell of `run:` steps when
+/// shellcheck is installed). A workflow is only run by GitHub, so a typo
+/// would otherwise show up as a broken CI run after the push.
+fn workflows_lint(paths: &Paths) -> Result<LintGate> {
+    let files = workflow_files(paths.root())?;
+    if files.is_empty() {
+        note("host lints: no .github/workflows/*.yml to check");
+        return Ok(LintGate::Clean);
+    }
+    step("host lints: actionlint .github/workflows/*.yml");
+    if let setup::Actionlint::Unavailable(why) = setup::actionlint(paths, false)? {
+        println!("SKIP host.actionlint ({why})");
+        return Ok(LintGate::Skipped);
+    }
+    let status = Command::new(paths.actionlint())
+        .args(["-no-color"])
+        .args(&files)
+        .current_dir(paths.root())
+        .status()
+        .with_context(|| format!("cannot run {} (`cargo xtask setup` installs it)", paths.actionlint().display()))?;
+    if !status.success() {
+        println!(
+            "FAIL host.actionlint: actionlint found the problems above (file:line:col, then the rule in brackets). Fix \
+             the workflow there; https://github.com/rhysd/actionlint/blob/main/docs/checks.md explains each rule. \
+             Re-check with `{} .github/workflows/*.yml`.",
+            paths.actionlint().display()
+        );
+        return Ok(LintGate::Failed);
+    }
+    Ok(LintGate::Clean)
 }
 
 /// The lint gate of the host stage: `cargo clippy` over the whole workspace
@@ -335,6 +397,20 @@ pub fn demo(paths: &Paths, backend: BackendArg, accel: Option<AccelArg>) -> Resu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn workflow_files_are_the_yaml_files_of_github_workflows() {
+        let root = std::env::temp_dir().join(format!("xtask-workflows-{}", std::process::id()));
+        let dir = root.join(".github/workflows");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["ci.yml", "a.yaml", "README.md", "ci.yml.orig"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let found = super::workflow_files(&root).unwrap();
+        assert_eq!(found, vec![dir.join("a.yaml"), dir.join("ci.yml")]);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(super::workflow_files(&root).unwrap().is_empty());
+    }
 
     #[test]
     fn qemu_case_is_selected_by_any_part_of_a_filter_list() {

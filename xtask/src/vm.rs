@@ -35,9 +35,7 @@ pub fn choose_accel(paths: &Paths, kernel: &KernelBuild, forced: Option<Accel>) 
         return a;
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-    let has_virt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
-    if !has_virt {
+    if !cpu_has_virtualization(&cpuinfo) {
         note("accelerator: TCG (the CPU shows no vmx/svm flag, so a KVM guest would hang; expect ~20 s per boot)");
         return Accel::Tcg;
     }
@@ -45,19 +43,9 @@ pub fn choose_accel(paths: &Paths, kernel: &KernelBuild, forced: Option<Accel>) 
         note("accelerator: TCG (/dev/kvm cannot be opened: add yourself to the kvm group to use KVM)");
         return Accel::Tcg;
     }
-    let marker = "vfio-rs-kvm-probe-ok";
     let log = paths.vm_results().join("kvm-probe.log");
-    let probe = Boot {
-        accel: Accel::Kvm,
-        exec: format!("echo {marker}"),
-        results: None,
-        timeout: Duration::from_secs(60),
-        interactive: false,
-        echo: false,
-        icount: false,
-    };
-    match probe.run(paths, kernel, &log) {
-        Ok(run) if run.console.contains(marker) => {
+    match kvm_probe().run(paths, kernel, &log) {
+        Ok(run) if run.console.contains(KVM_PROBE_MARKER) => {
             note("accelerator: KVM (probe boot succeeded)");
             Accel::Kvm
         }
@@ -65,6 +53,30 @@ pub fn choose_accel(paths: &Paths, kernel: &KernelBuild, forced: Option<Accel>) 
             note(&format!("accelerator: TCG (a KVM probe boot failed; see {})", log.display()));
             Accel::Tcg
         }
+    }
+}
+
+/// What the probe guest prints when it got as far as running a command.
+const KVM_PROBE_MARKER: &str = "vfio-rs-kvm-probe-ok";
+
+/// Whether the first `flags` line of /proc/cpuinfo shows vmx (Intel) or svm (AMD).
+fn cpu_has_virtualization(cpuinfo: &str) -> bool {
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    flags.split_whitespace().any(|f| f == "vmx" || f == "svm")
+}
+
+/// The probe boot: the real test machine (same devices, split irqchip) on
+/// KVM, so a KVM that cannot run it falls back to TCG here rather than
+/// hanging the suite later.
+fn kvm_probe() -> Boot {
+    Boot {
+        accel: Accel::Kvm,
+        exec: format!("echo {KVM_PROBE_MARKER}"),
+        results: None,
+        timeout: Duration::from_secs(60),
+        interactive: false,
+        echo: false,
+        icount: false,
     }
 }
 
@@ -109,24 +121,7 @@ impl Boot {
         dirs.extend(std::env::split_paths(&path));
         c.env("PATH", std::env::join_paths(dirs).unwrap_or(path));
         c.arg("--run").arg(kernel.bzimage());
-        if self.accel == Accel::Tcg {
-            c.arg("--disable-kvm");
-        }
-        // q35 rather than microvm: the VFIO tests want PCI and VT-d.
-        c.args(["--disable-microvm", "--cpus", "2", "--memory", "4G", "--verbose"]);
-        // An oops must end the run at once rather than leave a hung guest;
-        // loglevel 6 puts warnings and lockdep reports on the console.
-        // `intel_iommu=on` turns the emulated VT-d on (docs/testing.md).
-        // `no_timer_check`: under a loaded TCG host the boot-time IO-APIC timer
-        // check through interrupt remapping can miss its ticks and panic.
-        c.args(["--append", "oops=panic panic=-1 loglevel=6 kasan.fault=report intel_iommu=on no_timer_check"]);
-        let mut qemu_opts = real_iommu_qemu_opts(self.accel);
-        if self.icount {
-            // `sleep=off`: an idle guest skips ahead instead of waiting, so
-            // timers still fire while the counter stands still.
-            qemu_opts.push_str(" -icount shift=0,sleep=off");
-        }
-        c.arg(format!("--qemu-opts={qemu_opts}"));
+        c.args(machine_args(self.accel, self.icount));
         if let Some(r) = &self.results {
             c.arg(format!("--rwdir={}", r.display()));
         }
@@ -198,6 +193,39 @@ impl Boot {
     }
 }
 
+/// The vng arguments that describe the machine: accelerator, CPUs, memory,
+/// kernel command line and the QEMU options of [`real_iommu_qemu_opts`].
+/// A pure function, so the KVM command line (which this project's own
+/// machine, without KVM, never boots) is checked by unit tests.
+///
+/// The `-cpu` model is vng's: `host,topoext=on` when it runs KVM, `max`
+/// with `--disable-kvm`; both show the guest the features the nested QEMU
+/// cases need, so none is passed here.
+pub fn machine_args(accel: Accel, icount: bool) -> Vec<String> {
+    let mut args = Vec::new();
+    if accel == Accel::Tcg {
+        args.push("--disable-kvm".to_owned());
+    }
+    // q35 rather than microvm: the VFIO tests want PCI and VT-d.
+    args.extend(["--disable-microvm", "--cpus", "2", "--memory", "4G", "--verbose"].map(String::from));
+    // An oops must end the run at once rather than leave a hung guest;
+    // loglevel 6 puts warnings and lockdep reports on the console.
+    // `intel_iommu=on` turns the emulated VT-d on (docs/testing.md).
+    // `no_timer_check`: under a loaded TCG host the boot-time IO-APIC timer
+    // check through interrupt remapping can miss its ticks and panic.
+    args.push("--append".to_owned());
+    args.push("oops=panic panic=-1 loglevel=6 kasan.fault=report intel_iommu=on no_timer_check".to_owned());
+    let mut qemu_opts = real_iommu_qemu_opts(accel);
+    if icount {
+        // `sleep=off`: an idle guest skips ahead instead of waiting, so
+        // timers still fire while the counter stands still. (Callers refuse
+        // icount under KVM: QEMU counts only instructions it emulates.)
+        qemu_opts.push_str(" -icount shift=0,sleep=off");
+    }
+    args.push(format!("--qemu-opts={qemu_opts}"));
+    args
+}
+
 /// The QEMU options that give the guest an emulated Intel VT-d and the PCI
 /// devices the real-IOMMU cases drive through `vfio-pci`: two `edu` devices
 /// (each a DMA engine userspace can program, in its own IOMMU group), an
@@ -251,4 +279,65 @@ pub fn check_image(kernel: &KernelBuild) -> Result<()> {
     }
     step(&format!("VM: kernel {}", kernel.release));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `--qemu-opts=` in `args`.
+    fn qemu_opts(args: &[String]) -> &str {
+        args.iter().find_map(|a| a.strip_prefix("--qemu-opts=")).expect("--qemu-opts is always passed")
+    }
+
+    #[test]
+    fn kvm_machine_splits_the_irqchip_for_interrupt_remapping() {
+        let args = machine_args(Accel::Kvm, false);
+        assert!(!args.iter().any(|a| a == "--disable-kvm"), "{args:?}");
+        let q = qemu_opts(&args);
+        // Interrupt remapping on the emulated VT-d needs QEMU's IOAPIC.
+        assert!(q.starts_with("-machine q35,kernel-irqchip=split "), "{q}");
+        assert!(q.contains("-device intel-iommu,intremap=on,caching-mode=on"), "{q}");
+        assert!(!q.contains("-icount"), "{q}");
+        // vng chooses the CPU model (`-cpu host` under KVM); a second -cpu would fight it.
+        assert!(!q.contains("-cpu"), "{q}");
+        assert!(args.windows(2).any(|w| w[0] == "--append" && w[1].contains("intel_iommu=on")), "{args:?}");
+    }
+
+    #[test]
+    fn tcg_machine_disables_kvm_and_keeps_the_irqchip_whole() {
+        let args = machine_args(Accel::Tcg, false);
+        assert_eq!(args[0], "--disable-kvm");
+        let q = qemu_opts(&args);
+        assert!(q.starts_with("-machine q35 "), "{q}");
+        assert!(!q.contains("kernel-irqchip"), "{q}");
+        assert!(q.contains("-device intel-iommu,intremap=on,caching-mode=on"), "{q}");
+        for dev in ["edu,id=edu0", "edu,id=edu1", "e1000e,id=nic0", "ivshmem-plain,memdev=shmmem0"] {
+            assert!(q.contains(dev), "{dev} missing: {q}");
+        }
+        assert!(["--disable-microvm", "--cpus", "2", "--memory", "4G"].iter().all(|w| args.iter().any(|a| a == w)), "{args:?}");
+    }
+
+    #[test]
+    fn icount_goes_on_the_qemu_line() {
+        let q = machine_args(Accel::Tcg, true);
+        assert!(qemu_opts(&q).ends_with(" -icount shift=0,sleep=off"), "{q:?}");
+    }
+
+    #[test]
+    fn probe_boots_the_test_machine_on_kvm() {
+        let probe = kvm_probe();
+        assert_eq!(probe.accel, Accel::Kvm);
+        assert!(!probe.icount && !probe.interactive && probe.results.is_none());
+        assert!(probe.exec.contains(KVM_PROBE_MARKER));
+        assert!(probe.timeout <= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn virtualization_flags_are_read_from_cpuinfo() {
+        assert!(cpu_has_virtualization("processor\t: 0\nflags\t\t: fpu vme sse2 vmx ept\n"));
+        assert!(cpu_has_virtualization("flags\t\t: fpu svm npt\n"));
+        assert!(!cpu_has_virtualization("flags\t\t: fpu vme hypervisor\nvmx flags\t: ept\n"));
+        assert!(!cpu_has_virtualization(""));
+    }
 }
