@@ -231,6 +231,12 @@ pub static ALL: &[Case] = &[
     Case { name: "mtty.dma.copy_survives_migration", run: mtty_dma::copy_survives_migration },
     Case { name: "mtty.cdev.uart_loopback", run: mtty_cdev::uart_loopback },
     Case { name: "mtty.cdev.dma_engine_on_iommufd", run: mtty_cdev::dma_engine_on_iommufd },
+    Case { name: "mtty.cdev.interrupts", run: mtty_cdev::interrupts },
+    Case { name: "mtty.cdev.reset", run: mtty_cdev::reset },
+    Case { name: "mtty.cdev.migration", run: mtty_cdev::migration },
+    Case { name: "mtty.cdev.unmap_from_second_device", run: mtty_cdev::unmap_from_second_device },
+    Case { name: "mtty.cdev.close_while_pinned", run: mtty_cdev::close_while_pinned },
+    Case { name: "mtty.cdev.both_paths", run: mtty_cdev::both_paths },
     Case { name: "bench.workloads_run", run: bench_smoke::workloads_run },
 ];
 
