@@ -225,12 +225,12 @@ pub fn fifo_behaviour(ctx: &Ctx) -> CaseResult {
 }
 
 /// One interrupt cause, set up on a fresh device: `setup` makes it pending.
-struct Cause {
+pub(crate) struct Cause {
     name: &'static str,
     setup: fn(&crate::vfio::Device, u64) -> Result<(), crate::vfio::Errno>,
 }
 
-const CAUSES: &[Cause] = &[
+pub(crate) const CAUSES: &[Cause] = &[
     Cause {
         name: "received data",
         setup: |d, b| {
@@ -263,20 +263,26 @@ const CAUSES: &[Cause] = &[
 fn interrupts_for(ctx: &Ctx, index: u32) -> CaseResult {
     for cause in CAUSES {
         let o = open_device(ctx, "mtty-1")?;
-        let d = &o.device;
-        d.info()?;
-        let ev = crate::vfio::EventFd::new()?;
-        d.set_irq_eventfd(index, ev.raw())?;
-        check_eq!(ev.take(), 0, "no interrupt before {}", cause.name);
-        (cause.setup)(d, bar0(d)?)?;
-        let n = ev.take();
-        if index == VFIO_PCI_INTX_IRQ_INDEX {
-            check_eq!(n, 1, "INTx signals for {} (once: it automasks)", cause.name);
-        } else {
-            check!(n >= 1, "MSI signals for {}: got {n}", cause.name);
-        }
-        d.set_irq_eventfd(index, -1)?;
+        cause_signals(&o.device, index, cause)?;
     }
+    Ok(())
+}
+
+/// On a freshly opened device, an eventfd on IRQ `index` is signalled when
+/// `cause` becomes pending (once for INTx, which automasks).
+pub(crate) fn cause_signals(d: &crate::vfio::Device, index: u32, cause: &Cause) -> CaseResult {
+    d.info()?;
+    let ev = crate::vfio::EventFd::new()?;
+    d.set_irq_eventfd(index, ev.raw())?;
+    check_eq!(ev.take(), 0, "no interrupt before {}", cause.name);
+    (cause.setup)(d, bar0(d)?)?;
+    let n = ev.take();
+    if index == VFIO_PCI_INTX_IRQ_INDEX {
+        check_eq!(n, 1, "INTx signals for {} (once: it automasks)", cause.name);
+    } else {
+        check!(n >= 1, "MSI signals for {}: got {n}", cause.name);
+    }
+    d.set_irq_eventfd(index, -1)?;
     Ok(())
 }
 
@@ -420,10 +426,15 @@ pub fn remove_while_open(ctx: &Ctx) -> CaseResult {
 /// Migration v2 round trip between two instances: the UART's FIFO bytes
 /// and registers arrive intact.
 pub fn migration_round_trip(ctx: &Ctx) -> CaseResult {
-    use reg::*;
     let src = open_device(ctx, "mtty-2")?;
     let dst = open_device(ctx, "mtty-2")?;
-    let (s, t) = (&src.device, &dst.device);
+    round_trip_between(&src.device, &dst.device)
+}
+
+/// The body of `migration_round_trip` on two open `mtty-2` devices, however
+/// they were opened (group or cdev).
+pub(crate) fn round_trip_between(s: &crate::vfio::Device, t: &crate::vfio::Device) -> CaseResult {
+    use reg::*;
     let flags = s.migration_flags()?;
     check_eq!(
         flags,
@@ -444,6 +455,7 @@ pub fn migration_round_trip(ctx: &Ctx) -> CaseResult {
     s.write8(b0 + IER, IER_RDI | IER_RLSI)?;
     let image = migrate(s, t)?;
     check!(!image.is_empty(), "empty migration stream");
+    check_eq!(s.mig_state()?, VFIO_DEVICE_STATE_STOP, "source stopped after the save");
     check_eq!(t.mig_state()?, VFIO_DEVICE_STATE_RUNNING, "destination running");
     let (c0, c1) = (t.region(0)?.offset, t.region(1)?.offset);
     check_eq!((t.read8(c0 + SCR)?, t.read8(c1 + SCR)?), (0x5a, 0xa5), "scratch registers");

@@ -12,9 +12,9 @@ use crate::{check, check_eq};
 
 
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 /// IOVA of the mapping every case uses; the pages inside it:
-const IOVA: u64 = 0x10_0000;
+pub(crate) const IOVA: u64 = 0x10_0000;
 const TX_RING: u64 = 0; // page 0
 const RX_RING: u64 = 1; // page 1
 const TX_BUF: u64 = 2; // page 2
@@ -26,9 +26,9 @@ fn rust_only(ctx: &Ctx) -> CaseResult {
 }
 
 /// A device with its memory mapped at `IOVA` and bus mastering on.
-struct Dma {
-    bar: u64,
-    mem: Buffer,
+pub(crate) struct Dma {
+    pub(crate) bar: u64,
+    pub(crate) mem: Buffer,
 }
 
 /// Maps `pages` of new memory read/write at `iova`, turns memory decoding
@@ -37,11 +37,18 @@ struct Dma {
 fn map_for_engine(d: &Device, c: &Container, iova: u64, pages: u64) -> Result<(Buffer, u64, u64), Fail> {
     let mem = Buffer::new((pages * PAGE) as usize);
     c.map_rw(mem.vaddr(), iova, pages * PAGE)?;
+    let (bar, cfg) = engine_on(d)?;
+    Ok((mem, bar, cfg))
+}
+
+/// Turns memory decoding and bus mastering on and checks the engine is
+/// there; returns the offsets of BAR2 and of the config space.
+pub(crate) fn engine_on(d: &Device) -> Result<(u64, u64), Fail> {
     let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
     d.write16(cfg + 0x04, 0x0007)?;
     let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
     check_eq!(d.read32(bar + ID)?, ID_VALUE, "engine ID");
-    Ok((mem, bar, cfg))
+    Ok((bar, cfg))
 }
 
 impl Dma {
@@ -73,7 +80,7 @@ impl Dma {
     }
 
     /// Programs both rings (16 entries each) and enables the engine.
-    fn start(&self, d: &Device, tx_ring: u64, rx_ring: u64) -> CaseResult {
+    pub(crate) fn start(&self, d: &Device, tx_ring: u64, rx_ring: u64) -> CaseResult {
         let b = self.bar;
         d.write32(b + TX + RING_BASE, (IOVA + tx_ring * PAGE) as u32)?;
         d.write32(b + TX + RING_BASE + 4, 0)?;

@@ -88,14 +88,21 @@ pub fn full_fifo(ctx: &Ctx) -> CaseResult {
 pub fn reset_clears_state(ctx: &Ctx) -> CaseResult {
     rust_only(ctx)?;
     let o = open_device(ctx, "mtty-1")?;
-    let d = &o.device;
+    reset_clears_uart(&o.device)
+}
+
+/// Sets SCR, IER and a FIFO byte, resets the device, and checks the
+/// power-on values; however the device was opened (group or cdev).
+pub(crate) fn reset_clears_uart(d: &crate::vfio::Device) -> CaseResult {
     let b = bar0(d)?;
     d.write8(b + SCR, 0x77)?;
     d.write8(b + IER, IER_RDI)?;
+    d.write8(b + LCR, 0x1b)?;
     d.write8(b + THR, b'z')?;
     d.reset()?;
     check_eq!(d.read8(b + SCR)?, 0, "SCR after reset");
     check_eq!(d.read8(b + IER)?, 0, "IER after reset");
+    check_eq!(d.read8(b + LCR)?, 0, "LCR after reset");
     check_eq!(d.read8(b + LSR)?, LSR_THRE | LSR_TEMT, "FIFO empty after reset");
     Ok(())
 }
