@@ -33,7 +33,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest vaddr-exec-successor --container FD --memfd FD --out FD   (exec'd by type1_iommu.history.vaddr_after_exec)\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -160,6 +160,11 @@ fn main() {
             // Inside the nested guest of qemu.migrate_mtty (inner_dma.rs).
             let pages = args.value("--pages").and_then(|s| s.parse().ok()).unwrap_or(4);
             std::process::exit(inner_dma::main(pages, &args.required("--stop")));
+        }
+        "vaddr-exec-successor" => {
+            // Exec'd by the case type1_iommu.history.vaddr_after_exec.
+            let fd = |flag: &str| args.required(flag).parse().unwrap_or_else(|_| usage());
+            std::process::exit(suites::type1_vaddr::exec_successor(fd("--container"), fd("--memfd"), fd("--out")));
         }
         "bench-one" => {
             let Some(name) = args.0.first().cloned() else { usage() };

@@ -207,6 +207,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.history.group_leaves_while_mdev_pins", run: type1_history::group_leaves_while_mdev_pins },
     Case { name: "type1_iommu.history.hot_unplug_while_mapped", run: type1_history::hot_unplug_while_mapped },
     Case { name: "type1_iommu.history.zero_page_read_only_maps", run: type1_history::zero_page_read_only_maps },
+    Case { name: "type1_iommu.history.vaddr_after_exec", run: type1_vaddr::vaddr_after_exec },
     Case { name: "type1_iommu.history.no_soft_lockup_pinning_a_gib", run: type1_history::no_soft_lockup_pinning_a_gib },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
     Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },

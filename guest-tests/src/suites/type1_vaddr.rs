@@ -214,3 +214,115 @@ pub fn update_vaddr(_ctx: &Ctx) -> CaseResult {
     check_eq!(c.unmap_range(0, 1 << 40)?, 0, "mappings in a new container");
     Ok(())
 }
+
+/// Keeps `fd` open across `execve` (Rust opens files with `O_CLOEXEC`).
+fn keep_across_exec(fd: std::os::fd::RawFd) -> Result<(), Fail> {
+    // SAFETY: F_SETFD on a descriptor this process owns changes only its flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+        return Err(fail(format!("fcntl(F_SETFD) on fd {fd}: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+/// The live-update handover through `exec`: the process that made the
+/// mapping invalidates its vaddr and execs a successor program (the same
+/// task, a new mm), which inherits the container, the group and the memfd,
+/// maps the memfd and hands the new vaddr in. The locked memory must move
+/// to the new mm (`VmLck` of the successor: the mapping's size), and its
+/// unmap must take exactly that back (`VmLck` 0, no underflow of the new
+/// mm's `locked_vm`): C once compared tasks, not mms, and an exec keeps
+/// the task. The old mm is gone, so nothing is given back to it.
+pub fn vaddr_after_exec(_ctx: &Ctx) -> CaseResult {
+    // The edu's group is opened in the child, which execs.
+    drop(edu_container(0)?);
+    let before = super::pins_held()?;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail(format!("pipe2: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: pipe2 just returned both descriptors; each is owned once.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the case runs single-threaded; the child only sets up the
+    // mapping, makes system calls and execs (or `_exit`s).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(fail("fork failed"));
+    }
+    if pid == 0 {
+        drop(read_end);
+        let handover = || -> Result<std::convert::Infallible, Fail> {
+            let (c, g, _edu) = edu_container(0)?;
+            let mem = Memfd::new()?;
+            let a = mem.view()?;
+            c.map_rw(a.vaddr(), IOVA, PAGES * PAGE)?;
+            invalidate(&c, 0, IOVA, PAGES * PAGE)?;
+            for fd in [c.file.as_raw_fd(), g.file.as_raw_fd(), mem.0.as_raw_fd(), write_end.as_raw_fd()] {
+                keep_across_exec(fd)?;
+            }
+            let arg = |fd: std::os::fd::RawFd| fd.to_string();
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("/proc/self/exe").args([
+                    "vaddr-exec-successor",
+                    "--container",
+                    &arg(c.file.as_raw_fd()),
+                    "--memfd",
+                    &arg(mem.0.as_raw_fd()),
+                    "--out",
+                    &arg(write_end.as_raw_fd()),
+                ]),
+            );
+            Err(fail(format!("exec: {err}")))
+        };
+        let Err(e) = handover();
+        let msg = format!("error before exec: {e:?}\n");
+        // SAFETY: writes our own buffer to the pipe we hold.
+        unsafe { libc::write(write_end.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(1) };
+    }
+    drop(write_end);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut out).map_err(|e| fail(format!("read: {e}")))?;
+    let mut status = 0;
+    // SAFETY: waits for the child created above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("successor: {}", out.trim());
+    check!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "successor status {status:#x}: {}", out.trim());
+    let nums: Vec<u64> = out.split_whitespace().filter_map(|w| w.split('=').nth(1)?.parse().ok()).collect();
+    let size = PAGES * PAGE;
+    check_eq!(nums, vec![0, size / 1024, size, 0], "successor's VmLck at start, after the VADDR update, unmapped size, VmLck after the unmap");
+    let after = super::pins_held()?;
+    check!(after <= before, "{} pages still pinned after the successor exited", after - before);
+    Ok(())
+}
+
+/// The successor program of [`vaddr_after_exec`] (`vfio-guest
+/// vaddr-exec-successor`): takes the mapping over through the inherited
+/// descriptors and writes `start=.. updated=.. unmapped=.. end=..` (`VmLck`
+/// in kB, bytes) to `out`. Returns the exit code.
+pub fn exec_successor(container: i32, memfd: i32, out: i32) -> i32 {
+    // SAFETY: the predecessor passed these descriptors across exec for us
+    // alone; each is taken over once.
+    let (c, mem, mut out) = unsafe {
+        (
+            Container { file: std::fs::File::from_raw_fd(container) },
+            Memfd(OwnedFd::from_raw_fd(memfd)),
+            std::fs::File::from_raw_fd(out),
+        )
+    };
+    let run = || -> Result<String, Fail> {
+        let start = vm_locked_kb();
+        let v = mem.view()?;
+        update(&c, v.vaddr(), IOVA, PAGES * PAGE)?;
+        let updated = vm_locked_kb();
+        let unmapped = c.unmap_range(IOVA, PAGES * PAGE)?;
+        Ok(format!("start={start} updated={updated} unmapped={unmapped} end={}", vm_locked_kb()))
+    };
+    let (line, code) = match run() {
+        Ok(l) => (l, 0),
+        Err(e) => (format!("error: {e:?}"), 1),
+    };
+    let _ = std::io::Write::write_all(&mut out, line.as_bytes());
+    code
+}
