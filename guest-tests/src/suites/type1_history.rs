@@ -455,23 +455,6 @@ fn outcome(r: Result<u64, crate::vfio::Errno>) -> String {
     }
 }
 
-/// `GET_BITMAP` of `[iova, iova + size)` at 4 KiB into an 8-byte bitmap;
-/// the first bitmap byte on success.
-fn dirty_get(c: &Container, iova: u64, size: u64) -> Result<u64, crate::vfio::Errno> {
-    let mut bits = [0u8; 8];
-    let mut g = DirtyGet {
-        argsz: std::mem::size_of::<DirtyGet>() as u32,
-        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
-        iova,
-        size,
-        pgsize: PAGE,
-        bitmap_size: 8,
-        data: bits.as_mut_ptr() as u64,
-    };
-    crate::vfio::ioctl_ptr(c.fd(), VFIO_IOMMU_DIRTY_PAGES, &mut g)?;
-    Ok(u64::from(bits[0]))
-}
-
 /// Map, unmap, dirty bitmap and unmap-all of a two-page mapping at the top
 /// of the IOVA space, in a type1v2 container with an mdev (the device
 /// pins nothing). A mapping ending at 2^64 - PAGE gives the same results
@@ -490,7 +473,7 @@ pub fn top_of_iova_space(ctx: &Ctx) -> CaseResult {
         let all = dma_unmap(VFIO_DMA_UNMAP_FLAG_ALL, 0, 0);
         let mut seen = vec![map(), outcome(c.unmap_range(iova, 2 * PAGE)), map()];
         seen.push(outcome(super::type1::dirty(c, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).map(|()| 0)));
-        seen.push(outcome(dirty_get(c, iova, 2 * PAGE)));
+        seen.push(outcome(super::type1_faults::get_bitmap(c, iova, 2 * PAGE).map(|bits| u64::from(bits[0]))));
         seen.push(outcome(c.unmap(&all)));
         seen.push(map());
         Ok(seen)
