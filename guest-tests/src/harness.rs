@@ -120,6 +120,9 @@ pub struct RunConfig {
     pub kmods: PathBuf,
     pub backends: Vec<Backend>,
     pub filter: Option<String>,
+    /// Cases whose name contains one of these comma-separated texts are
+    /// left out (after `filter`).
+    pub skip: Option<String>,
     pub keep_going: bool,
     pub case_timeout: Duration,
 }
@@ -330,7 +333,10 @@ pub fn run(cfg: &RunConfig) -> bool {
 
     let cases: Vec<&suites::Case> = suites::ALL
         .iter()
-        .filter(|c| cfg.filter.as_deref().is_none_or(|f| f.split(',').any(|part| c.name.contains(part))))
+        .filter(|c| {
+            let names = |list: &str| list.split(',').any(|part| c.name.contains(part));
+            cfg.filter.as_deref().is_none_or(names) && !cfg.skip.as_deref().is_some_and(names)
+        })
         .collect();
     k.line("KTAP version 1");
     k.line(&format!("1..{}", (cases.len() + 2) * cfg.backends.len()));

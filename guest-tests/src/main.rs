@@ -32,7 +32,7 @@ pub const EXIT_SKIP: i32 = 77;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
+        "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--skip S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
   vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest vaddr-exec-successor --container FD --memfd FD --out FD   (exec'd by type1_iommu.history.vaddr_after_exec)\n  vfio-guest list"
     );
     std::process::exit(2)
@@ -76,6 +76,7 @@ fn main() {
                 kmods: PathBuf::from(args.required("--kmods")),
                 backends,
                 filter: args.value("--filter"),
+                skip: args.value("--skip"),
                 keep_going: args.has("--keep-going"),
                 case_timeout: Duration::from_secs(
                     args.value("--case-timeout").and_then(|s| s.parse().ok()).unwrap_or(180),
@@ -115,6 +116,7 @@ fn main() {
                     .map(|b| Backend::parse(b).unwrap_or_else(|| usage()))
                     .collect(),
                 filter: None,
+                skip: None,
                 keep_going: false,
                 case_timeout: Duration::from_secs(0),
             };
@@ -143,6 +145,7 @@ fn main() {
                     kmods: PathBuf::from(args.required("--kmods")),
                     backends: vec![c_side, rust_side],
                     filter: args.value("--filter"),
+                    skip: None,
                     keep_going: true,
                     case_timeout: Duration::from_secs(0),
                 },
@@ -184,6 +187,7 @@ fn main() {
                     kmods: PathBuf::from(args.required("--kmods")),
                     backends: vec![],
                     filter: None,
+                    skip: None,
                     keep_going: true,
                     case_timeout: Duration::from_secs(0),
                 },

@@ -109,9 +109,15 @@ enum Cmd {
     },
     /// Host unit tests, then kernel, modules and guest tests, then the VM suites.
     Test {
-        /// Run only the guest cases whose name contains this text.
+        /// Run only the guest cases whose name contains this text (a
+        /// comma-separated list: any of them).
         #[arg(long)]
         filter: Option<String>,
+        /// Leave out the guest cases whose name contains this text (a
+        /// comma-separated list: any of them); `--skip qemu` leaves out the
+        /// nested-QEMU cases and the inner guest's kernel.
+        #[arg(long)]
+        skip: Option<String>,
         /// Go on after a failed case instead of stopping at the first.
         #[arg(long)]
         keep_going: bool,
@@ -243,9 +249,9 @@ fn main() {
             })
         }
         Cmd::Install { kdir, root, uninstall } => install::install(&paths, kdir, &root, uninstall).map(|_| true),
-        Cmd::Test { filter, keep_going, backend, no_host, timeout_min, vm } => test::test(
+        Cmd::Test { filter, skip, keep_going, backend, no_host, timeout_min, vm } => test::test(
             &paths,
-            &test::TestOpts { filter, keep_going, backend, host: !no_host, timeout_min, accel: vm.accel },
+            &test::TestOpts { filter, skip, keep_going, backend, host: !no_host, timeout_min, accel: vm.accel },
         ),
         Cmd::Shell { backend, vm } => test::shell(&paths, backend, vm.accel),
         Cmd::Demo { backend, vm } => test::demo(&paths, backend, vm.accel),

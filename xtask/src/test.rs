@@ -20,16 +20,23 @@ use std::time::Duration;
 const QEMU_CASES: &[&str] =
     &["mtty.qemu.guest_8250", "mtty.qemu.guest_8250_iommufd", "qemu.vfio_pci_nic", "qemu.migrate_mtty"];
 
-/// Whether a `--filter` value (comma-separated texts, any of which a case
-/// name must contain, as the guest runner reads it) selects one of
-/// [`QEMU_CASES`].
-fn selects_qemu_case(filter: &str) -> bool {
-    filter.split(',').any(|part| QEMU_CASES.iter().any(|case| case.contains(part)))
+/// Whether a case runs, as the guest runner decides it: its name contains
+/// one of the comma-separated texts of `--filter` (if given) and none of
+/// `--skip`'s.
+fn case_selected(name: &str, filter: Option<&str>, skip: Option<&str>) -> bool {
+    let any_part = |list: &str| list.split(',').any(|part| name.contains(part));
+    filter.is_none_or(any_part) && !skip.is_some_and(any_part)
+}
+
+/// Whether `--filter` and `--skip` leave one of [`QEMU_CASES`] to run.
+fn selects_qemu_case(filter: Option<&str>, skip: Option<&str>) -> bool {
+    QEMU_CASES.iter().any(|case| case_selected(case, filter, skip))
 }
 
 /// Options of `cargo xtask test`.
 pub struct TestOpts {
     pub filter: Option<String>,
+    pub skip: Option<String>,
     pub keep_going: bool,
     pub backend: BackendArg,
     pub host: bool,
@@ -247,7 +254,7 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     // The QEMU cases boot a tiny kernel of their own: build it only when
     // one of them is selected.
     let mut env = String::new();
-    if o.filter.as_deref().is_none_or(selects_qemu_case) {
+    if selects_qemu_case(o.filter.as_deref(), o.skip.as_deref()) {
         let g = inner::inner_guest(paths, &p.kernel, &p.guest)?;
         env = format!("VFIO_RS_INNER_KERNEL='{}' VFIO_RS_INNER_INITRD='{}' ", g.bzimage.display(), g.initramfs.display());
     }
@@ -260,6 +267,9 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
     );
     if let Some(f) = &o.filter {
         exec.push_str(&format!(" --filter '{}'", f.replace('\'', "")));
+    }
+    if let Some(s) = &o.skip {
+        exec.push_str(&format!(" --skip '{}'", s.replace('\'', "")));
     }
     if o.keep_going {
         exec.push_str(" --keep-going");
@@ -414,11 +424,23 @@ mod tests {
 
     #[test]
     fn qemu_case_is_selected_by_any_part_of_a_filter_list() {
-        assert!(super::selects_qemu_case("mtty,mdevctl,demo"));
-        assert!(super::selects_qemu_case("guest_8250"));
-        assert!(!super::selects_qemu_case("type1,bench"));
-        assert!(super::selects_qemu_case("qemu"));
-        assert!(super::selects_qemu_case("vfio_pci_nic"));
+        let only = |f| super::selects_qemu_case(Some(f), None);
+        assert!(only("mtty,mdevctl,demo"));
+        assert!(only("guest_8250"));
+        assert!(!only("type1,bench"));
+        assert!(only("qemu"));
+        assert!(only("vfio_pci_nic"));
+        assert!(super::selects_qemu_case(None, None));
+    }
+
+    #[test]
+    fn skip_leaves_out_every_case_it_names_also_within_a_filter() {
+        assert!(!super::selects_qemu_case(None, Some("qemu")));
+        assert!(!super::selects_qemu_case(Some("mtty"), Some("qemu")));
+        assert!(super::selects_qemu_case(None, Some("migrate,guest_8250")), "qemu.vfio_pci_nic is left");
+        assert!(super::case_selected("type1.dirty_pages", None, Some("qemu")));
+        assert!(!super::case_selected("type1.dirty_pages", Some("mtty"), None));
+        assert!(!super::case_selected("mtty.qemu.guest_8250", Some("mtty"), Some("qemu,bench")));
     }
 
     use super::*;
