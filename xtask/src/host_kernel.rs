@@ -474,6 +474,18 @@ CONFIG_LOCALVERSION=\"\"
     }
 
     #[test]
+    fn a_dropped_requirement_fails_naming_it_and_what_to_run() {
+        let config = REQUIRED.replace("CONFIG_RUST=y", "# CONFIG_RUST is not set").replace("CONFIG_VFIO_MDEV=m", "");
+        let err = kernel::check_kept(&settings(&[]), &format!("{config}{LOCAL}"), "the settings", Path::new("/s"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONFIG_RUST: wanted y, got n") && err.contains("CONFIG_VFIO_MDEV: wanted m, got n"), "{err}");
+        assert!(err.contains("rustavailable") && err.contains("/s"), "{err}");
+        assert!(!err.contains("CONFIG_VFIO:"), "{err}");
+        assert!(kernel::check_kept(&settings(&[]), &format!("{REQUIRED}{LOCAL}"), "the settings", Path::new("/s")).is_ok());
+    }
+
+    #[test]
     fn btf_stays_with_a_new_pahole_and_goes_with_an_old_one_or_lto() {
         let in_source = |f: &str| f == "debian/certs/debian-uefi-certs.pem";
         let kept = rust_conflicts(DISTRO, Some(124), &in_source);
