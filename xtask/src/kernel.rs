@@ -60,10 +60,16 @@ pub struct KernelBuild {
 }
 
 impl KernelBuild {
-    /// A kernel built elsewhere (for `cargo xtask modules --kdir`).
+    /// A kernel built elsewhere (for `cargo xtask modules --kdir`). Without
+    /// `src`, an `O=` tree's `source` link (Kbuild makes it) names the
+    /// source tree, else the build tree is taken to be the source tree too.
     pub fn external(build: PathBuf, src: Option<PathBuf>) -> Self {
+        let src = src.unwrap_or_else(|| match std::fs::canonicalize(build.join("source")) {
+            Ok(s) if s.join("Makefile").exists() => s,
+            _ => build.clone(),
+        });
         KernelBuild {
-            src: src.unwrap_or_else(|| build.clone()),
+            src,
             modroot: PathBuf::new(),
             release: String::new(),
             build,
@@ -77,7 +83,8 @@ impl KernelBuild {
     }
 }
 
-fn make_jobs() -> String {
+/// `-jN` for make: one job more than there are cores.
+pub fn make_jobs() -> String {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     format!("-j{}", n + 1)
 }
@@ -89,7 +96,7 @@ fn fragment(paths: &Paths, flavor: Flavor) -> Result<String> {
     let base = read(FRAGMENT)?;
     match flavor {
         Flavor::Debug => Ok(base),
-        Flavor::Release => Ok(overlay_fragment(&base, &read(RELEASE_OVERLAY)?)),
+        Flavor::Release => Ok(overlay_fragment(&base, &read(RELEASE_OVERLAY)?, RELEASE_OVERLAY)),
     }
 }
 
@@ -102,43 +109,62 @@ fn option_name(line: &str) -> Option<&str> {
     line.starts_with("CONFIG_").then(|| line.split_once('=').map_or(line, |(n, _)| n))
 }
 
-/// `base` without the lines for options `overlay` sets, then `overlay`.
-pub fn overlay_fragment(base: &str, overlay: &str) -> String {
+/// `base` without the lines for options `overlay` sets, then `overlay`
+/// under a `# --- <heading> ---` line.
+pub fn overlay_fragment(base: &str, overlay: &str, heading: &str) -> String {
     let over: std::collections::HashSet<&str> = overlay.lines().filter_map(option_name).collect();
     let mut out: String = base
         .lines()
         .filter(|l| option_name(l).is_none_or(|n| !over.contains(n)))
         .map(|l| format!("{l}\n"))
         .collect();
-    out.push_str(&format!("\n# --- {RELEASE_OVERLAY} ---\n"));
+    out.push_str(&format!("\n# --- {heading} ---\n"));
     out.push_str(overlay);
     out
 }
 
-/// Everything the cache key covers, as text, so a stale-cache message can say what changed.
-fn key_material(paths: &Paths, flavor: Flavor) -> Result<(String, String)> {
-    let pkg_version = cmd::output(
-        Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]),
-    )
-    .with_context(|| format!("{SOURCE_PACKAGE} is not installed: run `cargo xtask setup`"))?;
-    let fragment = fragment(paths, flavor)?;
+/// The installed version of the kernel source package, e.g. `6.12.118-1~deb12u1`.
+pub fn source_version() -> Result<String> {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]))
+        .with_context(|| format!("{SOURCE_PACKAGE} is not installed: run `cargo xtask setup`"))
+}
+
+/// The versions of the tools that compile the kernel, one `tool version` line each.
+pub fn toolchain_versions() -> String {
     let tool = |c: &mut Command| cmd::probe_version(c).unwrap_or_else(|| "missing".into());
-    let material = format!(
-        "{RECIPE}\npackage {pkg_version}\nclang {}\nlld {}\nrustc {}\nbindgen {}\n--- fragment\n{fragment}",
+    format!(
+        "clang {}\nlld {}\nrustc {}\nbindgen {}\n",
         tool(Command::new("clang").arg("--version")),
         tool(Command::new("ld.lld").arg("--version")),
         tool(Command::new("rustc").arg("--version")),
         setup::bindgen_version().unwrap_or_else(|| "missing".into()),
-    );
+    )
+}
+
+/// The cache key of a build: the first 6 bytes of the SHA-256 of
+/// everything it depends on, in hex.
+pub fn cache_key(material: &str) -> String {
+    Sha256::digest(material.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cache directory name: `<package version><tag>-<key>`, with no `~`
+/// (make cannot have it in a path).
+pub fn cache_dir_name(pkg_version: &str, tag: &str, key: &str) -> String {
+    format!("{pkg_version}{tag}-{key}").replace('~', "_")
+}
+
+/// Everything the cache key covers, as text, so a stale-cache message can say what changed.
+fn key_material(paths: &Paths, flavor: Flavor) -> Result<(String, String)> {
+    let pkg_version = source_version()?;
+    let fragment = fragment(paths, flavor)?;
+    let material = format!("{RECIPE}\npackage {pkg_version}\n{}--- fragment\n{fragment}", toolchain_versions());
     Ok((pkg_version, material))
 }
 
 /// The cache directory of the kernel build for the current key.
 fn current_dir(paths: &Paths, flavor: Flavor) -> Result<PathBuf> {
     let (pkg_version, material) = key_material(paths, flavor)?;
-    let digest = Sha256::digest(material.as_bytes());
-    let key: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    Ok(paths.kernels().join(format!("{pkg_version}{}-{key}", flavor.dir_tag()).replace('~', "_")))
+    Ok(paths.kernels().join(cache_dir_name(&pkg_version, flavor.dir_tag(), &cache_key(&material))))
 }
 
 /// The finished build in cache directory `dir`, if its stamp and bzImage are there.
@@ -196,19 +222,7 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("key.txt"), &material)?;
 
-    if !src.join("Makefile").exists() {
-        note(&format!("unpacking {SOURCE_TARBALL} (about 20 s)"));
-        let unpack = dir.join("unpack.tmp");
-        let _ = std::fs::remove_dir_all(&unpack);
-        std::fs::create_dir_all(&unpack)?;
-        cmd::run(Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&unpack))
-            .with_context(|| format!("cannot unpack {SOURCE_TARBALL}: run `cargo xtask setup`"))?;
-        let _ = std::fs::remove_dir_all(&src);
-        std::fs::rename(unpack.join("linux-source-6.12"), &src)
-            .context("the tarball did not contain linux-source-6.12/")?;
-        let _ = std::fs::remove_dir_all(&unpack);
-    }
-
+    unpack_source(&src)?;
     configure(paths, flavor, &dir, &src, &build)?;
 
     let mut make = Command::new("make");
@@ -233,6 +247,24 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     Ok(KernelBuild { src, build, modroot, release, flavor })
 }
 
+/// Unpacks the kernel source into `src` unless it is there already (an
+/// interrupted unpack leaves only a temporary directory beside it).
+pub fn unpack_source(src: &Path) -> Result<()> {
+    if src.join("Makefile").exists() {
+        return Ok(());
+    }
+    note(&format!("unpacking {SOURCE_TARBALL} (about 20 s)"));
+    let unpack = src.with_file_name("unpack.tmp");
+    let _ = std::fs::remove_dir_all(&unpack);
+    std::fs::create_dir_all(&unpack)?;
+    cmd::run(Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&unpack))
+        .with_context(|| format!("cannot unpack {SOURCE_TARBALL}: run `cargo xtask setup`"))?;
+    let _ = std::fs::remove_dir_all(src);
+    std::fs::rename(unpack.join("linux-source-6.12"), src).context("the tarball did not contain linux-source-6.12/")?;
+    let _ = std::fs::remove_dir_all(&unpack);
+    Ok(())
+}
+
 /// `allnoconfig` with the fragment forced, then a check that Kconfig kept
 /// every option the fragment asks for (it silently drops options whose
 /// dependencies are not met).
@@ -255,7 +287,14 @@ fn configure(paths: &Paths, flavor: Flavor, dir: &Path, src: &Path, build: &Path
             .env("KCONFIG_ALLCONFIG", &fragment_path),
     )?;
     let config = std::fs::read_to_string(build.join(".config"))?;
-    let dropped = config_mismatches(&fragment, &config);
+    check_kept(&fragment, &config, &what, src)
+}
+
+/// Fails naming each option of `wanted` that `config` (Kconfig's result,
+/// from the source tree `src`) does not have as asked: Kconfig silently
+/// drops options whose dependencies are not met.
+pub fn check_kept(wanted: &str, config: &str, what: &str, src: &Path) -> Result<()> {
+    let dropped = config_mismatches(wanted, config);
     if !dropped.is_empty() {
         bail!(
             "Kconfig did not keep these options of {what} (a dependency is missing or the toolchain fails a check; for CONFIG_RUST run `make LLVM=1 rustavailable` in {}):\n  {}",
@@ -344,14 +383,15 @@ fn report_other_caches(paths: &Paths) {
 
 #[cfg(test)]
 mod tests {
-    use super::{config_mismatches, overlay_fragment};
+    use super::{config_mismatches, overlay_fragment, KernelBuild};
 
     #[test]
     fn overlay_replaces_the_options_it_names() {
         let base = "# head\nCONFIG_A=y\nCONFIG_KASAN=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\n";
         let over = "# CONFIG_KASAN is not set\nCONFIG_B=y\n";
-        let merged = overlay_fragment(base, over);
+        let merged = overlay_fragment(base, over, "over");
         assert!(merged.contains("CONFIG_A=y\n") && merged.contains("CONFIG_C=\"x\"\n") && merged.contains("# head"));
+        assert!(merged.contains("\n# --- over ---\n"), "{merged}");
         assert!(!merged.contains("CONFIG_KASAN=y") && !merged.contains("# CONFIG_B is not set"));
         let config = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=\"x\"\n";
         assert!(config_mismatches(&merged, config).is_empty());
@@ -370,6 +410,24 @@ mod tests {
                 "CONFIG_IOMMUFD: wanted n, got y",
             ]
         );
+    }
+
+    #[test]
+    fn an_external_o_tree_finds_its_source_through_the_source_link() {
+        let base = std::env::temp_dir().join(format!("xtask-kernel-external-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (src, build) = (base.join("src"), base.join("build"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        // Without a source link (or one to no kernel tree), the build tree is the source tree.
+        assert_eq!(KernelBuild::external(build.clone(), None).src, build);
+        std::os::unix::fs::symlink(&src, build.join("source")).unwrap();
+        assert_eq!(KernelBuild::external(build.clone(), None).src, build, "src has no Makefile yet");
+        std::fs::write(src.join("Makefile"), "").unwrap();
+        assert_eq!(KernelBuild::external(build.clone(), None).src, std::fs::canonicalize(&src).unwrap());
+        // --ksrc wins.
+        assert_eq!(KernelBuild::external(build.clone(), Some(base.join("other"))).src, base.join("other"));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

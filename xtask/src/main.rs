@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod host_kernel;
 mod inner;
 mod install;
 mod kernel;
@@ -78,6 +79,27 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "debug")]
         flavor: kernel::Flavor,
     },
+    /// Debian packages (bindeb-pkg) of the same 6.12 source for your own
+    /// machine, with what the modules need (RUST, VFIO with its container
+    /// and type1, mdev); prints the packages and the next commands.
+    HostKernel {
+        /// The config to start from; default: the running kernel's
+        /// /boot/config-$(uname -r).
+        #[arg(long, value_name = "FILE", conflicts_with = "from_test_kernel")]
+        config: Option<std::path::PathBuf>,
+        /// Start from the cached test kernel's config instead (small and
+        /// quick to build: to try the packages, e.g. in a VM).
+        #[arg(long)]
+        from_test_kernel: bool,
+        /// Keep only the drivers of the modules loaded now (`make
+        /// localmodconfig`): a much shorter build of a distribution config.
+        #[arg(long)]
+        localmodconfig: bool,
+        /// Write and check the config, print what changed and a time
+        /// estimate, and stop before building.
+        #[arg(long)]
+        configure_only: bool,
+    },
     /// Build kmod-iommu and kmod-mtty out of tree against the test kernel,
     /// or against another kernel's build tree (`--kdir`).
     Modules {
@@ -85,8 +107,9 @@ enum Cmd {
         /// directory if it was built with one), e.g. /lib/modules/$(uname -r)/build.
         #[arg(long)]
         kdir: Option<std::path::PathBuf>,
-        /// The kernel's source tree, if not the same as --kdir (the modules
-        /// need its internal drivers/vfio/vfio.h).
+        /// The kernel's source tree (the modules need its internal
+        /// drivers/vfio/vfio.h); default: what --kdir's `source` link names
+        /// (an O= tree has one), else --kdir itself.
         #[arg(long, requires = "kdir")]
         ksrc: Option<std::path::PathBuf>,
     },
@@ -235,6 +258,16 @@ fn main() {
     let result: Result<bool> = match cli.command {
         Cmd::Setup => setup::setup_retrying(&paths).map(|_| true),
         Cmd::Kernel { flavor } => setup::setup(&paths).and_then(|_| kernel::kernel(&paths, flavor)).map(|_| true),
+        Cmd::HostKernel { config, from_test_kernel, localmodconfig, configure_only } => {
+            let base = match (config, from_test_kernel) {
+                (_, true) => Some(host_kernel::Base::TestKernel),
+                (Some(f), false) => Some(host_kernel::Base::File(f)),
+                (None, false) => None,
+            };
+            setup::setup(&paths)
+                .and_then(|_| host_kernel::host_kernel(&paths, host_kernel::HostKernelOpts { base, localmodconfig, configure_only }))
+                .map(|_| true)
+        }
         Cmd::Modules { kdir: None, .. } => setup::setup(&paths)
             .and_then(|_| kernel::kernel(&paths, kernel::Flavor::Debug))
             .and_then(|k| modules::modules(&paths, &k))

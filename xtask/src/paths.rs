@@ -61,6 +61,11 @@ impl Paths {
         self.cache.join("kernel")
     }
 
+    /// Where `cargo xtask host-kernel` builds its packages, one directory per cache key.
+    pub fn host_kernels(&self) -> PathBuf {
+        self.cache.join("host-kernel")
+    }
+
     /// Cargo's target directory of the workspace.
     pub fn target(&self) -> PathBuf {
         std::env::var_os("CARGO_TARGET_DIR")
