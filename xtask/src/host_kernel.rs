@@ -293,13 +293,8 @@ pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
         step(&format!("host kernel {}: cached in {}", p.release, dir.display()));
         return report(&p, &build);
     }
-    std::fs::create_dir_all(&dir)?;
     // One build per cache directory at a time, as for the test kernel.
-    let lock = std::fs::File::create(dir.join("build.lock"))?;
-    if lock.try_lock().is_err() {
-        note(&format!("another cargo xtask is building these packages in {}: waiting for it", dir.display()));
-        lock.lock().context("cannot lock the host kernel cache directory")?;
-    }
+    let _lock = kernel::lock_build_dir(&dir, "these packages")?;
     if let Some(p) = cached() {
         step(&format!("host kernel {}: built by the other cargo xtask, in {}", p.release, dir.display()));
         return report(&p, &build);

@@ -207,12 +207,7 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
     // One build per cache directory at a time: a second `cargo xtask` that
     // needs the same kernel waits for the first, then uses its build (two
     // makes in one tree break each other's objects).
-    std::fs::create_dir_all(&dir)?;
-    let lock = std::fs::File::create(dir.join("build.lock"))?;
-    if lock.try_lock().is_err() {
-        note(&format!("another cargo xtask is building this kernel in {}: waiting for it", dir.display()));
-        lock.lock().context("cannot lock the kernel cache directory")?;
-    }
+    let _lock = lock_build_dir(&dir, "this kernel")?;
     if let Some(kb) = cached() {
         step(&format!("kernel {}: built by the other cargo xtask, in {}", kb.release, dir.display()));
         return Ok(kb);
@@ -366,6 +361,19 @@ fn current_dirs(paths: &Paths) -> Result<Vec<PathBuf>> {
     let debug = current_dir(paths, Flavor::Debug)?;
     let inner = crate::inner::current_dir(paths, &KernelBuild::external(PathBuf::new(), Some(debug.join("src"))))?;
     Ok(vec![current_dir(paths, Flavor::Release)?, inner, debug])
+}
+
+/// Creates the cache directory `dir` and takes its `build.lock`, waiting
+/// (and saying so) while another `cargo xtask` builds `what` there. The
+/// lock is held until the returned file is dropped.
+pub fn lock_build_dir(dir: &Path, what: &str) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join("build.lock"))?;
+    if lock.try_lock().is_err() {
+        note(&format!("another cargo xtask is building {what} in {}: waiting for it", dir.display()));
+        lock.lock().with_context(|| format!("cannot lock {}", dir.join("build.lock").display()))?;
+    }
+    Ok(lock)
 }
 
 fn report_other_caches(paths: &Paths) {
