@@ -100,10 +100,7 @@ fn size_of<T>() -> u32 {
 /// mm's `pinned_vm` (per-mm accounting mode also charges `locked_vm`),
 /// where type1 uses `locked_vm` alone.
 pub fn vm_pinned_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmPin:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
+    crate::vfio::status_kb("self", "VmPin:")
 }
 
 fn open_rw(path: &str) -> Result<File, Fail> {

@@ -454,12 +454,14 @@ pub fn vm_locked_kb() -> u64 {
 
 /// `VmLck` in kB of the process `pid` ("self" or a number); 0 when it is gone.
 pub fn vm_locked_kb_of(pid: &str) -> u64 {
+    status_kb(pid, "VmLck:")
+}
+
+/// The kB value of the `/proc/<pid>/status` line starting with `field`
+/// (e.g. "VmPin:"); 0 when the process or the line is gone.
+pub fn status_kb(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmLck:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
