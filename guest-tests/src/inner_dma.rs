@@ -18,6 +18,7 @@
 //! `INNER-DMA FAIL ...` and exits 1.
 
 use crate::mtty_dma_regs as r;
+use crate::pci::read_hex;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -27,15 +28,10 @@ const PAGE: usize = 4096;
 /// The mtty's PCI IDs (the WCH CH352 its config space describes).
 const MTTY_PCI_ID: (u16, u16) = (0x4348, 0x3253);
 
-fn sysfs_id(dev: &std::path::Path, name: &str) -> Option<u16> {
-    let s = std::fs::read_to_string(dev.join(name)).ok()?;
-    u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
-}
-
 fn find_mtty() -> Result<std::path::PathBuf, String> {
     let dir = std::fs::read_dir("/sys/bus/pci/devices").map_err(|e| format!("/sys/bus/pci/devices: {e}"))?;
     dir.filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|d| sysfs_id(d, "vendor") == Some(MTTY_PCI_ID.0) && sysfs_id(d, "device") == Some(MTTY_PCI_ID.1))
+        .find(|d| read_hex(&d.join("vendor")) == Some(MTTY_PCI_ID.0) && read_hex(&d.join("device")) == Some(MTTY_PCI_ID.1))
         .ok_or_else(|| "no mtty PCI function".to_owned())
 }
 

@@ -41,7 +41,8 @@ fn sysfs(bdf: &str) -> PathBuf {
     Path::new("/sys/bus/pci/devices").join(bdf)
 }
 
-fn read_hex(p: &Path) -> Option<u16> {
+/// A sysfs hex ID file (`vendor`, `device`), e.g. "0x1b36".
+pub(crate) fn read_hex(p: &Path) -> Option<u16> {
     let s = std::fs::read_to_string(p).ok()?;
     u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
 }
