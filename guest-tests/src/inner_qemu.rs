@@ -114,6 +114,12 @@ impl InnerQemu {
         None
     }
 
+    /// Waits until `deadline` for a line starting with `prefix`; false if a
+    /// line with `FAIL` comes first, or none by then.
+    pub fn reached(&mut self, deadline: Instant, prefix: &str) -> bool {
+        self.wait_for(deadline, |l| l.starts_with(prefix) || l.contains("FAIL")).is_some_and(|l| !l.contains("FAIL"))
+    }
+
     /// The inner guest's verdict: waits for `INNER-RESULT` until `deadline`.
     pub fn result(&mut self, deadline: Instant) -> Option<bool> {
         self.wait_for(deadline, |l| l.starts_with("INNER-RESULT "))

@@ -207,11 +207,11 @@ fn migrate_while_streaming(
     rust_mtty: bool,
 ) -> CaseResult {
     let started = format!("INNER-STREAM {MIGRATE_AT_LINE} ok");
-    if src.wait_for(deadline, |l| l.starts_with(&started) || l.contains("FAIL")).filter(|l| !l.contains("FAIL")).is_none() {
+    if !src.reached(deadline, &started) {
         return Err(fail(format!("the source never streamed {MIGRATE_AT_LINE} lines (last: {:?})", src.lines.last())));
     }
     // Our mtty's engine has copied on the source before the migration starts.
-    if rust_mtty && src.wait_for(deadline, |l| l.starts_with("INNER-DMA round 2 ") || l.contains("FAIL")).filter(|l| !l.contains("FAIL")).is_none() {
+    if rust_mtty && !src.reached(deadline, "INNER-DMA round 2 ") {
         return Err(fail(format!("the DMA engine never completed 2 rounds on the source (last: {:?})", src.lines.last())));
     }
     let mut qmp = Qmp::connect(std::path::Path::new(src_qmp), Duration::from_secs(10))?;
