@@ -114,9 +114,19 @@ impl InnerQemu {
         None
     }
 
-    /// Waits until `deadline` for a line starting with `prefix`; false if a
-    /// line with `FAIL` comes first, or none by then.
+    /// Whether the guest has printed a line starting with `prefix`, among
+    /// the lines read so far (an earlier wait may have read past it) or,
+    /// waiting until `deadline`, among the next ones; false if a line with
+    /// `FAIL` comes first, or none by then.
     pub fn reached(&mut self, deadline: Instant, prefix: &str) -> bool {
+        for l in &self.lines {
+            if l.contains("FAIL") {
+                return false;
+            }
+            if l.starts_with(prefix) {
+                return true;
+            }
+        }
         self.wait_for(deadline, |l| l.starts_with(prefix) || l.contains("FAIL")).is_some_and(|l| !l.contains("FAIL"))
     }
 
