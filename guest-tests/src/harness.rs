@@ -128,19 +128,26 @@ pub struct RunConfig {
 }
 
 /// Writes KTAP lines to stdout and to `results.ktap` as they happen.
-struct Ktap {
+pub(crate) struct Ktap {
     file: std::fs::File,
     n: usize,
 }
 
 impl Ktap {
-    fn line(&mut self, s: &str) {
+    /// A new `results.ktap` in `results`.
+    pub(crate) fn create(results: &Path) -> Ktap {
+        let _ = std::fs::create_dir_all(results);
+        let file = std::fs::File::create(results.join("results.ktap")).expect("results dir must be writable");
+        Ktap { file, n: 0 }
+    }
+
+    pub(crate) fn line(&mut self, s: &str) {
         println!("{s}");
         let _ = writeln!(self.file, "{s}");
         let _ = self.file.flush();
     }
 
-    fn result(&mut self, name: &str, verdict: &Verdict, diags: &[String]) {
+    pub(crate) fn result(&mut self, name: &str, verdict: &Verdict, diags: &[String]) {
         for d in diags {
             self.line(&format!("# {d}"));
         }
@@ -164,7 +171,7 @@ pub enum Verdict {
     Skip(String),
 }
 
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -180,7 +187,7 @@ fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn module_loaded(name: &str) -> bool {
+pub(crate) fn module_loaded(name: &str) -> bool {
     Path::new("/sys/module").join(name).exists()
 }
 
@@ -291,7 +298,7 @@ pub fn run_self(args: &[&str], limit: Duration) -> Result<ChildRun, String> {
     Ok(ChildRun { status, stdout: ho.join().unwrap_or_default(), stderr: he.join().unwrap_or_default() })
 }
 
-fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
+pub(crate) fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
     let limit = suites::case_timeout(name).map_or(cfg.case_timeout, |t| t.max(cfg.case_timeout));
     let results = cfg.results.to_string_lossy();
     let run = match run_self(&["case", name, "--backend", b.name(), "--results", &results], limit) {
@@ -316,7 +323,7 @@ fn run_case(cfg: &RunConfig, name: &str, b: Backend) -> (Verdict, Vec<String>) {
     (verdict, diags)
 }
 
-fn ensure_debugfs() {
+pub(crate) fn ensure_debugfs() {
     if !Path::new("/sys/kernel/debug/kmemleak").exists() {
         let _ = sh("mount", &["-t", "debugfs", "none", "/sys/kernel/debug"]);
     }
@@ -324,9 +331,7 @@ fn ensure_debugfs() {
 
 /// Runs the selected cases on each backend; returns whether all passed.
 pub fn run(cfg: &RunConfig) -> bool {
-    let _ = std::fs::create_dir_all(&cfg.results);
-    let file = std::fs::File::create(cfg.results.join("results.ktap")).expect("results dir must be writable");
-    let mut k = Ktap { file, n: 0 };
+    let mut k = Ktap::create(&cfg.results);
     ensure_debugfs();
     // Only leaks made during this run count: forget what boot left.
     let _ = std::fs::write("/sys/kernel/debug/kmemleak", "clear");

@@ -276,8 +276,23 @@ fn pahole() -> (Option<u32>, String) {
     (line.as_deref().and_then(parse_pahole_version), line.unwrap_or_else(|| "missing".into()))
 }
 
-/// `cargo xtask host-kernel`.
+/// A finished build: its packages and the `O=` tree modules build against.
+pub struct HostBuild {
+    pub packages: Packages,
+    pub build: PathBuf,
+}
+
+/// `cargo xtask host-kernel`: builds (or finds) the packages and says what
+/// to do with them.
 pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
+    if let Some(b) = build(paths, opts)? {
+        report(&b);
+    }
+    Ok(())
+}
+
+/// Builds the packages, or finds them in the cache; `None` with `--configure-only`.
+pub fn build(paths: &Paths, opts: HostKernelOpts) -> Result<Option<HostBuild>> {
     let configure_only = opts.configure_only;
     let (base, base_name) = base_config(paths, opts.base)?;
     let pkg_version = kernel::source_version()?;
@@ -291,13 +306,13 @@ pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
     let cached = || std::fs::read_to_string(&stamp).ok().and_then(|t| Packages::from_stamp(&t));
     if let Some(p) = cached() {
         step(&format!("host kernel {}: cached in {}", p.release, dir.display()));
-        return report(&p, &build);
+        return Ok(Some(HostBuild { packages: p, build }));
     }
     // One build per cache directory at a time, as for the test kernel.
     let _lock = kernel::lock_build_dir(&dir, "these packages")?;
     if let Some(p) = cached() {
         step(&format!("host kernel {}: built by the other cargo xtask, in {}", p.release, dir.display()));
-        return report(&p, &build);
+        return Ok(Some(HostBuild { packages: p, build }));
     }
     if !configure_only && cmd::probe_version(Command::new("dpkg-buildpackage").arg("--version")).is_none() {
         bail!("dpkg-buildpackage is missing (bindeb-pkg runs it): `sudo apt-get install dpkg-dev`, then run this again");
@@ -328,7 +343,7 @@ pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
         note(&format!("configured, not built: {estimate}"));
         println!("config: {}", build.join(".config").display());
         println!("build it: cargo xtask host-kernel with the same options, without --configure-only");
-        return Ok(());
+        return Ok(None);
     }
     note(&format!("compiling and packaging: {estimate}; progress every 30 s"));
     cmd::run_with_progress(bindeb_command(&src, &build, &kernel::make_jobs()), &dir.join("bindeb-pkg.log"), "bindeb-pkg")?;
@@ -348,7 +363,7 @@ pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
     };
     let p = Packages { release, image: dir.join(image), headers: dir.join(headers) };
     std::fs::write(&stamp, p.stamp_text())?;
-    report(&p, &build)
+    Ok(Some(HostBuild { packages: p, build }))
 }
 
 /// Writes the config into `build/.config`: the base, `make localmodconfig`
@@ -389,7 +404,8 @@ fn configure(src: &Path, build: &Path, base: &str, base_name: &str, localmodconf
 }
 
 /// Prints the packages and what to do with them.
-fn report(p: &Packages, build: &Path) -> Result<()> {
+fn report(b: &HostBuild) {
+    let (p, build) = (&b.packages, &b.build);
     println!("image:   {}", p.image.display());
     println!("headers: {}", p.headers.display());
     println!("build tree (keep it: the modules build against it): {}", build.display());
@@ -398,7 +414,6 @@ fn report(p: &Packages, build: &Path) -> Result<()> {
     println!("  sudo reboot        # into {} (GRUB's \"Advanced options\" if it is not the default)", p.release);
     println!("  cargo xtask modules --kdir {}", build.display());
     println!("  sudo env \"PATH=$PATH\" cargo xtask install --kdir {}", build.display());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -225,10 +225,11 @@ fn depmod(root: &Path, release: &str) -> Result<()> {
 
 /// `cargo xtask install [--kdir DIR] [--root DIR] [--uninstall]`.
 pub fn install(paths: &Paths, kdir: Option<PathBuf>, root: &Path, uninstall: bool) -> Result<()> {
+    let test_kernel = kernel::cached(paths, Flavor::Debug)?.map(|k| k.build);
     let kdir = match kdir {
         Some(k) => k,
-        None => match kernel::cached(paths, Flavor::Debug)? {
-            Some(k) => k.build,
+        None => match test_kernel.clone() {
+            Some(k) => k,
             None => bail!(
                 "no test kernel in the cache: run `cargo xtask modules` (it builds the kernel and the modules), \
                  or pass --kdir with the build tree the modules were built against"
@@ -245,7 +246,14 @@ pub fn install(paths: &Paths, kdir: Option<PathBuf>, root: &Path, uninstall: boo
         })?
         .trim()
         .to_owned();
-    let plan = Plan::new(root, &release, &BuiltModules::of(paths, Flavor::Debug).kos());
+    // `cargo xtask modules` builds for the test kernel into a tree of its
+    // own, and `--kdir` builds into one per kernel tree.
+    let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
+    let built = match &test_kernel {
+        Some(t) if same(t, &kdir) => BuiltModules::of(paths, Flavor::Debug),
+        _ => BuiltModules::for_kdir(paths, &kdir),
+    };
+    let plan = Plan::new(root, &release, &built.kos());
     if uninstall {
         step(&format!("uninstall: the vfio-rs modules for {release} from {}", root.display()));
         uninstall_files(&plan)?;

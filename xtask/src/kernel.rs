@@ -57,6 +57,8 @@ pub struct KernelBuild {
     /// `make kernelrelease`.
     pub release: String,
     pub flavor: Flavor,
+    /// Built elsewhere (`--kdir`), not one of the cached kernels.
+    pub external: bool,
 }
 
 impl KernelBuild {
@@ -74,6 +76,7 @@ impl KernelBuild {
             release: String::new(),
             build,
             flavor: Flavor::Debug,
+            external: true,
         }
     }
 
@@ -176,6 +179,7 @@ fn finished_build(dir: &Path, flavor: Flavor) -> Option<KernelBuild> {
         modroot: dir.join("modroot"),
         release: release.trim().to_owned(),
         flavor,
+        external: false,
     };
     if kb.bzimage().exists() {
         return Some(kb);
@@ -239,7 +243,7 @@ pub fn kernel(paths: &Paths, flavor: Flavor) -> Result<KernelBuild> {
         .to_owned();
     std::fs::write(&stamp, &release)?;
     note(&format!("kernel {release} ready"));
-    Ok(KernelBuild { src, build, modroot, release, flavor })
+    Ok(KernelBuild { src, build, modroot, release, flavor, external: false })
 }
 
 /// Unpacks the kernel source into `src` unless it is there already (an

@@ -7,6 +7,7 @@ mod fuzz;
 mod host_kernel;
 mod inner;
 mod install;
+mod installed;
 mod kernel;
 mod modules;
 mod paths;

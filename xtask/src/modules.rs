@@ -29,8 +29,26 @@ pub struct BuiltModules {
 }
 
 impl BuiltModules {
-    /// The modules built against `flavor`'s kernel (or an external `--kdir`,
-    /// which counts as debug), whether or not they were built yet.
+    /// The modules built against `kernel`, whether or not they were built yet.
+    pub fn for_kernel(paths: &Paths, kernel: &KernelBuild) -> Self {
+        if kernel.external {
+            BuiltModules::for_kdir(paths, &kernel.build)
+        } else {
+            BuiltModules::of(paths, kernel.flavor)
+        }
+    }
+
+    /// The modules built against the kernel tree `kdir` given with
+    /// `--kdir`: a directory of their own per tree, so that building for
+    /// another kernel never replaces the test kernel's objects.
+    pub fn for_kdir(paths: &Paths, kdir: &Path) -> Self {
+        let canonical = std::fs::canonicalize(kdir).unwrap_or_else(|_| kdir.to_owned());
+        let key = crate::kernel::cache_key(&canonical.to_string_lossy());
+        BuiltModules { tree: paths.target().join(format!("kmod-kdir-{key}")).join("tree") }
+    }
+
+    /// The modules built against `flavor`'s cached kernel, whether or not
+    /// they were built yet.
     pub fn of(paths: &Paths, flavor: Flavor) -> Self {
         // One build directory per kernel flavour: Kbuild's objects are only
         // valid for the kernel they were built against.
@@ -50,7 +68,7 @@ impl BuiltModules {
 
 /// Mirrors, generates bindings and runs Kbuild for every module.
 pub fn modules(paths: &Paths, kernel: &KernelBuild) -> Result<BuiltModules> {
-    let built = BuiltModules::of(paths, kernel.flavor);
+    let built = BuiltModules::for_kernel(paths, kernel);
     let tree = built.tree.clone();
     let base = tree.parent().expect("the tree has a build directory above it").to_path_buf();
     step("modules: building kmod-iommu and kmod-mtty out of tree");

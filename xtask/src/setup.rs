@@ -28,6 +28,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     "mdevctl",
     "linux-perf",
+    // bindeb-pkg (`cargo xtask host-kernel`, and the boot from those
+    // packages in `cargo xtask test`) runs dpkg-buildpackage.
+    "dpkg-dev",
 ];
 
 /// The bindgen-cli release the modules' bindings are generated with.

@@ -2,6 +2,7 @@
 
 use crate::cmd::{self, note, step};
 use crate::inner;
+use crate::installed;
 use crate::kernel::{self, KernelBuild};
 use crate::modules::{self, BuiltModules};
 use crate::paths::Paths;
@@ -293,14 +294,26 @@ pub fn test(paths: &Paths, o: &TestOpts) -> Result<bool> {
         done.store(true, Ordering::Relaxed);
         run
     })?;
-    let guest = judge(&run, &results, &log);
+    let guest = judge(&run, &results, &log, "");
     total.add(guest);
+    // The boot from the project's own packages: our modules, so not on a
+    // C-only run.
+    let rust = !matches!(o.backend, BackendArg::C);
+    if rust && case_selected(installed::PREFIX, o.filter.as_deref(), o.skip.as_deref()) {
+        if guest.failed > 0 && !o.keep_going {
+            println!("SKIP {}* (the suites failed: use --keep-going to boot the packages anyway)", installed::PREFIX);
+        } else {
+            total.add(installed::run(paths, &p)?);
+        }
+    }
     println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
     Ok(total.failed == 0)
 }
 
-/// Turns a finished VM run into one line per test plus the kernel-log verdict.
-fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tally {
+/// Turns a finished VM run into one line per test plus the kernel-log
+/// verdict; `prefix` starts the names of the run's own checks
+/// (`vm.finished`, `kernel.log_clean`).
+pub fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path, prefix: &str) -> Tally {
     let mut t = Tally::default();
     let ktap = std::fs::read_to_string(results.join("results.ktap")).unwrap_or_default();
     for r in report::parse_ktap(&ktap) {
@@ -326,15 +339,15 @@ fn judge(run: &vm::Run, results: &std::path::Path, log: &std::path::Path) -> Tal
     if !finished {
         t.failed += 1;
         let why = if run.timed_out { "the VM timed out (hung guest?)" } else { "the guest runner did not finish (kernel panic or crash?)" };
-        println!("FAIL vm.finished: {why}; console log: {}", log.display());
+        println!("FAIL {prefix}vm.finished: {why}; console log: {}", log.display());
     }
     let splats = report::run_splats(&run.console, results);
     if splats.is_empty() && finished {
         t.passed += 1;
-        println!("PASS kernel.log_clean (no warnings, lockdep, KASAN, kmemleak or other reports)");
+        println!("PASS {prefix}kernel.log_clean (no warnings, lockdep, KASAN, kmemleak or other reports)");
     } else if !splats.is_empty() {
         t.failed += 1;
-        println!("FAIL kernel.log_clean: {} kernel report(s); full log: {}", splats.len(), log.display());
+        println!("FAIL {prefix}kernel.log_clean: {} kernel report(s); full log: {}", splats.len(), log.display());
         for s in splats.iter().take(20) {
             println!("       [{}] {}", s.kind, s.line);
         }
@@ -464,7 +477,7 @@ test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; 
         std::fs::write(dir.join("results.ktap"), "KTAP version 1\n1..1\nok 1 type1.api_version [c]\n").unwrap();
         let console = "[    5.000000] WARNING: CPU: 0 PID: 1 at kmod-iommu/x.rs:1 f+0x1/0x2 [vfio_iommu_type1_rs]\nVFIO-RS-GUEST-DONE\n";
         let run = vm::Run { console: console.into(), timed_out: false, success: true };
-        let t = judge(&run, &dir, &dir.join("console.log"));
+        let t = judge(&run, &dir, &dir.join("console.log"), "");
         assert_eq!(t, Tally { passed: 1, failed: 1, skipped: 0 });
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -475,7 +488,7 @@ test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; 
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("results.ktap"), "ok 1 a\n# got 22, wanted 17\nnot ok 2 b\n").unwrap();
         let run = vm::Run { console: "[  1.0] Kernel panic - not syncing: Fatal exception\n".into(), timed_out: false, success: false };
-        let t = judge(&run, &dir, &dir.join("console.log"));
+        let t = judge(&run, &dir, &dir.join("console.log"), "");
         // a passed; b failed; the guest did not finish; the panic is a report.
         assert_eq!(t, Tally { passed: 1, failed: 3, skipped: 0 });
         std::fs::remove_dir_all(&dir).unwrap();

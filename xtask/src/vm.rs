@@ -113,14 +113,14 @@ pub struct Run {
 }
 
 impl Boot {
-    fn command(&self, paths: &Paths, kernel: &KernelBuild) -> Command {
+    fn command(&self, paths: &Paths, image: &Path) -> Command {
         let mut c = Command::new(paths.vng());
         // vng runs virtme-run and friends from PATH: put the venv first.
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut dirs = vec![paths.venv().join("bin")];
         dirs.extend(std::env::split_paths(&path));
         c.env("PATH", std::env::join_paths(dirs).unwrap_or(path));
-        c.arg("--run").arg(kernel.bzimage());
+        c.arg("--run").arg(image);
         c.args(machine_args(self.accel, self.icount));
         if let Some(r) = &self.results {
             c.arg(format!("--rwdir={}", r.display()));
@@ -135,12 +135,20 @@ impl Boot {
         c
     }
 
-    /// Boots, waits for the guest command (or the timeout) and returns the console.
+    /// Boots `kernel`, waits for the guest command (or the timeout) and
+    /// returns the console.
     pub fn run(&self, paths: &Paths, kernel: &KernelBuild, log: &Path) -> Result<Run> {
+        self.run_image(paths, &kernel.bzimage(), log)
+    }
+
+    /// As [`Boot::run`], with a kernel image file. For an image inside an
+    /// unpacked root (`<root>/boot/vmlinuz-<release>`), vng gives the guest
+    /// that root's `lib/modules/<release>` as its `/lib/modules/<release>`.
+    pub fn run_image(&self, paths: &Paths, image: &Path, log: &Path) -> Result<Run> {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut c = self.command(paths, kernel);
+        let mut c = self.command(paths, image);
         if self.interactive {
             let status = c.status().context("could not start vng: run `cargo xtask setup`")?;
             return Ok(Run { console: String::new(), timed_out: false, success: status.success() });
