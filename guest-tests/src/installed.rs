@@ -48,10 +48,18 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
-/// The running kernel is the packaged one.
-fn kernel_release(release: &str) -> Result<(), String> {
+/// The running kernel is the packaged one (its release, and the build
+/// number bindeb-pkg gave it, `#N` in `/proc/version`), and its modules
+/// directory is the unpacked root's.
+fn packaged_kernel(release: &str, build: &str, root: &Path) -> Result<(), String> {
     let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| format!("osrelease: {e}"))?;
-    check(running.trim() == release, || format!("running kernel {}, wanted the packaged {release}", running.trim()))
+    check(running.trim() == release, || format!("running kernel {}, wanted the packaged {release}", running.trim()))?;
+    let version = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
+    check(version.contains(&format!(" #{build} ")), || format!("/proc/version is {version:?}, wanted build #{build}"))?;
+    let dir = format!("/lib/modules/{release}");
+    let real = std::fs::canonicalize(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    check(real.starts_with(&root), || format!("{dir} is {}, not inside {}", real.display(), root.display()))
 }
 
 /// The root's modprobe.d (with install's file) replaces the host's.
@@ -102,7 +110,7 @@ fn modprobe_remove() -> Result<(), String> {
 }
 
 /// Runs the checks; returns whether all passed.
-pub fn run(results: &Path, release: &str, root: &Path) -> bool {
+pub fn run(results: &Path, release: &str, build: &str, root: &Path) -> bool {
     let mut k = Ktap::create(results);
     harness::ensure_debugfs();
     let _ = std::fs::write("/sys/kernel/debug/kmemleak", "clear");
@@ -119,7 +127,7 @@ pub fn run(results: &Path, release: &str, root: &Path) -> bool {
     k.line("KTAP version 1");
     k.line(&format!("1..{}", 5 + CASES.len()));
     let steps: [(&str, &Check); 4] = [
-        ("installed.kernel_release", &|| kernel_release(release)),
+        ("installed.packaged_kernel", &|| packaged_kernel(release, build, root)),
         ("installed.modprobe_d", &|| modprobe_d(root)),
         ("installed.modprobe_vfio", &|| modprobe_vfio(release)),
         ("installed.modprobe_mtty_rs", &|| modprobe_mtty_rs(release)),

@@ -36,7 +36,7 @@ pub const EXIT_SKIP: i32 = 77;
 fn usage() -> ! {
     eprintln!(
         "usage:\n  vfio-guest run --results DIR --modroot DIR --kmods DIR --backends c,rust [--filter S] [--skip S] [--keep-going]\n  vfio-guest load|unload --backends c|rust --modroot DIR --kmods DIR
-  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest installed --results DIR --release REL --root DIR   (in the VM booted from the packages)\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest vaddr-exec-successor --container FD --memfd FD --out FD   (exec'd by type1_iommu.history.vaddr_after_exec)\n  vfio-guest list"
+  vfio-guest case NAME --backend c|rust\n  vfio-guest bench --results DIR --modroot DIR --kmods DIR --backends C_SIDE,RUST_SIDE [--rounds N] [--filter A,B] [--scale F] [--perf [--perf-freq HZ]]\n  vfio-guest bench-one WORKLOAD --backend B [--scale F]\n  vfio-guest fuzz --results DIR --modroot DIR --kmods DIR [--seed S] [--seconds N] [--batch N] [--no-engine] [--only I,J]\n  vfio-guest fuzz-exec --in FILE --out FILE [--engine]\n  vfio-guest demo --backend c|rust|type1-rs|mtty-rs\n  vfio-guest installed --results DIR --release REL --build N --root DIR   (in the VM booted from the packages)\n  vfio-guest inner-dma --stop FILE [--pages N]   (inside the nested guest of qemu.migrate_mtty)\n  vfio-guest vaddr-exec-successor --container FD --memfd FD --out FD   (exec'd by type1_iommu.history.vaddr_after_exec)\n  vfio-guest list"
     );
     std::process::exit(2)
 }
@@ -210,7 +210,12 @@ fn main() {
         }
         "installed" => {
             let results = PathBuf::from(args.required("--results"));
-            let ok = installed::run(&results, &args.required("--release"), &PathBuf::from(args.required("--root")));
+            let ok = installed::run(
+                &results,
+                &args.required("--release"),
+                &args.required("--build"),
+                &PathBuf::from(args.required("--root")),
+            );
             std::process::exit(if ok { 0 } else { 1 });
         }
         "demo" => {

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bump when the way the packages are built changes, so old caches are not reused.
-const RECIPE: &str = "host-recipe-1: base (+localmodconfig) + settings, olddefconfig, LLVM=1 bindeb-pkg";
+const RECIPE: &str = "host-recipe-2: base (+localmodconfig) + settings, olddefconfig, LLVM=1 bindeb-pkg; \
+     test-kernel base: a copy of its build tree on its source, its release";
 
 /// What our modules need of the kernel they load into.
 pub const REQUIRED: &str = "\
@@ -160,9 +161,10 @@ pub fn rust_conflicts(base: &str, pahole: Option<u32>, in_source: &dyn Fn(&str) 
     out
 }
 
-/// The fragment applied over the base: [`REQUIRED`], [`LOCAL`] and the changes.
-pub fn settings(changes: &[Change]) -> String {
-    let mut text = format!("{REQUIRED}{LOCAL}");
+/// The fragment applied over the base: [`REQUIRED`], [`LOCAL`] unless
+/// the base keeps its own release suffix (`local`), and the changes.
+pub fn settings(changes: &[Change], local: bool) -> String {
+    let mut text = if local { format!("{REQUIRED}{LOCAL}") } else { REQUIRED.to_owned() };
     for c in changes {
         text.push_str(&format!("# {}\n", c.why));
         for l in &c.lines {
@@ -294,13 +296,22 @@ pub fn host_kernel(paths: &Paths, opts: HostKernelOpts) -> Result<()> {
 /// Builds the packages, or finds them in the cache; `None` with `--configure-only`.
 pub fn build(paths: &Paths, opts: HostKernelOpts) -> Result<Option<HostBuild>> {
     let configure_only = opts.configure_only;
+    // From the test kernel, the build is incremental: it starts from a copy
+    // of that kernel's build tree, on its source, and keeps its release
+    // (`-vfio-rs`, as distinct from Debian's kernels as `-vfio-rs-host`), so
+    // the config stays the same and bindeb-pkg mostly packages.
+    let seed = match opts.base {
+        Some(Base::TestKernel) => kernel::cached(paths, Flavor::Debug)?,
+        _ => None,
+    };
     let (base, base_name) = base_config(paths, opts.base)?;
     let pkg_version = kernel::source_version()?;
     let (pahole_version, pahole_line) = pahole();
     let modules = if opts.localmodconfig { loaded_modules()? } else { String::new() };
     let material = key_material(&pkg_version, &kernel::toolchain_versions(), &pahole_line, &modules, &base);
     let dir = paths.host_kernels().join(kernel::cache_dir_name(&pkg_version, "", &kernel::cache_key(&material)));
-    let (src, build) = (dir.join("src"), dir.join("build"));
+    let src = seed.as_ref().map_or_else(|| dir.join("src"), |k| k.src.clone());
+    let build = dir.join("build");
     let stamp = dir.join("ready");
 
     let cached = || std::fs::read_to_string(&stamp).ok().and_then(|t| Packages::from_stamp(&t));
@@ -319,8 +330,31 @@ pub fn build(paths: &Paths, opts: HostKernelOpts) -> Result<Option<HostBuild>> {
     }
     step(&format!("host kernel: Debian packages of linux-source-6.12 {pkg_version} into {}", dir.display()));
     std::fs::write(dir.join("key.txt"), &material)?;
-    kernel::unpack_source(&src)?;
-    let config = configure(&src, &build, &base, &base_name, opts.localmodconfig, pahole_version)?;
+    match &seed {
+        Some(k) if !build.join(".config").exists() => {
+            note(&format!("copying the test kernel's build tree {} (about 10 s)", k.build.display()));
+            let copy = dir.join("build.copy");
+            let _ = std::fs::remove_dir_all(&copy);
+            // `cp -a` keeps the times, so make sees every object as current.
+            cmd::run(Command::new("cp").arg("-a").arg(&k.build).arg(&copy))?;
+            std::fs::rename(&copy, &build)?;
+        }
+        Some(_) => {}
+        None => kernel::unpack_source(&src)?,
+    }
+    let settings = Settings { localmodconfig: opts.localmodconfig, local: seed.is_none(), pahole: pahole_version };
+    let config = configure(&src, &build, &base, &base_name, &settings)?;
+    if let Some(k) = &seed {
+        // A `.config` newer than `include/config/auto.conf` makes Kbuild
+        // rewrite `autoconf.h`, and every object then rebuilds: with the
+        // test kernel's config unchanged, give it back its time.
+        if std::fs::read_to_string(k.build.join(".config")).is_ok_and(|c| c == config) {
+            cmd::run(Command::new("touch").arg("-r").arg(k.build.join(".config")).arg(build.join(".config")))?;
+            keep_objtool_current(&src, &build, &k.build)?;
+        } else {
+            note("the settings changed the test kernel's config: everything that depends on it is rebuilt");
+        }
+    }
 
     // A build interrupted earlier may have left packages of another build
     // number: only this build's may be found afterwards.
@@ -368,7 +402,33 @@ pub fn build(paths: &Paths, opts: HostKernelOpts) -> Result<Option<HostBuild>> {
 
 /// Writes the config into `build/.config`: the base, `make localmodconfig`
 /// if asked, the settings over it, `make olddefconfig`; then checks it.
-fn configure(src: &Path, build: &Path, base: &str, base_name: &str, localmodconfig: bool, pahole: Option<u32>) -> Result<String> {
+/// objtool is built with absolute paths under the build tree, so in the
+/// copy its objects' recorded commands differ and it is rebuilt, and every
+/// object it checks (nearly all, C and Rust) is then older than it. Built
+/// here once, from the same sources and so the same program, its files
+/// get the time of the test kernel's objtool, and the main build leaves
+/// them and every object alone.
+fn keep_objtool_current(src: &Path, build: &Path, test_build: &Path) -> Result<()> {
+    note("rebuilding objtool for the copy's paths (under a minute), with the test kernel's file times");
+    let mut make = Command::new("make");
+    make.arg("-C").arg(src).arg(format!("O={}", build.display())).args(["LLVM=1", &kernel::make_jobs(), "tools/objtool"]);
+    cmd::output(&mut make)?;
+    let reference = test_build.join("tools/objtool/objtool");
+    let mut touch = Command::new("find");
+    touch.arg(build.join("tools/objtool")).args(["-exec", "touch", "-h", "-r"]).arg(&reference).args(["{}", "+"]);
+    cmd::run(&mut touch)
+}
+
+/// How [`configure`] changes the base.
+struct Settings {
+    localmodconfig: bool,
+    /// Set [`LOCAL`]'s release suffix.
+    local: bool,
+    /// The installed pahole's version.
+    pahole: Option<u32>,
+}
+
+fn configure(src: &Path, build: &Path, base: &str, base_name: &str, how: &Settings) -> Result<String> {
     std::fs::create_dir_all(build)?;
     let dot_config = build.join(".config");
     let make = |target: &str| {
@@ -380,21 +440,21 @@ fn configure(src: &Path, build: &Path, base: &str, base_name: &str, localmodconf
     };
     std::fs::write(&dot_config, base)?;
     note(&format!("configuring: {base_name}"));
-    let base = if localmodconfig {
+    let base = if how.localmodconfig {
         note("make localmodconfig: only the modules loaded now stay (plug in what you use first)");
         cmd::output(&mut make("localmodconfig"))?;
         std::fs::read_to_string(&dot_config)?
     } else {
         base.to_owned()
     };
-    let changes = rust_conflicts(&base, pahole, &|f| src.join(f).exists());
+    let changes = rust_conflicts(&base, how.pahole, &|f| src.join(f).exists());
     if changes.is_empty() {
         note("changed: nothing the base config had on stands in RUST's way");
     }
     for c in &changes {
         note(&format!("changed: {}", c.why));
     }
-    let wanted = settings(&changes);
+    let wanted = settings(&changes, how.local);
     std::fs::write(&dot_config, kernel::overlay_fragment(&base, &wanted, "cargo xtask host-kernel"))?;
     note("make olddefconfig, then checking RUST, VFIO, VFIO_CONTAINER, VFIO_MDEV, ... are as required");
     cmd::output(&mut make("olddefconfig"))?;
@@ -472,8 +532,8 @@ CONFIG_LOCALVERSION=\"\"
         );
         assert!(changes[1].why.contains("not installed") && changes[1].why.contains("dwarves"), "{}", changes[1].why);
         // The merged config asks for all of it, and the checker names what Kconfig would have left as it was.
-        let merged = overlay_fragment(DISTRO, &settings(&changes), "host");
-        let wanted = settings(&changes);
+        let merged = overlay_fragment(DISTRO, &settings(&changes, true), "host");
+        let wanted = settings(&changes, true);
         assert!(config_mismatches(&wanted, &merged).is_empty(), "{merged}");
         assert_eq!(value_of(&merged, "CONFIG_MODVERSIONS"), "n");
         assert_eq!(value_of(&merged, "CONFIG_RUST"), "y");
@@ -486,13 +546,13 @@ CONFIG_LOCALVERSION=\"\"
     #[test]
     fn a_dropped_requirement_fails_naming_it_and_what_to_run() {
         let config = REQUIRED.replace("CONFIG_RUST=y", "# CONFIG_RUST is not set").replace("CONFIG_VFIO_MDEV=m", "");
-        let err = kernel::check_kept(&settings(&[]), &format!("{config}{LOCAL}"), "the settings", Path::new("/s"))
+        let err = kernel::check_kept(&settings(&[], true), &format!("{config}{LOCAL}"), "the settings", Path::new("/s"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("CONFIG_RUST: wanted y, got n") && err.contains("CONFIG_VFIO_MDEV: wanted m, got n"), "{err}");
         assert!(err.contains("rustavailable") && err.contains("/s"), "{err}");
         assert!(!err.contains("CONFIG_VFIO:"), "{err}");
-        assert!(kernel::check_kept(&settings(&[]), &format!("{REQUIRED}{LOCAL}"), "the settings", Path::new("/s")).is_ok());
+        assert!(kernel::check_kept(&settings(&[], true), &format!("{REQUIRED}{LOCAL}"), "the settings", Path::new("/s")).is_ok());
     }
 
     #[test]

@@ -20,12 +20,23 @@ use crate::progress;
 use crate::test::{judge, Prepared, Tally};
 use crate::vm::Boot;
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The name every result of this boot starts with (`--filter`, `--skip`).
 pub const PREFIX: &str = "installed.";
+
+/// The kernel's build number (`#N` in `uname -v`), which bindeb-pkg also
+/// makes the package version's Debian revision: the `2` of
+/// `linux-image-6.12.118-vfio-rs_6.12.118-2_amd64.deb`.
+pub fn build_number(image: &Path) -> Option<String> {
+    let name = image.file_name()?.to_str()?;
+    let version = name.split('_').nth(1)?;
+    let (_, revision) = version.rsplit_once('-')?;
+    (!revision.is_empty() && revision.chars().all(|c| c.is_ascii_digit())).then(|| revision.to_owned())
+}
 
 /// Builds (or finds) the packages and the modules for them, lays out the
 /// root and boots it; the results as the suites' are counted.
@@ -53,8 +64,11 @@ pub fn run(paths: &Paths, p: &Prepared) -> Result<Tally> {
     let results = paths.vm_results().join("installed-results");
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
+    let Some(build) = build_number(&host.packages.image) else {
+        bail!("{}: not a package name of bindeb-pkg's (linux-image-<release>_<version>-<build>_<arch>.deb)", host.packages.image.display());
+    };
     let exec = format!(
-        "{} installed --results {} --release {release} --root {}",
+        "{} installed --results {} --release {release} --build {build} --root {}",
         p.guest.display(),
         results.display(),
         root.display()
@@ -79,4 +93,17 @@ pub fn run(paths: &Paths, p: &Prepared) -> Result<Tally> {
         run
     })?;
     Ok(judge(&run, &results, &log, PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_number_is_the_debian_revision_of_the_image_package() {
+        let deb = Path::new("/c/linux-image-6.12.118-vfio-rs_6.12.118-2_amd64.deb");
+        assert_eq!(build_number(deb).as_deref(), Some("2"));
+        assert_eq!(build_number(Path::new("/c/linux-image-6.12.118-vfio-rs_6.12.118_amd64.deb")), None);
+        assert_eq!(build_number(Path::new("/c/vmlinuz")), None);
+    }
 }
