@@ -154,6 +154,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1.two_processes", run: type1_multi::two_processes },
     Case { name: "type1.pin_unpin_vs_map_threads", run: type1_multi::pin_unpin_vs_map_threads },
     Case { name: "type1.fault_injection", run: type1_faults::fault_injection },
+    Case { name: "type1.fault_injection_lifecycle", run: type1_faults::fault_injection_lifecycle },
     Case { name: "type1.history.get_info_into_a_short_buffer", run: type1_history::get_info_into_a_short_buffer },
     Case { name: "type1.history.irq_eventfds_released", run: type1_history::irq_eventfds_released },
     Case { name: "type1.history.rmmod_while_in_use", run: type1_history::rmmod_while_in_use },

@@ -416,3 +416,90 @@ pub fn iommu_fault_injection(ctx: &Ctx) -> CaseResult {
     check_eq!(vm_locked_kb(), base, "VmLck at the end");
     Ok(())
 }
+
+/// The container's own life with every allocation failed in turn, the
+/// steps `type1.fault_injection` leaves out: `SET_IOMMU` (the backend's
+/// open and first attach), a second group joining, that group leaving a
+/// container with mappings (detach), and the last group leaving, which
+/// releases the container with its mappings and a device's former pins.
+/// A failed step leaves the container as it was; a step that cannot fail
+/// (detach, release) must absorb every failure. Each sweep prints its
+/// number of injection points.
+pub fn fault_injection_lifecycle(ctx: &Ctx) -> CaseResult {
+    let _failslab = FailSlab::setup()?;
+    let nth = FailNth::open()?;
+    let parent = ctx.mtty_parent();
+    let m1 = crate::vfio::Mdev::create(&parent, "mtty-1")?;
+    let m2 = crate::vfio::Mdev::create(&parent, "mtty-1")?;
+    let g1 = Group::open(m1.group()?)?;
+    let g2 = Group::open(m2.group()?)?;
+    let c = Container::open()?;
+    let mem = Buffer::new(64 * PAGE as usize);
+    let base = vm_locked_kb();
+    const IOVA: u64 = 0x4000_0000;
+    let size = 16 * PAGE;
+
+    // SET_IOMMU: a failure leaves the container without a backend, so a
+    // MAP_DMA is refused; an absorbed failure is undone by the group
+    // leaving (the last one: the backend is released) and joining again.
+    g1.set_container(&c)?;
+    let mut set_iommu = || c.set_iommu(VFIO_TYPE1v2_IOMMU);
+    let mut no_backend = || -> CaseResult {
+        check!(c.map_rw(mem.vaddr(), IOVA, PAGE).is_err(), "MAP_DMA after a failed SET_IOMMU");
+        Ok(())
+    };
+    let mut reset = |_: &i32| -> CaseResult {
+        g1.unset_container()?;
+        Ok(g1.set_container(&c)?)
+    };
+    sweep(&nth, "SET_IOMMU (open, first attach)", &mut set_iommu, &mut no_backend, &mut reset)?;
+    c.map_rw(mem.vaddr(), IOVA, size)?;
+
+    // A second group joins a container with a mapping: a failure leaves
+    // it outside (its UNSET_CONTAINER is refused with EINVAL).
+    let mut join = || g2.set_container(&c);
+    let mut outside = || -> CaseResult {
+        check_eq!(g2.unset_container().err(), Some(Errno(libc::EINVAL)), "group 2 after a failed join");
+        Ok(())
+    };
+    let mut leave = |_: &()| -> CaseResult { Ok(g2.unset_container()?) };
+    sweep(&nth, "GROUP_SET_CONTAINER (second group)", &mut join, &mut outside, &mut leave)?;
+
+    // It leaves again: detach cannot fail, whatever allocation fails in it.
+    let mut detach = || g2.unset_container();
+    let mut rejoin = |_: &()| -> CaseResult {
+        check!(is_mapped(&c, IOVA, size)?, "the mapping after group 2 left");
+        Ok(g2.set_container(&c)?)
+    };
+    sweep(&nth, "GROUP_UNSET_CONTAINER (detach)", &mut detach, &mut || Ok(()), &mut rejoin)?;
+    check!(is_mapped(&c, IOVA, size)?, "the mapping after the detach");
+
+    // With the Rust mtty, group 1's device pins two ring pages; closing the
+    // device stops the engine and gives them back before the release.
+    if ctx.backend.rust_mtty {
+        let d = g1.device(&m1.uuid)?;
+        let cfg = d.region(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+        d.write16(cfg + 0x04, 0x0007)?;
+        let bar = d.region(VFIO_PCI_BAR2_REGION_INDEX)?.offset;
+        d.write32(bar + CTRL, CTRL_RESET)?;
+        for (ring, page) in [(TX, 0u64), (RX, 1)] {
+            d.write32(bar + ring + RING_BASE, (IOVA + page * PAGE) as u32)?;
+            d.write32(bar + ring + RING_SIZE, 16)?;
+        }
+        d.write32(bar + CTRL, CTRL_ENABLE)?;
+        check_eq!(vm_locked_kb(), base + 8, "two ring pages pinned");
+    }
+    check_eq!(vm_locked_kb(), base, "the device's close gave its pins back");
+
+    // The last group leaves: the backend's release frees the mappings.
+    let mut release = || g1.unset_container();
+    let mut rebuild = |_: &()| -> CaseResult {
+        check_eq!(vm_locked_kb(), base, "locked memory after a release");
+        g1.set_container(&c)?;
+        c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
+        Ok(c.map_rw(mem.vaddr(), IOVA, size)?)
+    };
+    sweep(&nth, "last GROUP_UNSET_CONTAINER (release with mappings)", &mut release, &mut || Ok(()), &mut rebuild)?;
+    check_eq!(vm_locked_kb(), base, "locked memory at the end");
+    Ok(())
+}
