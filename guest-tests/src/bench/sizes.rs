@@ -5,7 +5,7 @@
 //! upstream's large-folio series (6.18: map and unmap of THP/hugetlbfs
 //! memory); the sweep is what `growth.svg` draws against the mapping size.
 
-use super::workloads::{e, ns_per, sample, warming_up, Env, GIB};
+use super::workloads::{e, ns_per, sample, warming_up, Env, GIB, PAGE};
 use crate::suites::type1_iommu::Backing;
 use crate::uapi::*;
 use crate::vfio::Container;
@@ -63,11 +63,21 @@ fn reps(size: u64) -> u64 {
     ((256 * MIB) / size).clamp(4, 1024)
 }
 
-/// `len` bytes of anonymous memory of the given backing, populated by the
-/// kernel (`MADV_POPULATE_WRITE` after the advice, so the advice decides
-/// the page size: `MAP_POPULATE` would fault the pages in before it), 2 MiB
-/// aligned. For hugetlbfs the pool is grown if needed, and shrunk back
-/// when the memory is dropped.
+/// `len` bytes of anonymous memory of the given backing, populated, 2 MiB
+/// aligned. THP and hugetlbfs memory is populated by the kernel
+/// (`MADV_POPULATE_WRITE` after the advice, so the advice decides the page
+/// size: `MAP_POPULATE` would fault the pages in before it). For hugetlbfs
+/// the pool is grown if needed, and shrunk back when the memory is dropped.
+///
+/// 4 KiB pages (`MADV_NOHUGEPAGE`) are faulted in by writes, the even pages
+/// first, then the odd ones. Populated in address order, they come from the
+/// page allocator mostly physically consecutive, in runs whose lengths
+/// change from process to process; both type1s map a physically contiguous
+/// run with one `iommu_map`, so such memory measured anything between
+/// 4 KiB and huge-page behaviour (the first runs of this workload: the
+/// 64 MiB point's Rust/C per round 0.34-0.92). Interleaved, no page is
+/// physically next to its virtual neighbour: every page is a run of its
+/// own, the case the 4 KiB rows are about, the same in every process.
 struct Populated {
     map: *mut libc::c_void,
     map_len: usize,
@@ -116,14 +126,22 @@ impl Populated {
         let addr = (p as u64).next_multiple_of(HUGE);
         let mem = Populated { map: p, map_len: map_len as usize, addr, hugepages_before };
         let advice = match kind {
-            Backing::Small => Some(libc::MADV_NOHUGEPAGE),
-            Backing::Thp => Some(libc::MADV_HUGEPAGE),
-            Backing::Hugetlb => None,
+            Backing::Small => [Some(libc::MADV_NOHUGEPAGE), None],
+            Backing::Thp => [Some(libc::MADV_HUGEPAGE), Some(libc::MADV_POPULATE_WRITE)],
+            Backing::Hugetlb => [None, Some(libc::MADV_POPULATE_WRITE)],
         };
-        for a in advice.into_iter().chain([libc::MADV_POPULATE_WRITE]) {
+        for a in advice.into_iter().flatten() {
             // SAFETY: advice on part of our own mapping.
             if unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, a) } != 0 {
                 return Err(format!("madvise({a}) of {len} bytes: {}", std::io::Error::last_os_error()));
+            }
+        }
+        if let Backing::Small = kind {
+            for first in [0, PAGE] {
+                for off in (first..len).step_by(2 * PAGE as usize) {
+                    // SAFETY: inside [addr, addr + len), which is mapped writable.
+                    unsafe { ((addr + off) as *mut u8).write_volatile(1) };
+                }
             }
         }
         Ok(mem)
