@@ -24,6 +24,8 @@ struct Line {
     /// What the line is (the colour's meaning), e.g. `THP`.
     what: &'static str,
     color: &'static str,
+    /// Stroke width; the dots' radius follows it.
+    width: f64,
     rust: bool,
     /// (x, median), x ascending; only positive finite values.
     points: Vec<(f64, f64)>,
@@ -41,11 +43,14 @@ struct Panel {
     empty: &'static str,
 }
 
-/// The metric families drawn against the mapping size, with their colours.
-const BACKINGS: [(&str, &str, &str); 3] = [
-    ("4k", "4 KiB pages", "#1f77b4"),
-    ("thp", "THP", "#e6550d"),
-    ("hugetlb", "hugetlbfs 2 MiB", "#31a354"),
+/// The metric families drawn against the mapping size: their backing,
+/// its name, colour and stroke width. THP and hugetlbfs memory cost the same
+/// (both are 2 MiB folios to the type1s), so the THP line is drawn wide,
+/// under the hugetlbfs one, to stay visible where they coincide.
+const BACKINGS: [(&str, &str, &str, f64); 3] = [
+    ("4k", "4 KiB pages", "#1f77b4", 2.0),
+    ("thp", "THP (wide: under hugetlbfs where equal)", "#e6550d", 6.0),
+    ("hugetlb", "hugetlbfs 2 MiB", "#31a354", 2.0),
 ];
 /// The colour of the count panels' lines.
 const SCALE_COLOR: &str = "#444";
@@ -82,9 +87,9 @@ fn unit_of(rows: &[Row], prefix: &str) -> String {
 }
 
 fn panels(rows: &[Row]) -> Vec<Panel> {
-    let lines = |family: String, what: &'static str, color: &'static str| {
+    let lines = |family: String, what: &'static str, color: &'static str, width: f64| {
         [false, true]
-            .map(|rust| Line { what, color, rust, points: points(rows, &family, rust), family: family.clone() })
+            .map(|rust| Line { what, color, width, rust, points: points(rows, &family, rust), family: family.clone() })
             .into_iter()
             .filter(|l| !l.points.is_empty())
     };
@@ -94,7 +99,7 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
             title,
             x: XKind::Count,
             unit: unit_of(rows, "scale."),
-            lines: lines(format!("scale.{op}"), "scale", SCALE_COLOR).collect(),
+            lines: lines(format!("scale.{op}"), "scale", SCALE_COLOR, 2.0).collect(),
             empty: "no scale.* rows (run the `scale` workload)",
         });
     }
@@ -103,7 +108,7 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
             title,
             x: XKind::Bytes,
             unit: unit_of(rows, "iommu.size."),
-            lines: BACKINGS.iter().flat_map(|&(b, what, color)| lines(format!("iommu.size.{b}.{op}"), what, color)).collect(),
+            lines: BACKINGS.iter().flat_map(|&(b, what, color, width)| lines(format!("iommu.size.{b}.{op}"), what, color, width)).collect(),
             empty: "no iommu.size.* rows (run the `iommu.size` workloads)",
         });
     }
@@ -208,17 +213,19 @@ fn draw_panel(s: &mut String, p: &Panel, ox: f64, oy: f64) {
         let side = if l.rust { "rust" } else { "c" };
         let _ = writeln!(
             s,
-            "<polyline class=\"{side}\" points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{dash}/>",
+            "<polyline class=\"{side}\" points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"{dash}/>",
             pts.join(" "),
-            l.color
+            l.color,
+            l.width
         );
         for &(x, y) in &l.points {
             let fill = if l.rust { l.color } else { "white" };
             let _ = writeln!(
                 s,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{fill}\" stroke=\"{}\"><title>{}, {side}: {}@{} = {y:.0} {}</title></circle>",
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{}\" fill=\"{fill}\" stroke=\"{}\"><title>{}, {side}: {}@{} = {y:.0} {}</title></circle>",
                 px(x),
                 py(y),
+                1.5 + l.width,
                 l.color,
                 xml_escape(l.what),
                 xml_escape(&l.family),
@@ -258,7 +265,7 @@ pub fn growth_svg(rows: &[Row], title: &str) -> String {
     let mut x = 10.0;
     let keys = [(SCALE_COLOR, "scale: 4 KiB mappings, mdev-only container (nothing pinned)")]
         .into_iter()
-        .chain(BACKINGS.iter().map(|&(_, what, color)| (color, what)));
+        .chain(BACKINGS.iter().map(|&(_, what, color, _)| (color, what)));
     for (color, what) in keys {
         let _ = writeln!(s, "<line x1=\"{x}\" y1=\"52\" x2=\"{}\" y2=\"52\" stroke=\"{color}\" stroke-width=\"3\"/>", x + 20.0);
         let _ = writeln!(s, "<text x=\"{}\" y=\"56\">{}</text>", x + 25.0, xml_escape(what));
@@ -322,8 +329,8 @@ mod tests {
         assert_eq!(svg.matches(" stroke-dasharray=").count(), 8, "C lines dashed");
         // Every series has its 5 points, as dots.
         assert_eq!(svg.matches("<circle").count(), 16 * 5);
-        for (_, _, color) in BACKINGS {
-            assert_eq!(svg.matches(&format!("stroke=\"{color}\" stroke-width=\"2\"")).count(), 4, "{color}: map and unmap, C and Rust");
+        for (_, _, color, width) in BACKINGS {
+            assert_eq!(svg.matches(&format!("stroke=\"{color}\" stroke-width=\"{width}\"")).count(), 4, "{color}: map and unmap, C and Rust");
         }
         // The lookups are not drawn, nor rows without an @.
         assert!(!svg.contains("scale.lookup") && !svg.contains("map.1g"));
