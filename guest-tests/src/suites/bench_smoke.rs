@@ -27,6 +27,7 @@ const SMOKE_MAX_BYTES: &str = "2097152";
 pub fn workloads_run(ctx: &Ctx) -> CaseResult {
     let exe = std::env::current_exe().map_err(|e| fail(format!("current_exe: {e}")))?;
     for w in WORKLOADS.iter().filter(|w| !TOO_BIG.contains(&w.name)) {
+        let t = std::time::Instant::now();
         let out = Command::new(&exe)
             .args(["bench-one", w.name, "--backend", ctx.backend.name(), "--scale", SMOKE_SCALE])
             .env("VFIO_BENCH_MAX_BYTES", SMOKE_MAX_BYTES)
@@ -34,6 +35,8 @@ pub fn workloads_run(ctx: &Ctx) -> CaseResult {
             .map_err(|e| fail(format!("spawn bench-one {}: {e}", w.name)))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let code = out.status.code();
+        // What each workload costs this case (docs/bench.md says the total).
+        println!("bench-one {}: exit {code:?} after {:.1} s", w.name, t.elapsed().as_secs_f64());
         let skipped = code == Some(crate::EXIT_SKIP);
         let wants_skip = w.needs_engine && !ctx.backend.rust_mtty;
         if skipped != wants_skip || (!skipped && code != Some(0)) {
