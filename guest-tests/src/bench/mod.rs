@@ -16,6 +16,8 @@
 //!   the setup they share, and `bench-one`;
 //! - [`map`]: the container workloads (ioctl floor, MAP/UNMAP_DMA, scaling,
 //!   the real-IOMMU path);
+//! - [`sizes`]: the real-IOMMU size sweep (one mapping of 4 KiB to 1 GiB
+//!   per backing);
 //! - [`engine`]: the workloads that drive the DMA engine of the Rust mtty;
 //! - [`runner`]: the rounds, the samples file and the kernel-log markers;
 //! - [`perf`]: `bench --perf`, the profiles of single workloads.
@@ -24,6 +26,7 @@ mod engine;
 mod map;
 mod perf;
 mod runner;
+mod sizes;
 mod workloads;
 
 pub use perf::perf;

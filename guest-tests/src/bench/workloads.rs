@@ -4,6 +4,7 @@
 
 use super::engine::{dma_rw_64k, pin_workload, unmap_pinned, PinKind};
 use super::map::{iommu_map, iommu_pfnmap, ioctl_floor, map_1g, map_split, scale};
+use super::sizes::iommu_sizes;
 use crate::harness::Backend;
 use crate::suites::type1_iommu::Backing;
 use crate::uapi::*;
@@ -45,6 +46,9 @@ pub const WORKLOADS: &[Workload] = &[
     Workload { name: "iommu.thp", needs_engine: false, run: |e| iommu_map(e, "iommu.thp", Backing::Thp) },
     Workload { name: "iommu.hugetlb", needs_engine: false, run: |e| iommu_map(e, "iommu.hugetlb", Backing::Hugetlb) },
     Workload { name: "iommu.pfnmap", needs_engine: false, run: iommu_pfnmap },
+    Workload { name: "iommu.size.4k", needs_engine: false, run: |e| iommu_sizes(e, "iommu.size.4k", Backing::Small) },
+    Workload { name: "iommu.size.thp", needs_engine: false, run: |e| iommu_sizes(e, "iommu.size.thp", Backing::Thp) },
+    Workload { name: "iommu.size.hugetlb", needs_engine: false, run: |e| iommu_sizes(e, "iommu.size.hugetlb", Backing::Hugetlb) },
 ];
 
 /// What a workload process knows.
@@ -62,6 +66,11 @@ impl Env {
 
 /// Set while a workload runs its untimed warm-up pass (see [`run_one`]).
 static WARMING_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the untimed warm-up pass is running (workloads may keep it small).
+pub(super) fn warming_up() -> bool {
+    WARMING_UP.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 pub(super) fn sample(metric: &str, unit: &str, value: f64) {
     if !WARMING_UP.load(std::sync::atomic::Ordering::Relaxed) {

@@ -4,9 +4,11 @@
 //!
 //! The guest (`vfio-guest bench`, guest-tests/src/bench/) writes raw
 //! samples as JSON lines; [`stats`] reads them and computes the statistics,
-//! [`render`] writes `target/bench/results.{json,md}` and `chart.svg`, and
+//! [`render`] writes `target/bench/results.{json,md}` and `chart.svg`,
+//! [`growth`] writes `growth.svg` (cost against mapping count and size), and
 //! [`splats`] sorts the run's kernel reports by the side that was loaded.
 
+mod growth;
 mod render;
 pub(crate) mod splats;
 mod stats;
@@ -101,6 +103,7 @@ fn write_outputs(dir: &Path, rows: &[Row], meta: &[(&str, String)]) -> Result<St
     std::fs::write(dir.join("results.md"), &md)?;
     std::fs::write(dir.join("results.json"), json(rows, meta))?;
     std::fs::write(dir.join("chart.svg"), svg(rows, "vfio type1: Rust / C"))?;
+    std::fs::write(dir.join("growth.svg"), growth::growth_svg(rows, "vfio type1: cost of MAP_DMA and UNMAP_DMA as mappings grow in number and size"))?;
     Ok(md)
 }
 
@@ -231,10 +234,11 @@ pub fn bench(paths: &Paths, o: &BenchOpts) -> Result<bool> {
     write_outputs(&out_dir, &rows, &meta)?;
     println!("\n{}", text_table(&rows));
     note(&format!(
-        "written: {}, {}, {} (samples: {})",
+        "written: {}, {}, {}, {} (samples: {})",
         out_dir.join("results.json").display(),
         out_dir.join("results.md").display(),
         out_dir.join("chart.svg").display(),
+        out_dir.join("growth.svg").display(),
         out_dir.join("samples.jsonl").display()
     ));
     let errors = rows.iter().any(|r| r.note.as_deref().is_some_and(|n| n.starts_with("error")));

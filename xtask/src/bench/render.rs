@@ -138,7 +138,7 @@ pub fn json(rows: &[Row], meta: &[(&str, String)]) -> String {
     s
 }
 
-fn xml_escape(s: &str) -> String {
+pub(super) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
