@@ -33,6 +33,7 @@
 
 use crate::bindings;
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi;
@@ -312,21 +313,35 @@ impl MmUsers<'_> {
         errno_result(ret)
     }
 
-    /// Pins up to `npage` (at most [`PIN_RUN_MAX`]) pages from `vaddr` for
-    /// long-term device access (`FOLL_LONGTERM`, plus `FOLL_WRITE` when the
-    /// device may write) under one mmap lock: at least one page, from the
-    /// start. Device memory (`VM_IO`/`VM_PFNMAP`) gives one page, reserved
-    /// and not pinned, whose pfn may have no `struct page` (check
-    /// [`pfn_valid`]), as the C `vaddr_get_pfns()` gives it.
-    #[inline]
-    pub(crate) fn pin_pages(&self, vaddr: u64, write: bool, npage: usize) -> Result<PagePins> {
-        let n = npage.min(PIN_RUN_MAX);
-        // INVARIANT: nothing is held yet (`len` 0).
-        let mut pins = PagePins { pages: [core::ptr::null_mut(); PIN_RUN_MAX], reserved: 0, write, next: 0, len: 0 };
-        match self.pin_or_follow(vaddr, &mut pins.pages[..n], write, 1)? {
+    /// Pins up to `npage` (at most `N` and [`PIN_RUN_MAX`]) pages from
+    /// `vaddr` for long-term device access (`FOLL_LONGTERM`, plus
+    /// `FOLL_WRITE` when the device may write) under one mmap lock, keeping
+    /// their pages in `room`: at least one page, from the start. Device
+    /// memory (`VM_IO`/`VM_PFNMAP`) gives one page, reserved and not
+    /// pinned, whose pfn may have no `struct page` (check [`pfn_valid`]),
+    /// as the C `vaddr_get_pfns()` gives it. Inlined into the pin path.
+    #[inline(always)]
+    pub(crate) fn pin_pages<'r, const N: usize>(
+        &self,
+        vaddr: u64,
+        write: bool,
+        npage: usize,
+        room: &'r mut PinRoom<N>,
+    ) -> Result<PagePins<'r>> {
+        let n = npage.min(N).min(PIN_RUN_MAX);
+        // INVARIANT: nothing is held yet (`len` 0). Only the slots used are
+        // initialised: a one-page pin writes one.
+        let mut pins = PagePins { pages: &mut room.0, reserved: 0, write, next: 0, len: 0 };
+        for slot in pins.pages.iter_mut().take(n) {
+            slot.write(core::ptr::null_mut());
+        }
+        // SAFETY: the first `n` slots (`n <= N`) are initialised just above,
+        // and a `MaybeUninit<T>` has the layout of `T`.
+        let pages = unsafe { core::slice::from_raw_parts_mut(pins.pages.as_mut_ptr().cast::<*mut bindings::page>(), n) };
+        match self.pin_or_follow(vaddr, pages, write, 1)? {
             Found::Pages(got) => {
                 let got = got.min(n);
-                for (i, page) in pins.pages[..got].iter().enumerate() {
+                for (i, page) in pages[..got].iter().enumerate() {
                     // SAFETY: a pinned page is a page of the memory map.
                     if unsafe { page_reserved(*page) } {
                         pins.reserved |= 1 << i;
@@ -338,20 +353,16 @@ impl MmUsers<'_> {
             }
             Found::Device(run) => {
                 // INVARIANT: device memory, not pinned: marked reserved. The
-                // page address is only turned back into its pfn.
-                pins.pages[0] = PageFrames::get().page(run.pfn);
+                // page address is only turned back into its pfn; slot 0
+                // exists (`pin_or_follow` refuses an empty array).
+                let page = PageFrames::get().page(run.pfn);
+                let Some(slot) = pins.pages.first_mut() else { return Err(EINVAL) };
+                slot.write(page);
                 pins.reserved = 1;
                 pins.len = 1;
             }
         }
         Ok(pins)
-    }
-
-    /// Pins the page at `vaddr` for long-term device access
-    /// ([`Self::pin_pages`] for one page).
-    #[inline]
-    pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<PinnedPage> {
-        self.pin_pages(vaddr, write, 1)?.next().ok_or(EFAULT)
     }
 
     /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
@@ -584,7 +595,7 @@ pub(crate) unsafe fn unpin_accountable(pfn: Pfn, npage: u64, dirty: bool) -> u64
 
 /// One page pinned for long-term device access (a page a device pinned
 /// with `vfio_pin_pages`): gives its pin back when dropped or unpinned.
-/// Only [`MmUsers::pin_page`] and [`PagePins`] make one.
+/// Only [`PagePins`] makes one.
 ///
 /// One word: the pfn (below 2^52: a physical address has 64 bits) with two
 /// flags in its top bits, so that a pinned page's tree node is as large as
@@ -643,19 +654,32 @@ impl Drop for PinnedPage {
     }
 }
 
+/// Room for the pages of one [`PagePins`], kept by its caller (on the
+/// stack): it holds no pin itself, and only [`MmUsers::pin_pages`] reads or
+/// writes it. A [`PagePins`] borrows it, so that it is small to move.
+pub(crate) struct PinRoom<const N: usize>([MaybeUninit<*mut bindings::page>; N]);
+
+impl<const N: usize> Default for PinRoom<N> {
+    #[inline(always)]
+    fn default() -> Self {
+        PinRoom([MaybeUninit::uninit(); N])
+    }
+}
+
 /// Up to [`PIN_RUN_MAX`] pages pinned by one [`MmUsers::pin_pages`] call,
 /// handed out in order as [`PinnedPage`]s; the pins not taken out are
 /// given back on drop.
 ///
 /// # Invariants
 ///
-/// For each `i` in `next..len` (`len <= PIN_RUN_MAX`), `pages[i]` is the
-/// `struct page` address of the pfn of one page that this value holds a
-/// long-term pin of, unless bit `i` of `reserved` is set: then it holds
-/// none (a reserved page, or device memory whose "page" may only be turned
-/// back into its pfn). `write`: the device may write the pages.
-pub(crate) struct PagePins {
-    pages: [*mut bindings::page; PIN_RUN_MAX],
+/// `len` is at most `pages.len()` and [`PIN_RUN_MAX`]. For each `i` in
+/// `next..len`, `pages[i]` is initialised, with the `struct page` address
+/// of the pfn of one page that this value holds a long-term pin of, unless
+/// bit `i` of `reserved` is set: then it holds none (a reserved page, or
+/// device memory whose "page" may only be turned back into its pfn).
+/// `write`: the device may write the pages.
+pub(crate) struct PagePins<'r> {
+    pages: &'r mut [MaybeUninit<*mut bindings::page>],
     reserved: u16,
     write: bool,
     next: u8,
@@ -664,7 +688,7 @@ pub(crate) struct PagePins {
 
 const _: () = assert!(PIN_RUN_MAX <= u16::BITS as usize);
 
-impl PagePins {
+impl PagePins<'_> {
     /// How many pages are left to take out.
     #[inline]
     pub(crate) fn len(&self) -> usize {
@@ -677,26 +701,9 @@ impl PagePins {
         let left = ((1u32 << self.len) - 1) & !((1u32 << self.next) - 1);
         self.len() - (u32::from(self.reserved) & left).count_ones() as usize
     }
-
-    /// A single pin, as a batch of one page.
-    #[inline]
-    pub(crate) fn one(page: PinnedPage) -> Self {
-        let page = core::mem::ManuallyDrop::new(page);
-        let mut pages = [core::ptr::null_mut(); PIN_RUN_MAX];
-        pages[0] = PageFrames::get().page(page.pfn());
-        // INVARIANT: the pin (or none, if reserved) of `page`, which is
-        // forgotten: it moves here.
-        PagePins {
-            pages,
-            reserved: u16::from(page.is_reserved()),
-            write: page.0 & PinnedPage::PAGE_WRITE != 0,
-            next: 0,
-            len: 1,
-        }
-    }
 }
 
-impl Iterator for PagePins {
+impl Iterator for PagePins<'_> {
     type Item = PinnedPage;
 
     #[inline]
@@ -705,7 +712,10 @@ impl Iterator for PagePins {
             return None;
         }
         let i = usize::from(self.next);
-        let mut bits = PageFrames::get().pfn(self.pages[i]);
+        // SAFETY: `next < len`: slot `i` exists and is initialised (type
+        // invariant).
+        let page = unsafe { self.pages.get_unchecked(i).assume_init() };
+        let mut bits = PageFrames::get().pfn(page);
         if self.reserved & (1 << i) != 0 {
             bits |= PinnedPage::PAGE_RESERVED;
         }
@@ -719,8 +729,20 @@ impl Iterator for PagePins {
     }
 }
 
-impl Drop for PagePins {
+impl Drop for PagePins<'_> {
+    #[inline]
     fn drop(&mut self) {
+        // Usually every page was taken out.
+        if self.next < self.len {
+            self.give_back_rest();
+        }
+    }
+}
+
+impl PagePins<'_> {
+    /// Gives back the pins not taken out.
+    #[cold]
+    fn give_back_rest(&mut self) {
         for page in self.by_ref() {
             drop(page);
         }

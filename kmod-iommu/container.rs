@@ -318,20 +318,22 @@ struct PinContext<'a> {
 
 /// `vfio_pin_page_external()` with the address space already held live:
 /// pins the page at `vaddr` and charges it to `task` unless it is reserved.
+/// Returns it as a batch of one page (what `pin_run_external` returns).
 /// Inlined into the pin path, which calls it for every single-page pin.
 #[inline(always)]
-fn pin_one(
+fn pin_one<'r>(
     users: &mm::MmUsers<'_>,
     task: &mm::TaskRef,
     info: &mut VfioDma,
     vaddr: u64,
     do_accounting: bool,
-) -> core::result::Result<mm::PinnedPage, Errno> {
+    room: &'r mut mm::PinRoom<1>,
+) -> core::result::Result<mm::PagePins<'r>, Errno> {
     let write = info.prot & IOMMU_WRITE != 0;
-    let page = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
-    if do_accounting && !page.is_reserved() {
+    let page = users.pin_pages(vaddr, write, 1, room).map_err(|e| -e.to_errno())?;
+    if do_accounting && page.accountable() != 0 {
         if let Err(e) = users.account_locked(task, 1, info.lock_cap) {
-            page.unpin();
+            drop(page);
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
             }
@@ -343,29 +345,37 @@ fn pin_one(
 }
 
 impl PinOps<Dma> for PinContext<'_> {
-    type Pins = mm::PagePins;
+    /// Room for a run, and for the single page pinned if the run fails.
+    type Room = (mm::PinRoom<{ mm::PIN_RUN_MAX }>, mm::PinRoom<1>);
+    type Pins<'r>
+        = mm::PagePins<'r>
+    where
+        Self: 'r;
 
     fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<mm::PinnedPage, Errno> {
         let Dma { info, owner, .. } = entry;
         let users = owner.mm().users().ok_or(cerr::ENODEV)?;
-        let page = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
-        self.saw_reserved |= page.is_reserved();
-        Ok(page)
+        let mut room = mm::PinRoom::default();
+        let mut page = pin_one(&users, owner.task(), info, vaddr, do_accounting, &mut room)?;
+        self.saw_reserved |= page.accountable() == 0;
+        page.next().ok_or(cerr::EFAULT)
     }
 
-    fn pin_run_external(
+    #[inline(always)]
+    fn pin_run_external<'r>(
         &mut self,
         entry: &mut Dma,
         vaddr: u64,
         npage: usize,
         do_accounting: bool,
-    ) -> core::result::Result<mm::PagePins, Errno> {
+        room: &'r mut Self::Room,
+    ) -> core::result::Result<mm::PagePins<'r>, Errno> {
         let Dma { info, owner, .. } = entry;
         let users = owner.mm().users().ok_or(cerr::ENODEV)?;
         if npage > 1 {
             // The whole run under one mmap lock, charged at once.
             let write = info.prot & IOMMU_WRITE != 0;
-            if let Ok(pins) = users.pin_pages(vaddr, write, npage) {
+            if let Ok(pins) = users.pin_pages(vaddr, write, npage, &mut room.0) {
                 let charge = pins.accountable() as i64;
                 self.saw_reserved |= charge != pins.len() as i64;
                 if !do_accounting || charge == 0 {
@@ -381,9 +391,9 @@ impl PinOps<Dma> for PinContext<'_> {
             }
         }
         // One page, exactly as the C loop pins it.
-        let page = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
-        self.saw_reserved |= page.is_reserved();
-        Ok(mm::PagePins::one(page))
+        let page = pin_one(&users, owner.task(), info, vaddr, do_accounting, &mut room.1)?;
+        self.saw_reserved |= page.accountable() == 0;
+        Ok(page)
     }
 
     fn pfn_valid(&self, pfn: u64) -> bool {

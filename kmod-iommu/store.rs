@@ -160,6 +160,7 @@ impl PfnStore for PfnTree {
         self.0.get_mut(iova).map(|p| &mut *p.vpfn)
     }
 
+    #[inline]
     fn insert(&mut self, slot: PfnSlot, iova: u64, vpfn: DevicePin) {
         // The iova was looked up and found unpinned under the same lock, so
         // it is free; were it not, the new pin would be given back.

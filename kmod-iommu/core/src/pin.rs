@@ -99,8 +99,15 @@ pub type PinOf<E> = <<E as DmaEntry>::Pfns as PfnStore>::Pin;
 
 /// The kernel services the pin paths need; each method names the C helper it stands for.
 pub trait PinOps<E: DmaEntry> {
+    /// Room for the pins of one [`PinOps::pin_run_external`] call, which
+    /// the caller keeps on its stack while it takes them out (so that the
+    /// pins themselves are small to move).
+    type Room: Default;
+
     /// The pins of one [`PinOps::pin_run_external`] call, in page order.
-    type Pins: Iterator<Item = PinOf<E>>;
+    type Pins<'r>: Iterator<Item = PinOf<E>>
+    where
+        Self: 'r;
 
     /// `vfio_pin_page_external()`: pins the single page at `vaddr` in the
     /// mapping's mm and, if `do_accounting`, charges it to `locked_vm`
@@ -124,13 +131,14 @@ pub trait PinOps<E: DmaEntry> {
     /// done as a whole (a partial pin, a charge over the limit) it may pin
     /// fewer pages: the caller continues page by page, which then finds the
     /// exact page and errno of a failure.
-    fn pin_run_external(
+    fn pin_run_external<'r>(
         &mut self,
         entry: &mut E,
         vaddr: u64,
         npage: usize,
         do_accounting: bool,
-    ) -> Result<Self::Pins, Errno>;
+        room: &'r mut Self::Room,
+    ) -> Result<Self::Pins<'r>, Errno>;
 
     /// `pfn_valid()`.
     fn pfn_valid(&self, pfn: u64) -> bool;
@@ -416,7 +424,10 @@ where
     }
     let out = pages.get_mut(first..first + run as usize).ok_or((0, EINVAL))?;
     let remote_vaddr = dma.vaddr.wrapping_add(iova - dma.iova);
-    let mut pins = ops.pin_run_external(entry, remote_vaddr, out.len(), do_accounting).map_err(|e| (0, e))?;
+    let mut room = O::Room::default();
+    let mut pins = ops
+        .pin_run_external(entry, remote_vaddr, out.len(), do_accounting, &mut room)
+        .map_err(|e| (0, e))?;
 
     let mut t = 0usize;
     while t < out.len() {

@@ -144,7 +144,11 @@ impl Ops {
 }
 
 impl PinOps<Entry> for Ops {
-    type Pins = std::vec::IntoIter<OwnedPin>;
+    type Room = ();
+    type Pins<'r>
+        = std::vec::IntoIter<OwnedPin>
+    where
+        Self: 'r;
 
     fn pin_page_external(&mut self, _e: &mut Entry, vaddr: u64, do_accounting: bool) -> Result<OwnedPin, Errno> {
         if self.fails(vaddr) {
@@ -153,13 +157,14 @@ impl PinOps<Entry> for Ops {
         Ok(self.pin(vaddr, do_accounting))
     }
 
-    fn pin_run_external(
+    fn pin_run_external<'r>(
         &mut self,
         e: &mut Entry,
         vaddr: u64,
         npage: usize,
         do_accounting: bool,
-    ) -> Result<Self::Pins, Errno> {
+        _room: &'r mut (),
+    ) -> Result<Self::Pins<'r>, Errno> {
         let n = (0..npage.min(4) as u64).take_while(|j| !self.fails(vaddr + j * PG)).count() as u64;
         if n == 0 {
             return Ok(vec![self.pin_page_external(e, vaddr, do_accounting)?].into_iter());

@@ -457,7 +457,11 @@ pub struct MockPin {
 }
 
 impl PinOps<HostDma> for MockPin {
-    type Pins = std::vec::IntoIter<u64>;
+    type Room = ();
+    type Pins<'r>
+        = std::vec::IntoIter<u64>
+    where
+        Self: 'r;
 
     fn pin_page_external(
         &mut self,
@@ -478,13 +482,14 @@ impl PinOps<HostDma> for MockPin {
         }
         Ok(pfn)
     }
-    fn pin_run_external(
+    fn pin_run_external<'r>(
         &mut self,
         e: &mut HostDma,
         vaddr: u64,
         npage: usize,
         do_accounting: bool,
-    ) -> Result<Self::Pins, Errno> {
+        _room: &'r mut (),
+    ) -> Result<Self::Pins<'r>, Errno> {
         if self.batch == 0 {
             return Ok(vec![self.pin_page_external(e, vaddr, do_accounting)?].into_iter());
         }
