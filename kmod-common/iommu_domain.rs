@@ -388,14 +388,14 @@ impl DomainSet {
     }
 
     /// Maps `run` at `iova` into every domain with `prot` (`IOMMU_READ`,
-    /// `IOMMU_WRITE`; `IOMMU_CACHE` is added), taking over its pins
-    /// (`vfio_iommu_map`). On failure the run is unmapped from the domains
-    /// already done and given back with the error. `EINVAL` without a
+    /// `IOMMU_WRITE`; `IOMMU_CACHE` is added), taking over its pins: `run`
+    /// is left empty (`vfio_iommu_map`). On failure the run is unmapped from
+    /// the domains already done and left as it was. `EINVAL` without a
     /// domain, or for `IOMMU_WRITE` on pages not pinned for writing.
     #[inline]
-    pub(crate) fn map(&self, iova: u64, run: PinnedRun, prot: u32) -> core::result::Result<(), (Error, PinnedRun)> {
+    pub(crate) fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         if self.list.is_empty() {
-            return Err((EINVAL, run));
+            return Err(EINVAL);
         }
         map_into(&self.list, iova, run, prot)
     }
@@ -432,9 +432,9 @@ impl DomainSet {
 /// Maps `run` at `iova` into every domain of `domains` (not empty), as
 /// [`DomainSet::map`].
 #[inline]
-fn map_into(domains: &[Domain], iova: u64, run: PinnedRun, prot: u32) -> core::result::Result<(), (Error, PinnedRun)> {
+fn map_into(domains: &[Domain], iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
     if prot & IOMMU_WRITE != 0 && !run.is_writable() {
-        return Err((EINVAL, run));
+        return Err(EINVAL);
     }
     let (paddr, size) = (run.pfn() << PAGE_SHIFT, run.npage() << PAGE_SHIFT);
     for (i, d) in domains.iter().enumerate() {
@@ -442,13 +442,13 @@ fn map_into(domains: &[Domain], iova: u64, run: PinnedRun, prot: u32) -> core::r
             for done in domains.iter().take(i).rev() {
                 done.unmap(iova, size);
             }
-            return Err((e, run));
+            return Err(e);
         }
         mm::cond_resched();
     }
     // The page tables hold the pins now (the caller's invariant): the run
     // must not give them back.
-    core::mem::forget(run);
+    core::mem::forget(core::mem::take(run));
     Ok(())
 }
 
@@ -568,9 +568,9 @@ impl Replay<'_> {
     /// only when the set is empty (the new domain will be the first, which
     /// owns the pins), else `EINVAL`.
     #[inline]
-    pub(crate) fn map(&self, iova: u64, run: PinnedRun, prot: u32) -> core::result::Result<(), (Error, PinnedRun)> {
+    pub(crate) fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         if self.first.is_some() {
-            return Err((EINVAL, run));
+            return Err(EINVAL);
         }
         map_into(core::slice::from_ref(self.new), iova, run, prot)
     }

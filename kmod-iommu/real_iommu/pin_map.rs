@@ -28,10 +28,11 @@ pub(super) enum Targets<'a> {
 }
 
 impl Targets<'_> {
-    /// Maps `run` at `iova` into every target, which then own its pins; on
-    /// failure the run comes back, unmapped (`vfio_iommu_map`).
+    /// Maps `run` at `iova` into every target, which take over its pins
+    /// (`run` is left empty); on failure `run` is as it was, unmapped
+    /// (`vfio_iommu_map`).
     #[inline]
-    fn map(&self, iova: u64, run: PinnedRun, prot: u32) -> core::result::Result<(), (Error, PinnedRun)> {
+    fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         match self {
             Targets::All(set) => set.map(iova, run, prot),
             Targets::New(replay) => replay.map(iova, run, prot),
@@ -110,8 +111,9 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
     let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
     let prot = cx.info.prot;
-    // The run being built (merged across batches) and its iova.
-    let mut run: Option<(u64, PinnedRun)> = None;
+    // The run being built (merged across batches; empty at first) and its
+    // iova.
+    let (mut run, mut run_iova) = (PinnedRun::default(), 0u64);
     let mut done = 0u64;
     while done < npage {
         mm::cond_resched();
@@ -122,9 +124,7 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
         let (got, mut runs, unreserved) = match batch.pin(&cx.users, vaddr, want, write, max_run) {
             Ok(r) => r,
             Err(e) => {
-                if let Some((iova, r)) = run {
-                    cx.give_back(iova, r);
-                }
+                cx.give_back(run_iova, run);
                 return Err(e);
             }
         };
@@ -154,28 +154,28 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
             }
             // The batch's pins go back uncharged (they were not charged).
             drop(runs);
-            if let Some((iova, r)) = run {
-                cx.give_back(iova, r);
-            }
+            cx.give_back(run_iova, run);
             return Err(e);
         }
         let mut iova = first_iova;
         while let Some(r) = runs.next() {
             let n = r.npage();
-            let r = match run.as_mut() {
-                Some((_, cur)) if !single => match cur.extend(r) {
+            // An empty `run` takes nothing: the first run starts it.
+            let r = if single {
+                r
+            } else {
+                match run.extend(r) {
                     Ok(()) => {
                         iova += n << PAGE_SHIFT;
                         continue;
                     }
                     Err(r) => r,
-                },
-                _ => r,
+                }
             };
-            if let Some((cur_iova, cur)) = run.take() {
-                let cur_npage = cur.npage();
-                if let Err((e, cur)) = targets.map(cur_iova, cur, prot) {
-                    cx.give_back(cur_iova, cur);
+            let run_npage = run.npage();
+            if run_npage != 0 {
+                if let Err(e) = targets.map(run_iova, &mut run, prot) {
+                    cx.give_back(run_iova, run);
                     cx.give_back(iova, r);
                     let mut at = iova + (n << PAGE_SHIFT);
                     for rest in runs {
@@ -186,18 +186,20 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
                     return Err(e);
                 }
                 if grow {
-                    cx.info.size += cur_npage << PAGE_SHIFT;
+                    cx.info.size += run_npage << PAGE_SHIFT;
                 }
             }
-            run = Some((iova, r));
+            // `run` is empty now (mapped, or never started).
+            run = r;
+            run_iova = iova;
             iova += n << PAGE_SHIFT;
         }
         done += got as u64;
     }
-    if let Some((iova, r)) = run {
-        let n = r.npage();
-        if let Err((e, r)) = targets.map(iova, r, prot) {
-            cx.give_back(iova, r);
+    let n = run.npage();
+    if n != 0 {
+        if let Err(e) = targets.map(run_iova, &mut run, prot) {
+            cx.give_back(run_iova, run);
             return Err(e);
         }
         if grow {
