@@ -4,7 +4,7 @@
 //! it: paging domains for the groups it serves, their page tables and TLB
 //! flushing, and what a group's IOMMU reports (reserved regions, interrupt
 //! isolation). Not to be confused with type1's container state
-//! (`type1_core::container`) or its real-IOMMU path (`kmod-iommu/domain/`),
+//! (`type1_core::container`) or its real-IOMMU path (`kmod-iommu/real_iommu/`),
 //! which use this module.
 //!
 //! C header: [`include/linux/iommu.h`](srctree/include/linux/iommu.h).
@@ -14,9 +14,24 @@
 //! the domain. Page-table calls take `&self`: the IOMMU drivers serialise
 //! their own page-table updates, and the caller keeps mapped ranges
 //! disjoint (type1 does so under its container lock).
+//!
+//! # Who owns the pins the page tables hold
+//!
+//! A [`DomainSet`] (a container's domains) owns the pinned pages its page
+//! tables map, and is the only way to put entries there: a
+//! [`mm::PinnedRun`] is mapped into every domain ([`DomainSet::map`]),
+//! which takes over its pins (or gives the run back on failure), and a
+//! domain being added copies the first domain's entries ([`Replay`]). The
+//! pins leave only with [`DomainSet::unmap_unpin`]: every domain unmaps the
+//! range, the IOTLB is flushed (gathered, up to [`TLB_SYNC_MAX`] runs per
+//! flush), and only then are the pins of what the first domain mapped given
+//! back. So a device never reaches a page after its pin is given back, and
+//! no caller can map a physical address it did not pin. The page-table
+//! calls of [`Domain`] are private to this module.
 
 use crate::bindings;
 use crate::kvec_ext::VecExt;
+use crate::mm::{self, PinnedRun};
 use crate::vfio_iommu_devices::{GroupKey, IommuGroup};
 use core::ptr::NonNull;
 use kernel::error::{from_err_ptr, to_result};
@@ -65,6 +80,8 @@ unsafe extern "C" fn alloc_on_first_dev(dev: *mut bindings::device, data: *mut f
 pub(crate) struct Domain {
     raw: NonNull<bindings::iommu_domain>,
     groups: KVec<NonNull<bindings::iommu_group>>,
+    /// Enforced cache coherency was turned on.
+    enforce_cc: bool,
 }
 
 // SAFETY: an IOMMU domain may be used and freed from any thread; the group
@@ -94,7 +111,7 @@ impl Domain {
         // No device (an empty group): nothing to allocate for.
         let raw = NonNull::new(from_err_ptr(d)?).ok_or(ENODEV)?;
         // INVARIANT: a fresh domain from the allocator, no group attached.
-        Ok(Domain { raw, groups })
+        Ok(Domain { raw, groups, enforce_cc: false })
     }
 
     fn as_ptr(&self) -> *mut bindings::iommu_domain {
@@ -159,15 +176,21 @@ impl Domain {
 
     /// Turns on enforced cache coherency (no-snoop DMA blocked) if the
     /// IOMMU can; true if it is on.
-    pub(crate) fn enforce_cache_coherency(&self) -> bool {
+    pub(crate) fn enforce_cache_coherency(&mut self) -> bool {
         // SAFETY: the domain is valid (type invariant); its `ops` points to
         // the IOMMU driver's static table.
         let f = unsafe { (*(*self.as_ptr()).ops).enforce_cache_coherency };
-        match f {
+        self.enforce_cc = match f {
             // SAFETY: the driver's own op, called on its own domain.
             Some(f) => unsafe { f(self.as_ptr()) },
             None => false,
-        }
+        };
+        self.enforce_cc
+    }
+
+    /// Whether [`Self::enforce_cache_coherency`] turned it on.
+    pub(crate) fn enforces_cc(&self) -> bool {
+        self.enforce_cc
     }
 
     /// The aperture: first and last mappable IOVA.
@@ -186,12 +209,13 @@ impl Domain {
 
     /// Maps `size` bytes at `iova` to the physical range at `paddr`
     /// (`iommu_map`; the IOMMU core picks the largest page sizes the
-    /// alignment allows).
-    pub(crate) fn map(&self, iova: u64, paddr: u64, size: u64, prot: u32) -> Result {
+    /// alignment allows). Private: only a [`DomainSet`] maps, pages whose
+    /// pins it owns.
+    fn map(&self, iova: u64, paddr: u64, size: u64, prot: u32) -> Result {
         let size = usize::try_from(size).map_err(|_| EINVAL)?;
-        // SAFETY: the domain is valid; the caller owns the IOVA range and
-        // keeps the physical pages pinned until it unmaps them. The
-        // page-table allocations are charged to the caller's memcg.
+        // SAFETY: the domain is valid; the caller (this module) owns the
+        // IOVA range and keeps the physical pages pinned until it unmaps
+        // them. The page-table allocations are charged to the caller's memcg.
         to_result(unsafe {
             bindings::iommu_map(
                 self.as_ptr(),
@@ -206,17 +230,18 @@ impl Domain {
 
     /// Unmaps up to `size` bytes at `iova` and flushes the IOTLB
     /// (`iommu_unmap`); returns the bytes unmapped.
-    pub(crate) fn unmap(&self, iova: u64, size: u64) -> u64 {
+    fn unmap(&self, iova: u64, size: u64) -> u64 {
         // SAFETY: the domain is valid; unmapping any range is allowed.
         unsafe { bindings::iommu_unmap(self.as_ptr(), iova as ffi::c_ulong, size as usize) as u64 }
     }
 
     /// Unmaps up to `size` bytes at `iova` without flushing: the flush is
     /// gathered in `gather` until [`Domain::iotlb_sync`]. The pages stay
-    /// reachable by the device until then, so they must stay pinned.
-    pub(crate) fn unmap_fast(&self, iova: u64, size: u64, gather: &IotlbGather) -> u64 {
+    /// reachable by the device until then, so they must stay pinned:
+    /// private to [`DomainSet::unmap_unpin`], which unpins after the flush.
+    fn unmap_fast(&self, iova: u64, size: u64, gather: &IotlbGather) -> u64 {
         // SAFETY: the domain is valid; `gather` was initialised in place
-        // and is used for this domain only (the caller's contract).
+        // and is used for this domain only (its one user, `unmap_unpin`).
         unsafe {
             bindings::iommu_unmap_fast(self.as_ptr(), iova as ffi::c_ulong, size as usize, gather.inner.get()) as u64
         }
@@ -224,15 +249,42 @@ impl Domain {
 
     /// Flushes what `gather` collected and frees the page-table pages it
     /// held; `gather` is empty again afterwards.
-    pub(crate) fn iotlb_sync(&self, gather: &IotlbGather) {
+    fn iotlb_sync(&self, gather: &IotlbGather) {
         // SAFETY: as for `unmap_fast`.
         unsafe { bindings::kmod_helper_iotlb_sync(self.as_ptr(), gather.inner.get()) };
     }
 
     /// The physical address `iova` maps to, 0 if none.
-    pub(crate) fn iova_to_phys(&self, iova: u64) -> u64 {
+    fn iova_to_phys(&self, iova: u64) -> u64 {
         // SAFETY: the domain is valid; a lookup has no other precondition.
         unsafe { bindings::iommu_iova_to_phys(self.as_ptr(), iova) }
+    }
+
+    /// The largest run at `iova` that this domain maps physically
+    /// contiguously, up to `end`: (phys, len), or `None` if `iova` is not
+    /// mapped.
+    fn mapped_run(&self, iova: u64, end: u64) -> Option<(u64, u64)> {
+        let phys = self.iova_to_phys(iova);
+        if phys == 0 {
+            return None;
+        }
+        let next = iova + PAGE_SIZE;
+        if next >= end || self.iova_to_phys(next) != phys + PAGE_SIZE {
+            return Some((phys, PAGE_SIZE));
+        }
+        Some((phys, self.contiguous_len(iova, phys, end)))
+    }
+
+    /// [`Self::mapped_run`]'s length where the run has two pages or more.
+    /// Out of line: its per-page loop then keeps its values in registers
+    /// of its own (inlined into the unmap, it took two more moves a page).
+    #[inline(never)]
+    fn contiguous_len(&self, iova: u64, phys: u64, end: u64) -> u64 {
+        let mut len = 2 * PAGE_SIZE;
+        while iova + len < end && self.iova_to_phys(iova + len) == phys + len {
+            len += PAGE_SIZE;
+        }
+        len
     }
 
     /// Asks for a nesting-capable domain (`VFIO_TYPE1_NESTING_IOMMU`);
@@ -262,18 +314,304 @@ impl Drop for Domain {
     }
 }
 
+const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;
+const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// Runs unmapped between two IOTLB flushes (`VFIO_IOMMU_TLB_SYNC_MAX`).
+pub(crate) const TLB_SYNC_MAX: usize = 512;
+
+/// The IOMMU domains of a container (the C `domain_list`), owning the pins
+/// of the pages their page tables map; see the module documentation.
+///
+/// # Invariants
+///
+/// Every domain in `list` maps the same pages at the same IOVAs. For each
+/// IOVA page that the first domain maps to an accountable page
+/// ([`mm::pfn_is_accountable`]), this value holds one long-term pin of that
+/// page, taken over from a [`PinnedRun`]; non-accountable pages (reserved
+/// pages, device memory) were mapped from reserved runs, which hold none.
+pub(crate) struct DomainSet {
+    list: KVec<Domain>,
+}
+
+impl DomainSet {
+    /// No domain.
+    pub(crate) fn new() -> Self {
+        // INVARIANT: no domain maps anything.
+        DomainSet { list: KVec::new() }
+    }
+
+    /// The domains, in order (the first is where unmap looks up pages).
+    pub(crate) fn domains(&self) -> &[Domain] {
+        &self.list
+    }
+
+    /// Whether there is no domain.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Attaches `group` to the domain at `i` ([`Domain::attach`]).
+    pub(crate) fn attach_group(&mut self, i: usize, group: &IommuGroup) -> Result {
+        self.list.get_mut(i).ok_or(EINVAL)?.attach(group)
+    }
+
+    /// Detaches the group with `key` from its domain; that domain's index.
+    pub(crate) fn detach_group(&mut self, key: GroupKey) -> Option<usize> {
+        let i = self.list.iter().position(|d| d.has_group(key))?;
+        self.list.get_mut(i)?.detach(key);
+        Some(i)
+    }
+
+    /// Drops the domain at `i` (detaching its groups, freeing it). The last
+    /// domain takes its place: all domains map the same pages, so any of
+    /// them can be first. Pins that only the last domain held are leaked:
+    /// unmap everything first ([`Self::unmap_unpin`]).
+    pub(crate) fn remove(&mut self, i: usize) {
+        // INVARIANT: the remaining domains still map the same pages; the
+        // new first one maps what the old one did.
+        drop(self.list.swap_remove(i));
+    }
+
+    /// Adds `new` after `replay` made it map what the others map (copied
+    /// from the first domain, or pinned now if there is none): see
+    /// [`Replay`]. If `replay` fails, `new` is dropped; `replay` must have
+    /// unmapped what it mapped by then (or its pins leak).
+    pub(crate) fn add(&mut self, new: Domain, replay: impl FnOnce(&Replay<'_>) -> Result) -> Result {
+        self.list.reserve(1, GFP_KERNEL)?;
+        replay(&Replay { first: self.list.first(), new: &new })?;
+        // INVARIANT: `new` maps what the first domain maps (`Replay`'s
+        // contract with `replay`, which succeeded), or is the only domain.
+        // `reserve` above made room: this push cannot fail.
+        self.list.push(new, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// Maps `run` at `iova` into every domain with `prot` (`IOMMU_READ`,
+    /// `IOMMU_WRITE`; `IOMMU_CACHE` is added), taking over its pins: `run`
+    /// is left empty (`vfio_iommu_map`). On failure the run is unmapped from
+    /// the domains already done and left as it was. `EINVAL` without a
+    /// domain, or for `IOMMU_WRITE` on pages not pinned for writing.
+    #[inline]
+    pub(crate) fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
+        if self.list.is_empty() {
+            return Err(EINVAL);
+        }
+        map_into(&self.list, iova, run, prot)
+    }
+
+    /// `vfio_unmap_unpin` for `size` bytes at `iova`: unmaps them from every
+    /// domain and, if `pinned` (the range holds pins at all), gives back the
+    /// pins of the pages the first domain mapped there, marking them dirty
+    /// if `dirty`, each only after the IOTLB flush that covers it. Returns
+    /// how many pins were given back (accountable pages).
+    pub(crate) fn unmap_unpin(&self, iova: u64, size: u64, pinned: bool, dirty: bool) -> u64 {
+        let Some(first) = self.list.first() else { return 0 };
+        if !pinned {
+            // Device memory only: nothing to unpin, so no runs to find.
+            for d in self.list.iter() {
+                d.unmap(iova, size);
+                mm::cond_resched();
+            }
+            return 0;
+        }
+        // The first domain tells which pages to unpin; the others go at
+        // once, so that no translation remains once the pages are unpinned.
+        for d in self.list.iter().skip(1) {
+            d.unmap(iova, size);
+            mm::cond_resched();
+        }
+        // INVARIANT: the first domain's pins are given back below as its
+        // entries go; the other domains no longer map the range.
+        // SAFETY: the first domain of the set: we own the pins of the
+        // accountable pages it maps (type invariant).
+        unsafe { unmap_unpin_first(first, iova, size, dirty) }
+    }
+}
+
+/// Maps `run` at `iova` into every domain of `domains` (not empty), as
+/// [`DomainSet::map`].
+#[inline]
+fn map_into(domains: &[Domain], iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
+    if prot & IOMMU_WRITE != 0 && !run.is_writable() {
+        return Err(EINVAL);
+    }
+    let (paddr, size) = (run.pfn() << PAGE_SHIFT, run.npage() << PAGE_SHIFT);
+    for (i, d) in domains.iter().enumerate() {
+        if let Err(e) = d.map(iova, paddr, size, prot | IOMMU_CACHE) {
+            for done in domains.iter().take(i).rev() {
+                done.unmap(iova, size);
+            }
+            return Err(e);
+        }
+        mm::cond_resched();
+    }
+    // The page tables hold the pins now (the caller's invariant): the run
+    // must not give them back.
+    core::mem::forget(core::mem::take(run));
+    Ok(())
+}
+
+/// Unmaps `size` bytes at `iova` from `first` run by run, with IOTLB flushes
+/// gathered over up to [`TLB_SYNC_MAX`] runs, and gives back the pins of the
+/// accountable pages of each run after the flush that covers it (without
+/// memory for the list of runs, each run is unmapped and flushed on its
+/// own). Returns how many pins were given back.
+///
+/// # Safety
+///
+/// The caller owns one pin of each accountable page `first` maps in the
+/// range, and no other domain maps the range.
+unsafe fn unmap_unpin_first(first: &Domain, start: u64, size: u64, dirty: bool) -> u64 {
+    let end = start + size;
+    kernel::stack_pin_init!(let gather = IotlbGather::new());
+    // Runs unmapped but not yet flushed: (pfn, npage).
+    let mut pending: KVec<(u64, u64)> = KVec::with_capacity(TLB_SYNC_MAX, GFP_KERNEL).unwrap_or(KVec::new());
+    let batched = pending.capacity() >= TLB_SYNC_MAX;
+    let mut unpinned = 0;
+    let mut iova = start;
+    while iova < end {
+        let Some((phys, len)) = first.mapped_run(iova, end) else {
+            pr_warn!("iova {iova:#x} of a mapping is not mapped in its IOMMU domain\n");
+            iova += PAGE_SIZE;
+            continue;
+        };
+        let mut unmapped = 0;
+        if batched {
+            unmapped = first.unmap_fast(iova, len, &gather);
+            if unmapped != 0 {
+                // Capacity is TLB_SYNC_MAX and the list is flushed when full.
+                let _ = pending.push((phys >> PAGE_SHIFT, unmapped >> PAGE_SHIFT), GFP_KERNEL);
+            }
+            if unmapped == 0 || pending.len() >= TLB_SYNC_MAX {
+                // SAFETY: the pending runs were unmapped from `first`, and
+                // we own their pins (the function's contract).
+                unpinned += unsafe { sync_unpin(first, &gather, &mut pending, dirty) };
+            }
+        }
+        if unmapped == 0 {
+            unmapped = first.unmap(iova, len);
+            if unmapped == 0 {
+                pr_warn!("could not unmap iova {iova:#x} from its IOMMU domain\n");
+                break;
+            }
+            // SAFETY: unmapped and flushed by `unmap`; we own the pins of
+            // its accountable pages (the function's contract).
+            unpinned += unsafe { mm::unpin_accountable(phys >> PAGE_SHIFT, unmapped >> PAGE_SHIFT, dirty) };
+            mm::cond_resched();
+        }
+        iova += unmapped;
+    }
+    // SAFETY: as above.
+    unpinned + unsafe { sync_unpin(first, &gather, &mut pending, dirty) }
+}
+
+/// Flushes the IOTLB for what `gather` collected from `d`, then gives back
+/// the pins of the `pending` runs (emptied).
+///
+/// # Safety
+///
+/// The `pending` runs were unmapped from `d` into `gather`, no other domain
+/// maps them, and the caller owns the pins of their accountable pages.
+unsafe fn sync_unpin(d: &Domain, gather: &IotlbGather, pending: &mut KVec<(u64, u64)>, dirty: bool) -> u64 {
+    d.iotlb_sync(gather);
+    let mut unpinned = 0;
+    for &(pfn, npage) in pending.iter() {
+        // SAFETY: no longer reachable by any device (flushed just above);
+        // the pins are the caller's (the function's contract).
+        unpinned += unsafe { mm::unpin_accountable(pfn, npage, dirty) };
+    }
+    pending.clear();
+    mm::cond_resched();
+    unpinned
+}
+
+/// A domain being added to a [`DomainSet`] by [`DomainSet::add`], and the
+/// set's first domain, if any: the new domain is made to map what the
+/// first maps (`vfio_iommu_replay`), by copying its entries, or, when the
+/// set is empty, by mapping pinned runs, which the new domain then owns as
+/// the first domain.
+pub(crate) struct Replay<'a> {
+    first: Option<&'a Domain>,
+    new: &'a Domain,
+}
+
+impl Replay<'_> {
+    /// Copies what the first domain maps in `[iova, iova + size)` into the
+    /// new domain with `prot` (`IOMMU_CACHE` is added). `EINVAL` if the set
+    /// is empty. The pages stay owned by the set.
+    pub(crate) fn copy(&self, iova: u64, size: u64, prot: u32) -> Result {
+        let from = self.first.ok_or(EINVAL)?;
+        let end = iova + size;
+        let mut at = iova;
+        while at < end {
+            let Some((phys, len)) = from.mapped_run(at, end) else {
+                pr_warn!("mapping at iova {at:#x} is missing from the first IOMMU domain\n");
+                at += PAGE_SIZE;
+                continue;
+            };
+            self.new.map(at, phys, len, prot | IOMMU_CACHE)?;
+            at += len;
+            mm::cond_resched();
+        }
+        Ok(())
+    }
+
+    /// Unmaps what [`Self::copy`] mapped in `[iova, iova + size)`.
+    pub(crate) fn uncopy(&self, iova: u64, size: u64) {
+        if self.first.is_some() {
+            self.new.unmap(iova, size);
+        }
+    }
+
+    /// Maps `run` at `iova` into the new domain, as [`DomainSet::map`]:
+    /// only when the set is empty (the new domain will be the first, which
+    /// owns the pins), else `EINVAL`.
+    #[inline]
+    pub(crate) fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
+        if self.first.is_some() {
+            return Err(EINVAL);
+        }
+        map_into(core::slice::from_ref(self.new), iova, run, prot)
+    }
+
+    /// Unmaps what [`Self::map`] mapped in `[iova, iova + size)`, each run
+    /// flushed on its own, and gives back its pins; returns how many.
+    pub(crate) fn unmap_unpin(&self, iova: u64, size: u64, dirty: bool) -> u64 {
+        if self.first.is_some() {
+            return 0;
+        }
+        let end = iova + size;
+        let mut at = iova;
+        let mut unpinned = 0;
+        while at < end {
+            let Some((phys, len)) = self.new.mapped_run(at, end) else {
+                at += PAGE_SIZE;
+                continue;
+            };
+            self.new.unmap(at, len);
+            // SAFETY: the set is empty, so the new domain alone maps these
+            // pages, with pins it took over from `Self::map`; unmapped and
+            // flushed just above.
+            unpinned += unsafe { mm::unpin_accountable(phys >> PAGE_SHIFT, len >> PAGE_SHIFT, dirty) };
+            at += len;
+        }
+        unpinned
+    }
+}
+
 /// An `iommu_iotlb_gather`: TLB flushes and freed page-table pages
 /// collected over several [`Domain::unmap_fast`] calls on one domain.
 /// Create it on the stack with `stack_pin_init!` (it points to itself).
 #[pin_data]
-pub(crate) struct IotlbGather {
+struct IotlbGather {
     #[pin]
     inner: Opaque<bindings::iommu_iotlb_gather>,
 }
 
 impl IotlbGather {
     /// An empty gather.
-    pub(crate) fn new() -> impl PinInit<Self> {
+    fn new() -> impl PinInit<Self> {
         pin_init!(IotlbGather {
             inner <- Opaque::ffi_init(|slot| {
                 // SAFETY: `slot` is valid for writes and stays where it is.

@@ -14,9 +14,26 @@
 //!
 //! The small functions here are `#[inline]`: they run per `vfio_pin_pages`
 //! and `vfio_dma_rw` call, and per pinned page on the real-IOMMU path.
+//!
+//! # Pins are owned
+//!
+//! Only this module pins pages, and every pin it makes is handed out as a
+//! value that owns it: a [`PinnedPage`] (one page, the mdev path), a
+//! [`PagePins`] (up to [`PIN_RUN_MAX`] pages of one `vfio_pin_pages` run)
+//! or a [`PinnedRun`] (physically contiguous pages, the real-IOMMU path).
+//! None is `Copy` or `Clone`; each gives its pins back once, when dropped
+//! or unpinned explicitly, marking the pages dirty if the device could
+//! write them. A safe caller therefore cannot unpin a page it did not pin,
+//! nor unpin a page twice. Reserved pages and device memory come in the
+//! same types, marked reserved: they hold no pin to give back, as the C
+//! type1 never gives one back (`is_invalid_reserved_pfn`). Pins that
+//! IOMMU page tables hold are owned by `iommu_domain::DomainSet`, which
+//! gives them back with [`unpin_accountable`]: the only way to unpin by
+//! frame number outside these types, an `unsafe fn`.
 
 use crate::bindings;
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi;
@@ -215,8 +232,8 @@ fn errno_result(ret: ffi::c_int) -> Result {
 /// A page frame number as VFIO records pins.
 pub(crate) type Pfn = u64;
 
-/// Most pages [`MmUsers::pin_pfns`] pins in one call (its page array is on
-/// the stack).
+/// Most pages [`MmUsers::pin_pages`] pins in one call (its page array is in
+/// the returned [`PagePins`], on the stack).
 pub(crate) const PIN_RUN_MAX: usize = 16;
 
 /// `page_to_pfn` and `pfn_to_page` of `SPARSEMEM_VMEMMAP`: offsets from the
@@ -296,42 +313,56 @@ impl MmUsers<'_> {
         errno_result(ret)
     }
 
-    /// Pins pages from `vaddr` for long-term device access (`FOLL_LONGTERM`,
-    /// plus `FOLL_WRITE` when the device may write) and stores each one's
-    /// pfn in `pfns` and whether it is reserved (not accounted, never
-    /// unpinned: `is_invalid_reserved_pfn`) in `reserved`: at most
-    /// `pfns.len()`, `reserved.len()` and [`PIN_RUN_MAX`] pages, under one
-    /// mmap lock. Returns how many were pinned from the start, at least one.
-    /// Device memory (`VM_IO`/`VM_PFNMAP`) gives one page, reserved and not
-    /// pinned, whose pfn may have no `struct page` (check [`pfn_valid`]), as
-    /// the C `vaddr_get_pfns()` gives it.
-    pub(crate) fn pin_pfns(&self, vaddr: u64, write: bool, pfns: &mut [Pfn], reserved: &mut [bool]) -> Result<usize> {
-        let n = pfns.len().min(reserved.len()).min(PIN_RUN_MAX);
-        let mut pages = [core::ptr::null_mut(); PIN_RUN_MAX];
-        let got = match self.pin_or_follow(vaddr, &mut pages[..n], write, 1)? {
-            Found::Pages(got) => got,
-            Found::Device(run) => {
-                let (Some(pfn), Some(rsvd)) = (pfns.first_mut(), reserved.first_mut()) else { return Err(EINVAL) };
-                *pfn = run.pfn;
-                *rsvd = true;
-                return Ok(1);
-            }
-        };
-        let frames = PageFrames::get();
-        for ((page, pfn), rsvd) in pages[..got].iter().zip(pfns.iter_mut()).zip(reserved.iter_mut()) {
-            *pfn = frames.pfn(*page);
-            // SAFETY: a pinned page is a page of the memory map.
-            *rsvd = unsafe { page_reserved(*page) };
+    /// Pins up to `npage` (at most `N` and [`PIN_RUN_MAX`]) pages from
+    /// `vaddr` for long-term device access (`FOLL_LONGTERM`, plus
+    /// `FOLL_WRITE` when the device may write) under one mmap lock, keeping
+    /// their pages in `room`: at least one page, from the start. Device
+    /// memory (`VM_IO`/`VM_PFNMAP`) gives one page, reserved and not
+    /// pinned, whose pfn may have no `struct page` (check [`pfn_valid`]),
+    /// as the C `vaddr_get_pfns()` gives it. Inlined into the pin path.
+    #[inline(always)]
+    pub(crate) fn pin_pages<'r, const N: usize>(
+        &self,
+        vaddr: u64,
+        write: bool,
+        npage: usize,
+        room: &'r mut PinRoom<N>,
+    ) -> Result<PagePins<'r>> {
+        let n = npage.min(N).min(PIN_RUN_MAX);
+        // INVARIANT: nothing is held yet (`len` 0). Only the slots used are
+        // initialised: a one-page pin writes one.
+        let mut pins = PagePins { pages: &mut room.0, reserved: 0, write, next: 0, len: 0 };
+        for slot in pins.pages.iter_mut().take(n) {
+            slot.write(core::ptr::null_mut());
         }
-        Ok(got)
-    }
-
-    /// Pins the page at `vaddr` for long-term device access: its pfn, and
-    /// whether it is reserved ([`Self::pin_pfns`] for one page).
-    pub(crate) fn pin_page(&self, vaddr: u64, write: bool) -> Result<(Pfn, bool)> {
-        let (mut pfn, mut reserved) = ([0], [false]);
-        self.pin_pfns(vaddr, write, &mut pfn, &mut reserved)?;
-        Ok((pfn[0], reserved[0]))
+        // SAFETY: the first `n` slots (`n <= N`) are initialised just above,
+        // and a `MaybeUninit<T>` has the layout of `T`.
+        let pages = unsafe { core::slice::from_raw_parts_mut(pins.pages.as_mut_ptr().cast::<*mut bindings::page>(), n) };
+        match self.pin_or_follow(vaddr, pages, write, 1)? {
+            Found::Pages(got) => {
+                let got = got.min(n);
+                for (i, page) in pages[..got].iter().enumerate() {
+                    // SAFETY: a pinned page is a page of the memory map.
+                    if unsafe { page_reserved(*page) } {
+                        pins.reserved |= 1 << i;
+                    }
+                }
+                // INVARIANT: `pin_or_follow` pinned the first `got` pages,
+                // each once; their reserved ones are marked.
+                pins.len = got as u8;
+            }
+            Found::Device(run) => {
+                // INVARIANT: device memory, not pinned: marked reserved. The
+                // page address is only turned back into its pfn; slot 0
+                // exists (`pin_or_follow` refuses an empty array).
+                let page = PageFrames::get().page(run.pfn);
+                let Some(slot) = pins.pages.first_mut() else { return Err(EINVAL) };
+                slot.write(page);
+                pins.reserved = 1;
+                pins.len = 1;
+            }
+        }
+        Ok(pins)
     }
 
     /// Pins up to `pages.len()` consecutive pages from `vaddr` for long-term
@@ -515,31 +546,207 @@ pub(crate) fn pfn_is_accountable(pfn: Pfn) -> bool {
     !unsafe { page_reserved(PageFrames::get().page(pfn)) }
 }
 
-/// `put_pfn` of the C type1: gives back a pin of `pfn` (marking the page
-/// dirty if the device could write it) unless the pfn is reserved; true if
-/// it did.
-pub(crate) fn put_pfn(pfn: Pfn, dirty: bool) -> bool {
-    if !pfn_is_accountable(pfn) {
-        return false;
-    }
-    let mut page = PageFrames::get().page(pfn);
-    // SAFETY: the caller pinned this pfn once and gives that pin back; a
-    // reserved pfn is left alone above, as it was never pinned for real.
-    unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, dirty) };
-    true
-}
-
-/// Gives back one pin of each of `npage` pages from `pfn`, a physically
-/// contiguous run of pages pinned by [`PinBatch::pin`], marking them dirty
-/// if the device could write them.
-pub(crate) fn unpin_pfn_range(pfn: Pfn, npage: u64, dirty: bool) {
-    if npage == 0 {
-        return;
-    }
-    // SAFETY: the caller pinned each page of the run once and gives that pin back.
+/// Gives back one pin of each of `npage` pages from `pfn` (a physically
+/// contiguous run with `struct page`s), marking them dirty if `dirty`.
+///
+/// # Safety
+///
+/// The caller owns one long-term pin of each of these pages and gives it up.
+#[inline]
+unsafe fn unpin_range(pfn: Pfn, npage: u64, dirty: bool) {
+    // SAFETY: the pages have `struct page`s, pinned once each by the caller,
+    // who gives those pins back (the function's contract).
     unsafe {
         bindings::unpin_user_page_range_dirty_lock(PageFrames::get().page(pfn), npage as ffi::c_ulong, dirty)
     };
+}
+
+/// Gives back the pins of the accountable pages ([`pfn_is_accountable`])
+/// among `npage` physically contiguous pages from `pfn`, marking them dirty
+/// if `dirty`; returns how many. Reserved pages and pfns without a `struct
+/// page` are left alone, as the C type1's `put_pfn` leaves them. Maximal
+/// accountable sub-runs are unpinned with one call each.
+///
+/// # Safety
+///
+/// The caller owns one long-term pin of each accountable page of the range
+/// (pins of a [`PinnedRun`] it took apart: IOMMU page tables record them)
+/// and gives it up.
+pub(crate) unsafe fn unpin_accountable(pfn: Pfn, npage: u64, dirty: bool) -> u64 {
+    let mut unpinned = 0;
+    let mut start = 0u64;
+    while start < npage {
+        if !pfn_is_accountable(pfn + start) {
+            start += 1;
+            continue;
+        }
+        let mut end = start + 1;
+        while end < npage && pfn_is_accountable(pfn + end) {
+            end += 1;
+        }
+        // SAFETY: accountable pages have `struct page`s; the caller owns
+        // their pins (the function's contract).
+        unsafe { unpin_range(pfn + start, end - start, dirty) };
+        unpinned += end - start;
+        start = end;
+    }
+    unpinned
+}
+
+/// One page pinned for long-term device access (a page a device pinned
+/// with `vfio_pin_pages`): gives its pin back when dropped or unpinned.
+/// Only [`PagePins`] makes one.
+///
+/// One word: the pfn (below 2^52: a physical address has 64 bits) with two
+/// flags in its top bits, so that a pinned page's tree node is as large as
+/// with a bare pfn.
+///
+/// # Invariants
+///
+/// Unless [`Self::PAGE_RESERVED`] is set, `self.0` holds one long-term pin
+/// of the page of `self.pfn()`, which has a `struct page`. A reserved one
+/// holds no pin that is given back (a reserved page, or device memory,
+/// which is not pinned). [`Self::PAGE_WRITE`]: the device may write it.
+pub(crate) struct PinnedPage(u64);
+
+impl PinnedPage {
+    const PAGE_RESERVED: u64 = 1 << 63;
+    const PAGE_WRITE: u64 = 1 << 62;
+
+    /// The page's frame number.
+    #[inline(always)]
+    pub(crate) fn pfn(&self) -> Pfn {
+        self.0 & !(Self::PAGE_RESERVED | Self::PAGE_WRITE)
+    }
+
+    /// Reserved page or device memory: not accounted, nothing to give back.
+    #[inline(always)]
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.0 & Self::PAGE_RESERVED != 0
+    }
+
+    /// Gives the pin back (the C type1's `put_pfn`); true if there was one
+    /// (the page is accountable), false for a reserved page.
+    #[inline]
+    pub(crate) fn unpin(self) -> bool {
+        let page = core::mem::ManuallyDrop::new(self);
+        page.release()
+    }
+
+    /// Gives the pin back; the caller then forgets `self`.
+    #[inline(always)]
+    fn release(&self) -> bool {
+        if self.is_reserved() {
+            return false;
+        }
+        let mut page = PageFrames::get().page(self.pfn());
+        // SAFETY: not reserved, so we hold one pin of this page, which has a
+        // `struct page` (type invariant); both callers forget `self` after.
+        unsafe { bindings::unpin_user_pages_dirty_lock(&mut page, 1, self.0 & Self::PAGE_WRITE != 0) };
+        true
+    }
+}
+
+impl Drop for PinnedPage {
+    #[inline]
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Room for the pages of one [`PagePins`], kept by its caller (on the
+/// stack): it holds no pin itself, and only [`MmUsers::pin_pages`] reads or
+/// writes it. A [`PagePins`] borrows it, so that it is small to move.
+pub(crate) struct PinRoom<const N: usize>([MaybeUninit<*mut bindings::page>; N]);
+
+impl<const N: usize> Default for PinRoom<N> {
+    #[inline(always)]
+    fn default() -> Self {
+        PinRoom([MaybeUninit::uninit(); N])
+    }
+}
+
+/// Up to [`PIN_RUN_MAX`] pages pinned by one [`MmUsers::pin_pages`] call,
+/// handed out in order as [`PinnedPage`]s; the pins not taken out are
+/// given back on drop.
+///
+/// # Invariants
+///
+/// `len` is at most `pages.len()` and [`PIN_RUN_MAX`]. For each `i` in
+/// `next..len`, `pages[i]` is initialised, with the `struct page` address
+/// of the pfn of one page that this value holds a long-term pin of, unless
+/// bit `i` of `reserved` is set: then it holds none (a reserved page, or
+/// device memory whose "page" may only be turned back into its pfn).
+/// `write`: the device may write the pages.
+pub(crate) struct PagePins<'r> {
+    pages: &'r mut [MaybeUninit<*mut bindings::page>],
+    reserved: u16,
+    write: bool,
+    next: u8,
+    len: u8,
+}
+
+const _: () = assert!(PIN_RUN_MAX <= u16::BITS as usize);
+
+impl PagePins<'_> {
+    /// How many pages are left to take out.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.len - self.next)
+    }
+
+    /// How many of the pages left are accountable (not reserved).
+    #[inline]
+    pub(crate) fn accountable(&self) -> usize {
+        let left = ((1u32 << self.len) - 1) & !((1u32 << self.next) - 1);
+        self.len() - (u32::from(self.reserved) & left).count_ones() as usize
+    }
+}
+
+impl Iterator for PagePins<'_> {
+    type Item = PinnedPage;
+
+    #[inline]
+    fn next(&mut self) -> Option<PinnedPage> {
+        if self.next >= self.len {
+            return None;
+        }
+        let i = usize::from(self.next);
+        // SAFETY: `next < len`: slot `i` exists and is initialised (type
+        // invariant).
+        let page = unsafe { self.pages.get_unchecked(i).assume_init() };
+        let mut bits = PageFrames::get().pfn(page);
+        if self.reserved & (1 << i) != 0 {
+            bits |= PinnedPage::PAGE_RESERVED;
+        }
+        if self.write {
+            bits |= PinnedPage::PAGE_WRITE;
+        }
+        // INVARIANT: the pin of page `i` moves to the `PinnedPage` (which
+        // has the same pfn and flags), and leaves `next..len`.
+        self.next += 1;
+        Some(PinnedPage(bits))
+    }
+}
+
+impl Drop for PagePins<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Usually every page was taken out.
+        if self.next < self.len {
+            self.give_back_rest();
+        }
+    }
+}
+
+impl PagePins<'_> {
+    /// Gives back the pins not taken out.
+    #[cold]
+    fn give_back_rest(&mut self) {
+        for page in self.by_ref() {
+            drop(page);
+        }
+    }
 }
 
 /// The output of `vfio_pin_pages`: lends `pages` to `pin` as room for as
@@ -670,34 +877,128 @@ pub(crate) fn cond_resched() {
 
 // ---- The real-IOMMU path: pinning whole mappings in batches ----
 
-/// A run of physically contiguous pinned pages of one kind (reserved or not).
+/// Physically contiguous frames as found (pinned or looked up): a record,
+/// owns nothing.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct PfnRun {
-    /// The first page's frame number.
-    pub(crate) pfn: Pfn,
-    /// How many pages.
-    pub(crate) npage: u64,
-    /// Reserved pages: not accounted, never unpinned.
-    pub(crate) reserved: bool,
+struct PfnRun {
+    pfn: Pfn,
+    npage: u64,
+    reserved: bool,
 }
 
-/// Room to pin a batch of pages and describe them as [`PfnRun`]s.
+/// A run of physically contiguous pages of one kind (reserved or not),
+/// pinned for long-term device access: gives its pins back when dropped or
+/// unpinned. Only [`PinBatch::pin`] makes one with pages; runs are merged
+/// with [`PinnedRun::extend`]; `iommu_domain::DomainSet` takes them over
+/// into IOMMU page tables.
+///
+/// # Invariants
+///
+/// Unless `reserved`, this value holds one long-term pin of each of the
+/// `npage` pages from `pfn`, which have `struct page`s. A reserved run holds
+/// no pin that is given back: reserved pages (whose pins the C type1 never
+/// gives back either) or device memory (`VM_IO`/`VM_PFNMAP`, not pinned).
+/// `write`: the device may write the pages (dirty when unpinned).
+#[derive(Default)]
+pub(crate) struct PinnedRun {
+    pfn: Pfn,
+    npage: u64,
+    reserved: bool,
+    write: bool,
+}
+
+impl PinnedRun {
+    /// The first page's frame number.
+    #[inline(always)]
+    pub(crate) fn pfn(&self) -> Pfn {
+        self.pfn
+    }
+
+    /// How many pages.
+    #[inline(always)]
+    pub(crate) fn npage(&self) -> u64 {
+        self.npage
+    }
+
+    /// Reserved pages or device memory: not accounted, never unpinned.
+    #[inline(always)]
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.reserved
+    }
+
+    /// Whether the device may write the pages.
+    #[inline(always)]
+    pub(crate) fn is_writable(&self) -> bool {
+        self.write
+    }
+
+    /// Appends `next` if it continues this run physically, with pages of
+    /// the same kind; otherwise gives it back (`Err`).
+    #[inline(always)]
+    pub(crate) fn extend(&mut self, next: PinnedRun) -> core::result::Result<(), PinnedRun> {
+        if self.npage == 0 || next.pfn != self.pfn + self.npage || next.reserved != self.reserved || next.write != self.write {
+            return Err(next);
+        }
+        // INVARIANT: `next`'s pins (or its lack of them, like ours) move
+        // here; its pages follow ours.
+        self.npage += next.npage;
+        core::mem::forget(next);
+        Ok(())
+    }
+
+    /// Gives the pins back; returns how many pages that was (0 for a
+    /// reserved run, which is not accounted), calling `each` with the index
+    /// in the run of every such page first.
+    #[inline]
+    pub(crate) fn unpin_each(self, mut each: impl FnMut(u64)) -> u64 {
+        let run = core::mem::ManuallyDrop::new(self);
+        if run.reserved || run.npage == 0 {
+            return 0;
+        }
+        (0..run.npage).for_each(&mut each);
+        // SAFETY: not reserved: we hold one pin of each page (type
+        // invariant), given back once: `run` is forgotten.
+        unsafe { unpin_range(run.pfn, run.npage, run.write) };
+        run.npage
+    }
+
+    /// Gives the pins back; returns how many pages that was.
+    #[inline]
+    pub(crate) fn unpin(self) -> u64 {
+        self.unpin_each(|_| {})
+    }
+}
+
+impl Drop for PinnedRun {
+    #[inline]
+    fn drop(&mut self) {
+        core::mem::take(self).unpin();
+    }
+}
+
+/// Room to pin a batch of pages and hand them out as [`PinnedRun`]s.
+///
+/// # Invariants
+///
+/// Every entry of `runs` is empty (no pages) between calls of
+/// [`PinBatch::pin`]: the [`PinnedRuns`] it returns takes them all.
 pub(crate) struct PinBatch {
     pages: KVec<*mut bindings::page>,
-    runs: KVec<PfnRun>,
+    runs: KVec<PinnedRun>,
 }
 
 impl PinBatch {
     /// Room for `len` pages.
     pub(crate) fn new(len: usize) -> Result<Self> {
-        Ok(PinBatch {
-            pages: KVec::from_elem(core::ptr::null_mut(), len, GFP_KERNEL)?,
-            runs: KVec::from_elem(PfnRun::default(), len, GFP_KERNEL)?,
-        })
+        let mut runs = KVec::with_capacity(len, GFP_KERNEL)?;
+        for _ in 0..len {
+            runs.push(PinnedRun::default(), GFP_KERNEL)?;
+        }
+        Ok(PinBatch { pages: KVec::from_elem(core::ptr::null_mut(), len, GFP_KERNEL)?, runs })
     }
 
     /// Pins up to `want` pages (at most the batch's room) from `vaddr` with
-    /// [`MmUsers`], and describes them as runs of physically contiguous
+    /// [`MmUsers`], and hands them out as runs of physically contiguous
     /// pages of one kind, in order, each at most `max_npage` long (what the
     /// C type1's `vfio_pin_pages_remote()` works out page by page). Returns
     /// how many pages were pinned (at least one), the runs, and how many
@@ -712,15 +1013,17 @@ impl PinBatch {
         want: usize,
         write: bool,
         max_npage: u64,
-    ) -> Result<(usize, &[PfnRun], usize)> {
+    ) -> Result<(usize, PinnedRuns<'_>, usize)> {
         let room = want.min(self.pages.len());
         let max_device = (want as u64).min(max_npage);
         let got = match users.pin_or_follow(vaddr, &mut self.pages[..room], write, max_device)? {
-            Found::Pages(got) => got,
+            Found::Pages(got) => got.min(room),
             Found::Device(run) => {
                 let slot = self.runs.first_mut().ok_or(EINVAL)?;
-                *slot = run;
-                return Ok((run.npage as usize, &self.runs[..1], 0));
+                // INVARIANT: device memory, not pinned: a reserved run.
+                *slot = PinnedRun { pfn: run.pfn, npage: run.npage, reserved: true, write };
+                let runs = PinnedRuns { runs: &mut self.runs[..1], next: 0 };
+                return Ok((run.npage as usize, runs, 0));
             }
         };
         let frames = PageFrames::get();
@@ -741,7 +1044,9 @@ impl PinBatch {
             }
             if cur.npage != 0 {
                 if let Some(slot) = runs.get_mut(nruns) {
-                    *slot = cur;
+                    // INVARIANT: pages pinned just above, each once, in
+                    // exactly one run (the slot was empty).
+                    *slot = PinnedRun { pfn: cur.pfn, npage: cur.npage, reserved: cur.reserved, write };
                     nruns += 1;
                 }
             }
@@ -749,10 +1054,46 @@ impl PinBatch {
         }
         if cur.npage != 0 {
             if let Some(slot) = runs.get_mut(nruns) {
-                *slot = cur;
+                // INVARIANT: as above.
+                *slot = PinnedRun { pfn: cur.pfn, npage: cur.npage, reserved: cur.reserved, write };
                 nruns += 1;
             }
         }
-        Ok((got, &runs[..nruns], unreserved))
+        Ok((got, PinnedRuns { runs: &mut runs[..nruns], next: 0 }, unreserved))
+    }
+}
+
+/// The runs of one [`PinBatch::pin`], in order: taken out one by one with
+/// `next`; those not taken are given back on drop (and the batch's room is
+/// empty again).
+pub(crate) struct PinnedRuns<'a> {
+    runs: &'a mut [PinnedRun],
+    next: usize,
+}
+
+impl PinnedRuns<'_> {
+    /// The runs not taken out yet.
+    #[inline]
+    pub(crate) fn remaining(&self) -> &[PinnedRun] {
+        self.runs.get(self.next..).unwrap_or(&[])
+    }
+}
+
+impl Iterator for PinnedRuns<'_> {
+    type Item = PinnedRun;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<PinnedRun> {
+        let slot = self.runs.get_mut(self.next)?;
+        self.next += 1;
+        Some(core::mem::take(slot))
+    }
+}
+
+impl Drop for PinnedRuns<'_> {
+    fn drop(&mut self) {
+        for run in self.by_ref() {
+            drop(run);
+        }
     }
 }

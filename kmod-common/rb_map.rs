@@ -137,6 +137,24 @@ impl<V, A: NodeAlloc<V>> RbOwned<V, A> {
         // INVARIANT: see above.
         RbSlot(node.cast(), PhantomData)
     }
+
+    /// Moves the value out and returns it with the memory as a slot.
+    #[inline]
+    pub(crate) fn into_parts(self) -> (V, RbSlot<V, A>) {
+        let node = ManuallyDrop::new(self).0;
+        // SAFETY: the node holds an initialised value (type invariant),
+        // moved out once here; what is left is memory from `A::alloc`,
+        // owned alone and holding no value, as a slot requires.
+        let value = unsafe { ptr::read(&(*node.as_ptr()).value) };
+        // INVARIANT: see above.
+        (value, RbSlot(node.cast(), PhantomData))
+    }
+
+    /// Moves the value out and frees the node.
+    #[inline]
+    pub(crate) fn into_value(self) -> V {
+        self.into_parts().0
+    }
 }
 
 impl<V, A: NodeAlloc<V>> Deref for RbOwned<V, A> {

@@ -318,21 +318,22 @@ struct PinContext<'a> {
 
 /// `vfio_pin_page_external()` with the address space already held live:
 /// pins the page at `vaddr` and charges it to `task` unless it is reserved.
-/// Returns its pfn and whether it is reserved.
+/// Returns it as a batch of one page (what `pin_run_external` returns).
 /// Inlined into the pin path, which calls it for every single-page pin.
 #[inline(always)]
-fn pin_one(
+fn pin_one<'r>(
     users: &mm::MmUsers<'_>,
     task: &mm::TaskRef,
     info: &mut VfioDma,
     vaddr: u64,
     do_accounting: bool,
-) -> core::result::Result<(u64, bool), Errno> {
+    room: &'r mut mm::PinRoom<1>,
+) -> core::result::Result<mm::PagePins<'r>, Errno> {
     let write = info.prot & IOMMU_WRITE != 0;
-    let (pfn, reserved) = users.pin_page(vaddr, write).map_err(|e| -e.to_errno())?;
-    if do_accounting && !reserved {
+    let page = users.pin_pages(vaddr, write, 1, room).map_err(|e| -e.to_errno())?;
+    if do_accounting && page.accountable() != 0 {
         if let Err(e) = users.account_locked(task, 1, info.lock_cap) {
-            mm::put_pfn(pfn, write);
+            drop(page);
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded by a device pin\n");
             }
@@ -340,66 +341,70 @@ fn pin_one(
         }
         info.locked_vm = acct::dma_locked_vm_after(info.locked_vm, 1);
     }
-    Ok((pfn, reserved))
+    Ok(page)
 }
 
 impl PinOps<Dma> for PinContext<'_> {
-    fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<u64, Errno> {
+    /// Room for a run, and for the single page pinned if the run fails.
+    type Room = (mm::PinRoom<{ mm::PIN_RUN_MAX }>, mm::PinRoom<1>);
+    type Pins<'r>
+        = mm::PagePins<'r>
+    where
+        Self: 'r;
+
+    fn pin_page_external(&mut self, entry: &mut Dma, vaddr: u64, do_accounting: bool) -> core::result::Result<mm::PinnedPage, Errno> {
         let Dma { info, owner, .. } = entry;
         let users = owner.mm().users().ok_or(cerr::ENODEV)?;
-        let (pfn, reserved) = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
-        self.saw_reserved |= reserved;
-        Ok(pfn)
+        let mut room = mm::PinRoom::default();
+        let mut page = pin_one(&users, owner.task(), info, vaddr, do_accounting, &mut room)?;
+        self.saw_reserved |= page.accountable() == 0;
+        page.next().ok_or(cerr::EFAULT)
     }
 
-    fn pin_run_external(
+    #[inline(always)]
+    fn pin_run_external<'r>(
         &mut self,
         entry: &mut Dma,
         vaddr: u64,
-        out: &mut [u64],
+        npage: usize,
         do_accounting: bool,
-    ) -> core::result::Result<usize, Errno> {
+        room: &'r mut Self::Room,
+    ) -> core::result::Result<mm::PagePins<'r>, Errno> {
         let Dma { info, owner, .. } = entry;
         let users = owner.mm().users().ok_or(cerr::ENODEV)?;
-        if out.len() > 1 {
+        if npage > 1 {
             // The whole run under one mmap lock, charged at once.
             let write = info.prot & IOMMU_WRITE != 0;
-            let mut reserved = [false; mm::PIN_RUN_MAX];
-            let got = users.pin_pfns(vaddr, write, out, &mut reserved).unwrap_or(0);
-            if got > 0 {
-                let charge = reserved.iter().take(got).filter(|r| !**r).count() as i64;
-                self.saw_reserved |= charge != got as i64;
+            if let Ok(pins) = users.pin_pages(vaddr, write, npage, &mut room.0) {
+                let charge = pins.accountable() as i64;
+                self.saw_reserved |= charge != pins.len() as i64;
                 if !do_accounting || charge == 0 {
-                    return Ok(got);
+                    return Ok(pins);
                 }
                 if users.account_locked(owner.task(), charge, info.lock_cap).is_ok() {
                     info.locked_vm = acct::dma_locked_vm_after(info.locked_vm, charge);
-                    return Ok(got);
+                    return Ok(pins);
                 }
-                // Over the limit (or interrupted): give the run back; page by
-                // page finds the page that crosses the limit and its errno.
-                for pfn in out.iter().take(got) {
-                    mm::put_pfn(*pfn, write);
-                }
+                // Over the limit (or interrupted): the run is given back
+                // (dropped); page by page finds the page that crosses the
+                // limit and its errno.
             }
         }
         // One page, exactly as the C loop pins it.
-        let first = out.first_mut().ok_or(cerr::EINVAL)?;
-        let (pfn, reserved) = pin_one(&users, owner.task(), info, vaddr, do_accounting)?;
-        self.saw_reserved |= reserved;
-        *first = pfn;
-        Ok(1)
+        let page = pin_one(&users, owner.task(), info, vaddr, do_accounting, &mut room.1)?;
+        self.saw_reserved |= page.accountable() == 0;
+        Ok(page)
     }
 
     fn pfn_valid(&self, pfn: u64) -> bool {
         // A pinned page always has a valid pfn; device memory
-        // (`VM_PFNMAP`), which `MmUsers::pin_pfns` returns as reserved,
+        // (`VM_PFNMAP`), which `MmUsers::pin_pages` returns as reserved,
         // may not, and then `vfio_pin_pages` fails with `EINVAL` as in C.
         !self.saw_reserved || mm::pfn_valid(pfn)
     }
 
-    fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool {
-        mm::put_pfn(pfn, prot & IOMMU_WRITE != 0)
+    fn unpin(&mut self, page: mm::PinnedPage) -> bool {
+        page.unpin()
     }
 
     fn lock_acct(&mut self, entry: &mut Dma, npage: i64, _is_async: bool) -> core::result::Result<(), Errno> {

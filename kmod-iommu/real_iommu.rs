@@ -26,13 +26,21 @@
 //!   Device memory (`VM_IO`/`VM_PFNMAP`: BARs) is looked up instead of
 //!   pinned, one page-table entry at a time (`MmUsers::pin_or_follow` in
 //!   kmod-common/mm.rs), and neither pinned nor charged.
-//! - **Unmap** (`unmap.rs`): a mapping that pinned nothing (device memory
-//!   only) is unmapped from each domain in one call. Otherwise every
+//! - **Unmap** (`unmap.rs`): one call of `DomainSet::unmap_unpin`
+//!   (kmod-common/iommu_domain.rs). A mapping that pinned nothing (device
+//!   memory only) is unmapped from each domain in one call. Otherwise every
 //!   domain but the first is unmapped in one call; the first is walked
 //!   with `iova_to_phys` to find the contiguous runs to unpin, unmapped
 //!   with `iommu_unmap_fast`, and its
 //!   IOTLB flushed once per 512 runs before those runs are unpinned (a page
 //!   must not be unpinned while the IOTLB may still reach it).
+//!
+//! # Who owns the pins
+//!
+//! Pins are values (`mm::PinnedRun`); the domains (`iommu_domain::DomainSet`)
+//! own those their page tables map, take them only through `map` or a
+//! replay, and give them back only through `unmap_unpin`. This path keeps
+//! the accounting: `locked_vm` charges from the counts the set returns.
 //! - **Detach** (`attach.rs`): the group leaves its domain; an empty domain is
 //!   freed. When the last domain goes, all mappings go too, unless mdev
 //!   groups remain: then only the IOMMU pins go and the pages devices
@@ -77,7 +85,7 @@ pub(crate) use attach::{attach, detach};
 pub(crate) use pin_map::map_new;
 pub(crate) use unmap::remove_dma;
 
-use crate::iommu_domain::{Domain, DomainHandle};
+use crate::iommu_domain::{DomainHandle, DomainSet};
 use crate::type1_core::container::update_pgsize_bitmap;
 use crate::type1_core::iova::VfioIova;
 use crate::vfio_iommu_devices::GroupKey;
@@ -89,23 +97,19 @@ const _: () = assert!(
         && crate::type1_core::uapi::IOMMU_WRITE == crate::iommu_domain::IOMMU_WRITE
 );
 
-/// One IOMMU domain of the container (the C `struct vfio_domain`).
-pub(crate) struct VfioDomain {
-    domain: Domain,
-    enforce_cc: bool,
-}
-
 /// The container's IOMMU domains and its valid IOVA ranges (the C
 /// `domain_list` and `iova_list`). Protected by the container lock.
 pub(crate) struct Domains {
-    list: KVec<VfioDomain>,
+    /// The domains, which own the pins of the pages they map
+    /// (kmod-common/iommu_domain.rs).
+    set: DomainSet,
     /// Empty until the first IOMMU-backed group: every IOVA is valid then.
     iovas: KVec<VfioIova>,
 }
 
 impl Domains {
     pub(crate) fn new() -> Self {
-        Domains { list: KVec::new(), iovas: KVec::new() }
+        Domains { set: DomainSet::new(), iovas: KVec::new() }
     }
 
     /// The valid IOVA ranges (empty: all are valid).
@@ -115,31 +119,27 @@ impl Domains {
 
     /// Whether every domain enforces cache coherency (true with none).
     pub(crate) fn all_enforce_cc(&self) -> bool {
-        self.list.iter().all(|d| d.enforce_cc)
+        self.set.domains().iter().all(|d| d.enforces_cc())
     }
 
     /// How many groups are attached to domains.
     pub(crate) fn group_count(&self) -> usize {
-        self.list.iter().map(|d| d.domain.group_count()).sum()
+        self.set.domains().iter().map(|d| d.group_count()).sum()
     }
 
     /// Whether the container has no IOMMU domain (then mappings are not
     /// pinned at `MAP_DMA` time).
     pub(crate) fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.set.is_empty()
     }
 
     /// The domain `key`'s group is attached to.
     pub(crate) fn group_domain(&self, key: GroupKey) -> Option<DomainHandle> {
-        self.list.iter().find(|d| d.domain.has_group(key)).map(|d| d.domain.handle())
-    }
-
-    fn first(&self) -> Option<&Domain> {
-        self.list.first().map(|d| &d.domain)
+        self.set.domains().iter().find(|d| d.has_group(key)).map(|d| d.handle())
     }
 
     fn pgsize_bitmap(&self) -> u64 {
-        update_pgsize_bitmap(self.list.iter().map(|d| d.domain.pgsize_bitmap()))
+        update_pgsize_bitmap(self.set.domains().iter().map(|d| d.pgsize_bitmap()))
     }
 }
 

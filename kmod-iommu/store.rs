@@ -27,12 +27,12 @@
 
 #![deny(unsafe_code)]
 
-use crate::mm::Owner;
+use crate::mm::{Owner, PinnedPage};
 use crate::rb_map::{Forget, Node, RbMap, RbOwned, RbSlot, RbValue};
 use crate::slab::{CacheNodes, FromCache, ModuleCache};
 use crate::type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, DmaView, VfioDma};
 use crate::type1_core::errno::{Errno, ENOMEM};
-use crate::type1_core::pin::{PfnStore, PutPfn, VfioPfn};
+use crate::type1_core::pin::{PagePin, PfnStore, PutPfn, VfioPfn};
 use kernel::prelude::*;
 
 /// One mapping (the C `struct vfio_dma`).
@@ -86,13 +86,29 @@ impl CacheNodes for Dma {
 /// A mapping taken out of the tree, in its node.
 pub(crate) type RemovedDma = RbOwned<Dma, FromCache<Dma>>;
 
-/// One page a device pinned (the C `struct vfio_pfn`): its iova and pin.
-pub(crate) struct PinnedPage {
-    iova: u64,
-    vpfn: VfioPfn,
+impl PagePin for PinnedPage {
+    #[inline(always)]
+    fn pfn(&self) -> u64 {
+        PinnedPage::pfn(self)
+    }
 }
 
-impl RbValue for PinnedPage {
+/// A page's entry in the C `pfn_list`, as the core sees it: its pin and
+/// how many times devices pinned it.
+type DevicePin = VfioPfn<PinnedPage>;
+
+/// One page a device pinned (the C `struct vfio_pfn`): its iova and pin.
+///
+/// The pin is not given back when the node is dropped: a mapping dropped
+/// with device pins left leaks them on purpose (see `Dma::drop_leftovers`
+/// in container.rs); the unpin path takes the pin out ([`PfnStore::remove`],
+/// [`PfnStore::put_ref`]) and gives it back.
+pub(crate) struct DevicePage {
+    iova: u64,
+    vpfn: core::mem::ManuallyDrop<DevicePin>,
+}
+
+impl RbValue for DevicePage {
     #[inline(always)]
     fn rb_key(&self) -> u64 {
         self.iova
@@ -101,22 +117,25 @@ impl RbValue for PinnedPage {
 
 /// The slab cache of the pin trees' nodes, made and destroyed with
 /// [`DMA_NODES`].
-pub(crate) static PFN_NODES: ModuleCache<Node<PinnedPage>> = ModuleCache::new();
+pub(crate) static PFN_NODES: ModuleCache<Node<DevicePage>> = ModuleCache::new();
 
-impl CacheNodes for PinnedPage {
+// A pin is one word: a node is as large as with a bare pfn.
+const _: () = assert!(core::mem::size_of::<Node<DevicePage>>() == 48);
+
+impl CacheNodes for DevicePage {
     #[inline(always)]
-    fn cache() -> &'static ModuleCache<Node<PinnedPage>> {
+    fn cache() -> &'static ModuleCache<Node<DevicePage>> {
         &PFN_NODES
     }
 }
 
 /// A tree node for a pinned page.
-pub(crate) type PfnSlot = RbSlot<PinnedPage, FromCache<PinnedPage>>;
+pub(crate) type PfnSlot = RbSlot<DevicePage, FromCache<DevicePage>>;
 
 /// Pinned pages of one mapping (the C `pfn_list`): a tree that remembers
 /// nothing, one pointer wide, so that whether a mapping has pins (every
 /// lookup of an unmap asks) is a test of its root.
-pub(crate) struct PfnTree(RbMap<PinnedPage, FromCache<PinnedPage>, Forget>);
+pub(crate) struct PfnTree(RbMap<DevicePage, FromCache<DevicePage>, Forget>);
 
 impl PfnTree {
     pub(crate) const fn new() -> Self {
@@ -126,31 +145,35 @@ impl PfnTree {
 
 impl PfnStore for PfnTree {
     type Slot = PfnSlot;
+    type Pin = PinnedPage;
 
     #[inline]
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    fn get(&self, iova: u64) -> Option<&VfioPfn> {
-        self.0.get(iova).map(|p| &p.vpfn)
+    fn get(&self, iova: u64) -> Option<&DevicePin> {
+        self.0.get(iova).map(|p| &*p.vpfn)
     }
 
-    fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn> {
-        self.0.get_mut(iova).map(|p| &mut p.vpfn)
+    fn get_mut(&mut self, iova: u64) -> Option<&mut DevicePin> {
+        self.0.get_mut(iova).map(|p| &mut *p.vpfn)
     }
 
-    fn insert(&mut self, slot: PfnSlot, iova: u64, vpfn: VfioPfn) {
+    #[inline]
+    fn insert(&mut self, slot: PfnSlot, iova: u64, vpfn: DevicePin) {
         // The iova was looked up and found unpinned under the same lock, so
-        // it is free; were it not, the new pin would be dropped.
-        let _ = self.0.insert(slot, PinnedPage { iova, vpfn });
+        // it is free; were it not, the new pin would be given back.
+        if let Err((_, page)) = self.0.insert(slot, DevicePage { iova, vpfn: core::mem::ManuallyDrop::new(vpfn) }) {
+            drop(core::mem::ManuallyDrop::into_inner(page.vpfn));
+        }
     }
 
-    fn remove(&mut self, iova: u64) -> Option<VfioPfn> {
-        self.0.remove(iova).map(|p| p.vpfn)
+    fn remove(&mut self, iova: u64) -> Option<DevicePin> {
+        self.0.remove(iova).map(|p| core::mem::ManuallyDrop::into_inner(p.into_value().vpfn))
     }
 
-    fn put_ref(&mut self, iova: u64) -> (PutPfn, Option<PfnSlot>) {
+    fn put_ref(&mut self, iova: u64) -> (PutPfn<PinnedPage>, Option<PfnSlot>) {
         // One search: the reference is dropped in the node, which is unlinked
         // when it was the last one.
         let put = self.0.remove_if(iova, |p| {
@@ -160,11 +183,14 @@ impl PfnStore for PfnTree {
         match put {
             None => (PutPfn::NotPinned, None),
             Some(None) => (PutPfn::StillPinned, None),
-            Some(Some(p)) => (PutPfn::Released(p.vpfn.pfn), Some(p.into_slot())),
+            Some(Some(p)) => {
+                let (page, slot) = p.into_parts();
+                (PutPfn::Released(core::mem::ManuallyDrop::into_inner(page.vpfn).pin), Some(slot))
+            }
         }
     }
 
-    fn for_each<F: FnMut(u64, &VfioPfn)>(&self, mut f: F) {
+    fn for_each<F: FnMut(u64, &DevicePin)>(&self, mut f: F) {
         self.0.for_each(|p| f(p.iova, &p.vpfn));
     }
 }

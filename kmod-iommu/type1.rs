@@ -145,7 +145,7 @@ struct Type1Module {
     // left when the cache goes.
     _reg: Pin<KBox<Registration<Type1>>>,
     _dma_nodes: ModuleCacheGuard<rb_map::Node<store::Dma>>,
-    _pfn_nodes: ModuleCacheGuard<rb_map::Node<store::PinnedPage>>,
+    _pfn_nodes: ModuleCacheGuard<rb_map::Node<store::DevicePage>>,
 }
 
 #[deny(unsafe_code)]

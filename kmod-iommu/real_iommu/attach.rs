@@ -8,7 +8,7 @@
 
 use super::replay::replay;
 use super::unmap::{lock_acct, remove_dma, unmap_unpin};
-use super::{Domains, VfioDomain};
+use super::Domains;
 use crate::container::{err, State};
 use crate::iommu_domain::{self as kiommu, Domain, ResvKind};
 use crate::kvec_ext::VecExt;
@@ -95,12 +95,13 @@ pub(crate) fn attach(st: &mut State, group: &IommuGroup, node: RBTreeNodeReserva
 
     // A compatible domain takes the group, and the new one goes.
     let mut joined = false;
-    for d in st.domains.list.iter_mut() {
-        if d.domain.ops_id() != new.ops_id() || d.enforce_cc != enforce_cc {
+    for i in 0..st.domains.set.domains().len() {
+        let d = &st.domains.set.domains()[i];
+        if d.ops_id() != new.ops_id() || d.enforces_cc() != enforce_cc {
             continue;
         }
         new.detach(key);
-        if d.domain.attach(group).is_ok() {
+        if st.domains.set.attach_group(i, group).is_ok() {
             joined = true;
             break;
         }
@@ -108,7 +109,6 @@ pub(crate) fn attach(st: &mut State, group: &IommuGroup, node: RBTreeNodeReserva
     }
 
     if !joined {
-        st.domains.list.reserve(1, GFP_KERNEL)?;
         if let Some(base) = sw_msi {
             match new.get_msi_cookie(base) {
                 Ok(()) => {}
@@ -116,9 +116,8 @@ pub(crate) fn attach(st: &mut State, group: &IommuGroup, node: RBTreeNodeReserva
                 Err(e) => return Err(e),
             }
         }
-        replay(st, &new)?;
-        // `reserve` above made room: this push cannot fail.
-        st.domains.list.push(VfioDomain { domain: new, enforce_cc }, GFP_KERNEL)?;
+        let State { dmas, domains, .. } = &mut *st;
+        domains.set.add(new, |r| replay(dmas, r))?;
         st.iommu.pgsize_bitmap = st.domains.pgsize_bitmap();
     }
     copy.install(&mut st.domains.iovas);
@@ -134,16 +133,15 @@ pub(crate) fn attach(st: &mut State, group: &IommuGroup, node: RBTreeNodeReserva
 /// attached to any domain (an mdev group). The caller has removed it from
 /// `st.groups` already and settles its dirty scope.
 pub(crate) fn detach(st: &mut State, key: GroupKey) -> bool {
-    let Some(i) = st.domains.list.iter().position(|d| d.domain.has_group(key)) else {
+    let Some(i) = st.domains.set.detach_group(key) else {
         return false;
     };
-    st.domains.list[i].domain.detach(key);
-    let removed_domain = st.domains.list[i].domain.group_count() == 0;
+    let removed_domain = st.domains.set.domains().get(i).is_some_and(|d| d.group_count() == 0);
     if removed_domain {
         // Group ownership gave the right to map: with the last IOMMU group
         // the mappings go, unless mdev groups remain, which keep them but
         // lose the IOMMU pins.
-        if st.domains.list.len() == 1 {
+        if st.domains.set.domains().len() == 1 {
             let emulated_left = count_groups(st) > st.domains.group_count();
             if emulated_left {
                 unmap_unpin_reaccount(st);
@@ -151,7 +149,7 @@ pub(crate) fn detach(st: &mut State, key: GroupKey) -> bool {
                 unmap_unpin_all(st);
             }
         }
-        remove_domain(&mut st.domains, i);
+        st.domains.set.remove(i);
         st.iommu.pgsize_bitmap = st.domains.pgsize_bitmap();
         st.iommu.has_domains = !st.domains.is_empty();
     }
@@ -176,8 +174,8 @@ fn count_groups(st: &State) -> usize {
 
 fn collect_apertures(domains: &Domains) -> KVec<(u64, u64)> {
     let mut v = KVec::new();
-    for d in domains.list.iter() {
-        if v.push(d.domain.aperture(), GFP_KERNEL).is_err() {
+    for d in domains.set.domains().iter() {
+        if v.push(d.aperture(), GFP_KERNEL).is_err() {
             break;
         }
     }
@@ -187,8 +185,8 @@ fn collect_apertures(domains: &Domains) -> KVec<(u64, u64)> {
 /// The reserved regions of every group still attached to a domain.
 fn remaining_resv(domains: &Domains) -> Result<KVec<kiommu::ResvRegion>> {
     let mut all = KVec::new();
-    for d in domains.list.iter() {
-        d.domain.for_each_group(|g| {
+    for d in domains.set.domains().iter() {
+        d.for_each_group(|g| {
             for r in kiommu::group_resv_regions(g)?.iter() {
                 all.push(*r, GFP_KERNEL)?;
             }
@@ -196,13 +194,6 @@ fn remaining_resv(domains: &Domains) -> Result<KVec<kiommu::ResvRegion>> {
         })?;
     }
     Ok(all)
-}
-
-/// Drops the domain at `i` (it has no groups left). The last domain takes
-/// its place: which domain comes first does not matter (the first one is
-/// only where unmap looks up physical addresses).
-fn remove_domain(domains: &mut Domains, i: usize) {
-    drop(domains.list.swap_remove(i));
 }
 
 /// `vfio_iommu_unmap_unpin_all`.
@@ -227,7 +218,7 @@ fn unmap_unpin_reaccount(st: &mut State) {
             let unlocked = unmap_unpin(domains, dma, false);
             let mut locked = 0i64;
             dma.pfns.for_each(|_, vpfn| {
-                if mm::pfn_is_accountable(vpfn.pfn) {
+                if mm::pfn_is_accountable(vpfn.pfn()) {
                     locked += 1;
                 }
             });

@@ -6,9 +6,9 @@
 #![deny(unsafe_code)]
 
 use super::unmap::remove_dma;
-use super::{Domains, VfioDomain};
-use crate::iommu_domain::{Domain, IOMMU_CACHE, IOMMU_WRITE};
-use crate::mm::{self, MmUsers, PinBatch, TaskRef};
+use super::Domains;
+use crate::iommu_domain::{DomainSet, Replay, IOMMU_WRITE};
+use crate::mm::{self, MmUsers, PinBatch, PinnedRun, TaskRef};
 use crate::params;
 use crate::store::{Dma, Mappings, PfnTree};
 use crate::type1_core::container::{VfioIommu, PAGE_SHIFT, PAGE_SIZE};
@@ -20,50 +20,24 @@ use kernel::prelude::*;
 const PIN_BATCH: usize = 512;
 
 /// Where a pinned run is mapped: every domain of the container, or only a
-/// domain being attached.
+/// domain being added (a replay with no domain yet).
 #[derive(Clone, Copy)]
 pub(super) enum Targets<'a> {
-    All(&'a [VfioDomain]),
-    One(&'a Domain),
+    All(&'a DomainSet),
+    New(&'a Replay<'a>),
 }
 
 impl Targets<'_> {
-    fn get(&self, i: usize) -> Option<&Domain> {
+    /// Maps `run` at `iova` into every target, which take over its pins
+    /// (`run` is left empty); on failure `run` is as it was, unmapped
+    /// (`vfio_iommu_map`).
+    #[inline]
+    fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         match self {
-            Targets::All(l) => l.get(i).map(|d| &d.domain),
-            Targets::One(d) => (i == 0).then_some(*d),
+            Targets::All(set) => set.map(iova, run, prot),
+            Targets::New(replay) => replay.map(iova, run, prot),
         }
     }
-
-    /// Maps one run into every target; on failure, unmaps it from those
-    /// already done (`vfio_iommu_map`).
-    fn map(&self, iova: u64, pfn: u64, npage: u64, prot: u32) -> Result {
-        let (paddr, size) = (pfn << PAGE_SHIFT, npage << PAGE_SHIFT);
-        let mut i = 0;
-        while let Some(d) = self.get(i) {
-            if let Err(e) = d.map(iova, paddr, size, prot | IOMMU_CACHE) {
-                for j in (0..i).rev() {
-                    if let Some(done) = self.get(j) {
-                        done.unmap(iova, size);
-                    }
-                }
-                return Err(e);
-            }
-            i += 1;
-            mm::cond_resched();
-        }
-        Ok(())
-    }
-}
-
-/// A physically contiguous run of pinned pages.
-#[derive(Clone, Copy)]
-struct Run {
-    iova: u64,
-    pfn: u64,
-    npage: u64,
-    /// Reserved (not accountable) pages: never unpinned nor charged.
-    rsvd: bool,
 }
 
 /// A mapping's fields as pinning needs them, with its owner's address
@@ -101,19 +75,22 @@ impl PinCtx<'_> {
         Ok(())
     }
 
-    /// Gives back pins that were made but not mapped: each accountable
-    /// page is unpinned and, unless a device pin charged it, uncharged.
-    fn give_back(&mut self, iova: u64, pfn: u64, npage: u64) {
-        let write = self.write();
-        let mut uncharge = 0i64;
-        for i in 0..npage {
-            if !mm::put_pfn(pfn + i, write) {
-                continue;
-            }
-            if !self.charged_by_device(iova + i * PAGE_SIZE) {
-                uncharge += 1;
-            }
-        }
+    /// Gives back pins that were made but not mapped (`run`, at `iova`):
+    /// each accountable page is unpinned and, unless a device pin charged
+    /// it, uncharged.
+    fn give_back(&mut self, iova: u64, run: PinnedRun) {
+        let uncharge = if self.pfns.is_empty() {
+            run.unpin() as i64
+        } else {
+            let pfns = self.pfns;
+            let mut n = 0i64;
+            run.unpin_each(|i| {
+                if pfns.get(iova + i * PAGE_SIZE).is_none() {
+                    n += 1;
+                }
+            });
+            n
+        };
         let _ = self.charge(-uncharge);
     }
 }
@@ -134,7 +111,9 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
     let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
     let prot = cx.info.prot;
-    let mut run: Option<Run> = None;
+    // The run being built (merged across batches; empty at first) and its
+    // iova.
+    let (mut run, mut run_iova) = (PinnedRun::default(), 0u64);
     let mut done = 0u64;
     while done < npage {
         mm::cond_resched();
@@ -142,12 +121,10 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
         // looked up, as far as one page-table entry maps it.
         let want = if single { 1 } else { usize::try_from(npage - done).unwrap_or(usize::MAX) };
         let vaddr = cx.info.vaddr + (done << PAGE_SHIFT);
-        let (got, runs, unreserved) = match batch.pin(&cx.users, vaddr, want, write, max_run) {
+        let (got, mut runs, unreserved) = match batch.pin(&cx.users, vaddr, want, write, max_run) {
             Ok(r) => r,
             Err(e) => {
-                if let Some(r) = run {
-                    cx.give_back(r.iova, r.pfn, r.npage);
-                }
+                cx.give_back(run_iova, run);
                 return Err(e);
             }
         };
@@ -157,15 +134,15 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
         if device_pins {
             charge = 0;
             let mut iova = first_iova;
-            for r in runs {
-                if !r.reserved {
-                    for j in 0..r.npage {
+            for r in runs.remaining() {
+                if !r.is_reserved() {
+                    for j in 0..r.npage() {
                         if !cx.charged_by_device(iova + (j << PAGE_SHIFT)) {
                             charge += 1;
                         }
                     }
                 }
-                iova += r.npage << PAGE_SHIFT;
+                iova += r.npage() << PAGE_SHIFT;
             }
         }
         if unreserved != 0 {
@@ -175,50 +152,58 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
             if e == ENOMEM {
                 pr_warn!("RLIMIT_MEMLOCK exceeded while pinning a mapping at iova {:#x}\n", cx.info.iova);
             }
-            for r in runs.iter().filter(|r| !r.reserved) {
-                mm::unpin_pfn_range(r.pfn, r.npage, write);
-            }
-            if let Some(r) = run {
-                cx.give_back(r.iova, r.pfn, r.npage);
-            }
+            // The batch's pins go back uncharged (they were not charged).
+            drop(runs);
+            cx.give_back(run_iova, run);
             return Err(e);
         }
         let mut iova = first_iova;
-        for (i, r) in runs.iter().enumerate() {
-            let (pfn, n, rsvd) = (r.pfn, r.npage, r.reserved);
-            if let Some(cur) = run.as_mut() {
-                if !single && pfn == cur.pfn + cur.npage && rsvd == cur.rsvd {
-                    cur.npage += n;
-                    iova += n << PAGE_SHIFT;
-                    continue;
+        while let Some(r) = runs.next() {
+            let n = r.npage();
+            // An empty `run` takes nothing: the first run starts it.
+            let r = if single {
+                r
+            } else {
+                match run.extend(r) {
+                    Ok(()) => {
+                        iova += n << PAGE_SHIFT;
+                        continue;
+                    }
+                    Err(r) => r,
                 }
-            }
-            if let Some(cur) = run.take() {
-                if let Err(e) = targets.map(cur.iova, cur.pfn, cur.npage, prot) {
-                    cx.give_back(cur.iova, cur.pfn, cur.npage);
-                    let mut at = iova;
-                    for rest in runs.iter().skip(i) {
-                        cx.give_back(at, rest.pfn, rest.npage);
-                        at += rest.npage << PAGE_SHIFT;
+            };
+            let run_npage = run.npage();
+            if run_npage != 0 {
+                if let Err(e) = targets.map(run_iova, &mut run, prot) {
+                    cx.give_back(run_iova, run);
+                    cx.give_back(iova, r);
+                    let mut at = iova + (n << PAGE_SHIFT);
+                    for rest in runs {
+                        let rest_npage = rest.npage();
+                        cx.give_back(at, rest);
+                        at += rest_npage << PAGE_SHIFT;
                     }
                     return Err(e);
                 }
                 if grow {
-                    cx.info.size += cur.npage << PAGE_SHIFT;
+                    cx.info.size += run_npage << PAGE_SHIFT;
                 }
             }
-            run = Some(Run { iova, pfn, npage: n, rsvd });
+            // `run` is empty now (mapped, or never started).
+            run = r;
+            run_iova = iova;
             iova += n << PAGE_SHIFT;
         }
         done += got as u64;
     }
-    if let Some(r) = run {
-        if let Err(e) = targets.map(r.iova, r.pfn, r.npage, prot) {
-            cx.give_back(r.iova, r.pfn, r.npage);
+    let n = run.npage();
+    if n != 0 {
+        if let Err(e) = targets.map(run_iova, &mut run, prot) {
+            cx.give_back(run_iova, run);
             return Err(e);
         }
         if grow {
-            cx.info.size += r.npage << PAGE_SHIFT;
+            cx.info.size += n << PAGE_SHIFT;
         }
     }
     Ok(())
@@ -229,7 +214,7 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
 /// removed, with whatever was mapped of it.
 pub(crate) fn map_new(iommu: &mut VfioIommu, dmas: &mut Mappings, domains: &Domains, key: u64, size: u64) -> Result {
     let Some(dma) = dmas.get_mut(key) else { return Err(EINVAL) };
-    let r = pin_map(dma, Targets::All(&domains.list[..]), size >> PAGE_SHIFT, true);
+    let r = pin_map(dma, Targets::All(&domains.set), size >> PAGE_SHIFT, true);
     dma.info.iommu_mapped = true;
     if let Err(e) = r {
         if let Some(d) = core_remove_dma(dmas, iommu, key) {

@@ -2,39 +2,34 @@
 
 //! Replay (`vfio_iommu_replay`): a new domain is made to map every
 //! existing mapping, copied from the first domain's page tables or pinned
-//! now, and a failed replay is undone.
+//! now, and a failed replay is undone. The domain set
+//! (kmod-common/iommu_domain.rs) does the page-table work through a
+//! `Replay` and adds the domain only if this succeeds.
 
 #![deny(unsafe_code)]
 
 use super::pin_map::{pin_map, Targets};
-use super::unmap::{lock_acct, mapped_run, unpin_run};
-use crate::container::State;
-use crate::iommu_domain::{Domain, IOMMU_CACHE};
-use crate::mm;
-use crate::store::{Dma, Mappings};
-use crate::type1_core::container::{PAGE_SHIFT, PAGE_SIZE};
+use super::unmap::lock_acct;
+use crate::iommu_domain::{Replay, IOMMU_WRITE};
+use crate::store::Mappings;
+use crate::type1_core::container::PAGE_SHIFT;
 use crate::type1_core::dma::{first_key, next_key, DmaTree};
 use kernel::prelude::*;
 
-/// `vfio_iommu_replay`: makes `new` map every existing mapping.
-pub(super) fn replay(st: &mut State, new: &Domain) -> Result {
-    let State { dmas, domains, .. } = st;
-    let first = domains.first();
+/// `vfio_iommu_replay`: makes the new domain of `r` map every mapping.
+pub(super) fn replay(dmas: &mut Mappings, r: &Replay<'_>) -> Result {
     let mut k = first_key(dmas);
     while let Some(key) = k {
         let Some(dma) = dmas.get_mut(key) else { break };
-        let r = if dma.info.iommu_mapped {
+        let res = if dma.info.iommu_mapped {
             // Another domain has it: copy its translations.
-            match first {
-                Some(f) => copy_mappings(f, new, dma),
-                None => Err(EINVAL),
-            }
+            r.copy(dma.info.iova, dma.info.size, dma.info.prot)
         } else {
             let npage = dma.info.size >> PAGE_SHIFT;
-            pin_map(dma, Targets::One(new), npage, false)
+            pin_map(dma, Targets::New(r), npage, false)
         };
-        if let Err(e) = r {
-            replay_unwind(dmas, new, key);
+        if let Err(e) = res {
+            replay_unwind(dmas, r, key);
             return Err(e);
         }
         k = next_key(dmas, key);
@@ -49,24 +44,8 @@ pub(super) fn replay(st: &mut State, new: &Domain) -> Result {
     Ok(())
 }
 
-fn copy_mappings(from: &Domain, to: &Domain, dma: &Dma) -> Result {
-    let end = dma.info.iova + dma.info.size;
-    let mut iova = dma.info.iova;
-    while iova < end {
-        let Some((phys, len)) = mapped_run(from, iova, end) else {
-            pr_warn!("mapping at iova {iova:#x} is missing from the first IOMMU domain\n");
-            iova += PAGE_SIZE;
-            continue;
-        };
-        to.map(iova, phys, len, dma.info.prot | IOMMU_CACHE)?;
-        iova += len;
-        mm::cond_resched();
-    }
-    Ok(())
-}
-
 /// Undoes a failed replay up to and including the mapping at `last`.
-fn replay_unwind(dmas: &mut Mappings, new: &Domain, last: u64) {
+fn replay_unwind(dmas: &mut Mappings, r: &Replay<'_>, last: u64) {
     let mut k = first_key(dmas);
     while let Some(key) = k {
         if key > last {
@@ -74,25 +53,14 @@ fn replay_unwind(dmas: &mut Mappings, new: &Domain, last: u64) {
         }
         if let Some(dma) = dmas.get_mut(key) {
             if dma.info.iommu_mapped {
-                new.unmap(dma.info.iova, dma.info.size);
+                r.uncopy(dma.info.iova, dma.info.size);
             } else {
-                // Pinned for `new` alone: unmap and unpin what it maps.
-                let end = dma.info.iova + dma.info.size;
-                let mut iova = dma.info.iova;
-                let mut unlocked = 0i64;
-                while iova < end {
-                    let Some((phys, len)) = mapped_run(new, iova, end) else {
-                        iova += PAGE_SIZE;
-                        continue;
-                    };
-                    new.unmap(iova, len);
-                    unlocked += unpin_run(dma, phys >> PAGE_SHIFT, len >> PAGE_SHIFT);
-                    iova += len;
-                }
-                lock_acct(dma, -unlocked);
+                // Pinned for the new domain alone: unmap and unpin what it maps.
+                let write = dma.info.prot & IOMMU_WRITE != 0;
+                let unlocked = r.unmap_unpin(dma.info.iova, dma.info.size, write);
+                lock_acct(dma, -(unlocked as i64));
             }
         }
         k = next_key(dmas, key);
     }
 }
-

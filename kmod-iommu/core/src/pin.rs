@@ -7,23 +7,51 @@
 //! `vfio_iommu_type1_pin_pages()` / `vfio_iommu_type1_unpin_pages()` live
 //! here, with everything that touches struct pages or mm accounting behind
 //! the [`PinOps`] trait.
+//!
+//! Pins are values: [`PinOps`] hands out each page's pin as a
+//! [`PfnStore::Pin`], which the store keeps in the page's [`VfioPfn`] and
+//! which goes back to [`PinOps::unpin`] when the last reference goes. The
+//! kernel's pin type owns the page's pin (it is not `Copy`, and gives the
+//! pin back if dropped), so these paths can only give back pins they were
+//! given, each once; the host models use a bare frame number.
 
 use super::dirty::bitmap_set;
 use super::dma::{DmaEntry, DmaTree, VfioDma};
-use super::errno::{Errno, E2BIG, EACCES, EBUSY, EINVAL, EPERM};
+use super::errno::{Errno, E2BIG, EACCES, EBUSY, EFAULT, EINVAL, EPERM};
 use super::container::{VfioIommu, PAGE_SIZE};
 use super::uapi::{IOMMU_READ, IOMMU_WRITE};
 
 /// `VFIO_PIN_PAGES_MAX_ENTRIES`: `PAGE_SIZE / sizeof(unsigned long)`.
 pub const VFIO_PIN_PAGES_MAX_ENTRIES: i32 = (PAGE_SIZE / 8) as i32;
 
+/// The pin of one page, as [`PinOps`] makes it and a [`PfnStore`] keeps it.
+pub trait PagePin {
+    /// The page's frame number.
+    fn pfn(&self) -> u64;
+}
+
+/// A bare frame number, for models that pin nothing (the host tests).
+impl PagePin for u64 {
+    fn pfn(&self) -> u64 {
+        *self
+    }
+}
+
 /// `struct vfio_pfn` without the rbtree node; the iova is the container key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VfioPfn {
-    /// Host page frame number of the pinned page.
-    pub pfn: u64,
+pub struct VfioPfn<P = u64> {
+    /// The pin of the page (the C struct's `pfn`).
+    pub pin: P,
     /// Number of outstanding pins of this iova (`ref_count`).
     pub ref_count: u32,
+}
+
+impl<P: PagePin> VfioPfn<P> {
+    /// Host page frame number of the pinned page.
+    #[inline]
+    pub fn pfn(&self) -> u64 {
+        self.pin.pfn()
+    }
 }
 
 /// A mapping's `pfn_list`: pinned pages keyed by iova.
@@ -35,50 +63,66 @@ pub trait PfnStore {
     /// A preallocated node, so that insertion itself never allocates.
     type Slot;
 
+    /// The pin of one page, kept with its entry.
+    type Pin: PagePin;
+
     /// `RB_EMPTY_ROOT(&dma->pfn_list)`.
     fn is_empty(&self) -> bool;
 
     /// `vfio_find_vpfn()`.
-    fn get(&self, iova: u64) -> Option<&VfioPfn>;
+    fn get(&self, iova: u64) -> Option<&VfioPfn<Self::Pin>>;
 
     /// `vfio_find_vpfn()`, mutably.
-    fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn>;
+    fn get_mut(&mut self, iova: u64) -> Option<&mut VfioPfn<Self::Pin>>;
 
     /// `vfio_link_pfn()` using a preallocated node.
-    fn insert(&mut self, slot: Self::Slot, iova: u64, vpfn: VfioPfn);
+    fn insert(&mut self, slot: Self::Slot, iova: u64, vpfn: VfioPfn<Self::Pin>);
 
     /// `vfio_unlink_pfn()`.
-    fn remove(&mut self, iova: u64) -> Option<VfioPfn>;
+    fn remove(&mut self, iova: u64) -> Option<VfioPfn<Self::Pin>>;
 
     /// Drops one reference of the pin at `iova` and unlinks the entry when
     /// that was the last one ([`put_vfio_pfn`]), keeping the entry's node if
     /// the store can: the unpin path hands it to [`PinOps::recycle_slot`]
     /// so that a later pin can use it again. The default searches twice and
     /// frees the node; a store may do it with one search.
-    fn put_ref(&mut self, iova: u64) -> (PutPfn, Option<Self::Slot>) {
+    fn put_ref(&mut self, iova: u64) -> (PutPfn<Self::Pin>, Option<Self::Slot>) {
         (put_vfio_pfn(self, iova), None)
     }
 
     /// Calls `f` with every pinned iova and its entry, in iova order.
-    fn for_each<F: FnMut(u64, &VfioPfn)>(&self, f: F);
+    fn for_each<F: FnMut(u64, &VfioPfn<Self::Pin>)>(&self, f: F);
 }
+
+/// The pin type of a mapping's [`PfnStore`].
+pub type PinOf<E> = <<E as DmaEntry>::Pfns as PfnStore>::Pin;
 
 /// The kernel services the pin paths need; each method names the C helper it stands for.
 pub trait PinOps<E: DmaEntry> {
+    /// Room for the pins of one [`PinOps::pin_run_external`] call, which
+    /// the caller keeps on its stack while it takes them out (so that the
+    /// pins themselves are small to move).
+    type Room: Default;
+
+    /// The pins of one [`PinOps::pin_run_external`] call, in page order.
+    type Pins<'r>: Iterator<Item = PinOf<E>>
+    where
+        Self: 'r;
+
     /// `vfio_pin_page_external()`: pins the single page at `vaddr` in the
     /// mapping's mm and, if `do_accounting`, charges it to `locked_vm`
-    /// (not for reserved pfns).  Returns the pfn.
+    /// (not for reserved pfns).  Returns the pin.
     fn pin_page_external(
         &mut self,
         entry: &mut E,
         vaddr: u64,
         do_accounting: bool,
-    ) -> Result<u64, Errno>;
+    ) -> Result<PinOf<E>, Errno>;
 
-    /// Pins a run of `out.len()` (at least 1) pages of the mapping that
-    /// are contiguous from `vaddr`, none of them pinned yet, storing their
-    /// pfns in `out`; returns how many pages from the start of the run it
-    /// pinned (at least 1), or the error of the first page.
+    /// Pins a run of `npage` (at least 1) pages of the mapping that are
+    /// contiguous from `vaddr`, none of them pinned yet; returns the pins
+    /// of the pages from the start of the run it pinned (at least 1, at
+    /// most `npage`), or the error of the first page.
     ///
     /// Every page it pins must end up exactly as if `pin_page_external` had
     /// pinned it (same pin, same accounting), so that an implementation can
@@ -86,24 +130,22 @@ pub trait PinOps<E: DmaEntry> {
     /// charge where the C code goes page by page. When the run cannot be
     /// done as a whole (a partial pin, a charge over the limit) it may pin
     /// fewer pages: the caller continues page by page, which then finds the
-    /// exact page and errno of a failure. The default pins the first page.
-    fn pin_run_external(
+    /// exact page and errno of a failure.
+    fn pin_run_external<'r>(
         &mut self,
         entry: &mut E,
         vaddr: u64,
-        out: &mut [u64],
+        npage: usize,
         do_accounting: bool,
-    ) -> Result<usize, Errno> {
-        let first = out.first_mut().ok_or(EINVAL)?;
-        *first = self.pin_page_external(entry, vaddr, do_accounting)?;
-        Ok(1)
-    }
+        room: &'r mut Self::Room,
+    ) -> Result<Self::Pins<'r>, Errno>;
 
     /// `pfn_valid()`.
     fn pfn_valid(&self, pfn: u64) -> bool;
 
-    /// `put_pfn()`: unpins a page; true if it was a real (non-reserved) page.
-    fn put_pfn(&mut self, pfn: u64, prot: u32) -> bool;
+    /// `put_pfn()`: gives back a pin; true if it was of a real
+    /// (non-reserved) page, which is then uncharged.
+    fn unpin(&mut self, pin: PinOf<E>) -> bool;
 
     /// `vfio_lock_acct(dma, npage, async)` for a non-zero `npage`.
     fn lock_acct(&mut self, entry: &mut E, npage: i64, is_async: bool) -> Result<(), Errno>;
@@ -189,7 +231,6 @@ where
     };
     let unlocked = {
         let parts = entry.parts_mut();
-        let prot = parts.dma.prot;
         // `put_vfio_pfn`, keeping the node of a released entry.
         let (put, slot) = parts.pfn_list.put_ref(iova);
         if let Some(slot) = slot {
@@ -198,7 +239,7 @@ where
         match put {
             PutPfn::NotPinned => return 0,
             PutPfn::StillPinned => 0,
-            PutPfn::Released(pfn) => u32::from(ops.put_pfn(pfn, prot)),
+            PutPfn::Released(pin) => u32::from(ops.unpin(pin)),
         }
     };
     if do_accounting && unlocked != 0 {
@@ -211,19 +252,19 @@ where
 
 /// Outcome of dropping one reference of a pinned iova.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PutPfn {
+pub enum PutPfn<P = u64> {
     /// No `vfio_pfn` exists for the iova.
     NotPinned,
     /// The reference count dropped but other pins remain.
     StillPinned,
-    /// The last reference went away; the entry was removed and the page
-    /// must be released with `put_pfn(pfn, dma->prot)`.
-    Released(u64),
+    /// The last reference went away; the entry was removed and its pin
+    /// must be given back ([`PinOps::unpin`], the C `put_pfn`).
+    Released(P),
 }
 
 /// Mirrors `vfio_iova_put_vfio_pfn()` (after `vfio_find_vpfn()`): decrements the
 /// reference count and removes the entry at zero.
-pub fn put_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> PutPfn {
+pub fn put_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> PutPfn<P::Pin> {
     let Some(vpfn) = pfns.get_mut(iova) else {
         return PutPfn::NotPinned;
     };
@@ -232,7 +273,7 @@ pub fn put_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> PutPfn {
         return PutPfn::StillPinned;
     }
     match pfns.remove(iova) {
-        Some(v) => PutPfn::Released(v.pfn),
+        Some(v) => PutPfn::Released(v.pin),
         None => PutPfn::NotPinned,
     }
 }
@@ -243,12 +284,12 @@ pub fn get_vfio_pfn<P: PfnStore + ?Sized>(pfns: &mut P, iova: u64) -> Option<u64
     let vpfn = pfns.get_mut(iova)?;
     // The C counter is an unsigned int that wraps; keep the same width.
     vpfn.ref_count = vpfn.ref_count.wrapping_add(1);
-    Some(vpfn.pfn)
+    Some(vpfn.pfn())
 }
 
 /// Mirrors `vfio_add_to_pfn_list()` with a preallocated node: a new entry with one reference.
-pub fn add_to_pfn_list<P: PfnStore + ?Sized>(pfns: &mut P, slot: P::Slot, iova: u64, pfn: u64) {
-    pfns.insert(slot, iova, VfioPfn { pfn, ref_count: 1 });
+pub fn add_to_pfn_list<P: PfnStore + ?Sized>(pfns: &mut P, slot: P::Slot, iova: u64, pin: P::Pin) {
+    pfns.insert(slot, iova, VfioPfn { pin, ref_count: 1 });
 }
 
 /// Mirrors `vfio_iommu_type1_pin_pages()` from the point where the container
@@ -383,22 +424,28 @@ where
     }
     let out = pages.get_mut(first..first + run as usize).ok_or((0, EINVAL))?;
     let remote_vaddr = dma.vaddr.wrapping_add(iova - dma.iova);
-    let got = ops.pin_run_external(entry, remote_vaddr, out, do_accounting).map_err(|e| (0, e))?;
-    // `out` is never empty; `clamp` would keep a panic path for that.
-    let got = got.min(out.len()).max(1);
+    let mut room = O::Room::default();
+    let mut pins = ops
+        .pin_run_external(entry, remote_vaddr, out.len(), do_accounting, &mut room)
+        .map_err(|e| (0, e))?;
 
-    for t in 0..got {
-        let pfn = out[t];
+    let mut t = 0usize;
+    while t < out.len() {
+        let Some(pin) = pins.next() else { break };
+        let pfn = pin.pfn();
+        out[t] = pfn;
         let page_iova_t = page_iova(user_iova, i + t as i32);
         let failed = if !ops.pfn_valid(pfn) {
-            // As in C, the page itself is left as it is (a pinned page
-            // always has a valid pfn, so this does not happen).
+            // As in C, the page itself is left as it is: pinned and charged
+            // (a pinned page always has a valid pfn, so this does not
+            // happen; device memory has no pin to leak).
+            core::mem::forget(pin);
             Some(EINVAL)
         } else {
             match ops.take_slot() {
                 Ok(slot) => {
                     let parts = entry.parts_mut();
-                    add_to_pfn_list(parts.pfn_list, slot, page_iova_t, pfn);
+                    add_to_pfn_list(parts.pfn_list, slot, page_iova_t, pin);
                     if iommu.dirty_page_tracking {
                         // The bitmap is kept in units of the smallest supported page size.
                         if let (Some(bitmap), Ok(shift)) = (parts.bitmap, pgshift) {
@@ -408,7 +455,7 @@ where
                     None
                 }
                 Err(e) => {
-                    if ops.put_pfn(pfn, dma.prot) && do_accounting {
+                    if ops.unpin(pin) && do_accounting {
                         let _ = ops.lock_acct(entry, -1, true);
                     }
                     Some(e)
@@ -418,16 +465,21 @@ where
         if let Some(e) = failed {
             // Give back the pages of the run after the failing one: the
             // page-by-page loop would not have pinned them.
-            for later in out.iter_mut().take(got).skip(t + 1) {
-                if ops.put_pfn(*later, dma.prot) && do_accounting {
+            for (later, pin) in out.iter_mut().skip(t + 1).zip(pins) {
+                if ops.unpin(pin) && do_accounting {
                     let _ = ops.lock_acct(entry, -1, true);
                 }
                 *later = 0;
             }
             return Err((t as i32, e));
         }
+        t += 1;
     }
-    Ok(got as i32)
+    if t == 0 {
+        // `pin_run_external` pinned nothing, against its contract.
+        return Err((0, EFAULT));
+    }
+    Ok(t as i32)
 }
 
 /// The check of `vfio_device_container_unpin_pages()`: a request with

@@ -69,7 +69,7 @@ fn dirty_pages_start_allocates_and_populates_pinned_pages() {
     t.0.get_mut(&(10 * PG)).unwrap().pfns.0.insert(
         12 * PG,
         VfioPfn {
-            pfn: 5,
+            pin: 5,
             ref_count: 1,
         },
     );
@@ -261,7 +261,7 @@ fn get_bitmap_rw_dirty_is_reported_once_pinned_stays() {
     t.0.get_mut(&0).unwrap().pfns.0.insert(
         PG,
         VfioPfn {
-            pfn: 9,
+            pin: 9,
             ref_count: 1,
         },
     );

@@ -358,7 +358,7 @@ fn pin(t: &mut HostTree, iova: u64) {
     t.0.get_mut(&key).unwrap().pfns.0.insert(
         iova,
         VfioPfn {
-            pfn: 1,
+            pin: 1,
             ref_count: 1,
         },
     );

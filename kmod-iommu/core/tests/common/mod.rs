@@ -30,6 +30,7 @@ pub struct HostPfns(pub BTreeMap<u64, VfioPfn>);
 
 impl PfnStore for HostPfns {
     type Slot = ();
+    type Pin = u64;
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -456,6 +457,12 @@ pub struct MockPin {
 }
 
 impl PinOps<HostDma> for MockPin {
+    type Room = ();
+    type Pins<'r>
+        = std::vec::IntoIter<u64>
+    where
+        Self: 'r;
+
     fn pin_page_external(
         &mut self,
         _e: &mut HostDma,
@@ -475,42 +482,42 @@ impl PinOps<HostDma> for MockPin {
         }
         Ok(pfn)
     }
-    fn pin_run_external(
+    fn pin_run_external<'r>(
         &mut self,
         e: &mut HostDma,
         vaddr: u64,
-        out: &mut [u64],
+        npage: usize,
         do_accounting: bool,
-    ) -> Result<usize, Errno> {
+        _room: &'r mut (),
+    ) -> Result<Self::Pins<'r>, Errno> {
         if self.batch == 0 {
-            out[0] = self.pin_page_external(e, vaddr, do_accounting)?;
-            return Ok(1);
+            return Ok(vec![self.pin_page_external(e, vaddr, do_accounting)?].into_iter());
         }
         // Like pin_user_pages_remote: pins up to the first page that fails;
         // a failing first page falls back to the single-page path.
-        let n = out.len().min(self.batch);
+        let n = npage.min(self.batch);
         let ok = (0..n as u64)
             .take_while(|j| self.fail_vaddr.is_none_or(|(v, _)| v != vaddr + j * PG))
             .count();
         if ok == 0 {
-            out[0] = self.pin_page_external(e, vaddr, do_accounting)?;
-            return Ok(1);
+            return Ok(vec![self.pin_page_external(e, vaddr, do_accounting)?].into_iter());
         }
         self.run_calls.push(ok);
-        for (j, slot) in out.iter_mut().take(ok).enumerate() {
-            let pfn = ((vaddr + j as u64 * PG) >> 12) + self.pfn_offset;
+        let mut pins = Vec::with_capacity(ok);
+        for j in 0..ok as u64 {
+            let pfn = ((vaddr + j * PG) >> 12) + self.pfn_offset;
             *self.page_refs.entry(pfn).or_default() += 1;
-            *slot = pfn;
+            pins.push(pfn);
         }
         if do_accounting {
             self.locked += ok as i64;
         }
-        Ok(ok)
+        Ok(pins.into_iter())
     }
     fn pfn_valid(&self, pfn: u64) -> bool {
         !self.invalid_pfns.contains(&pfn)
     }
-    fn put_pfn(&mut self, pfn: u64, _prot: u32) -> bool {
+    fn unpin(&mut self, pfn: u64) -> bool {
         let r = self.page_refs.entry(pfn).or_default();
         *r -= 1;
         true
