@@ -103,7 +103,10 @@ impl PinCtx<'_> {
 pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Result {
     let mut cx = PinCtx::new(dma)?;
     let single = params::disable_hugepages();
-    let batch_len = if single { 1 } else { PIN_BATCH };
+    // No more room than the mapping has pages: setting up room for 512
+    // cost a 4 KiB MAP_DMA three times C's instructions. Device memory is
+    // not limited by the room (see `PinBatch::pin`).
+    let batch_len = if single { 1 } else { usize::try_from(npage).unwrap_or(PIN_BATCH).clamp(1, PIN_BATCH) };
     // Each batch as physically contiguous runs of one kind; page by page
     // when huge IOMMU pages are off.
     let mut batch = PinBatch::new(batch_len)?;
