@@ -6,7 +6,7 @@ use super::workloads::{e, ns_per, sample, setup, Env, Reserve, GIB, IOVA0, PAGE,
 use crate::harness::Backend;
 use crate::suites::type1_iommu::{backed, ensure_hugepages, Backing};
 use crate::uapi::*;
-use crate::vfio::{Container, Errno};
+use crate::vfio::{Container, Errno, Group};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,20 @@ pub(super) fn map_1g(env: &Env) -> Result<(), String> {
     Ok(())
 }
 
+/// A type1v2 container with the first `edu`'s vfio-pci group in it (the
+/// VM's VT-d): the real-IOMMU workloads' setup. The group is returned so
+/// that it stays in the container while the caller uses it.
+pub(super) fn edu_container() -> Result<(Container, Group), String> {
+    let dev = crate::pci::find(crate::pci::EDU_ID)
+        .into_iter()
+        .next()
+        .ok_or("no edu device behind an IOMMU (the VM's VT-d)")?;
+    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
+    let group = crate::pci::open_group(&dev, &container)?;
+    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    Ok((container, group))
+}
+
 /// The real-IOMMU path: MAP_DMA (pin the whole range, map it into the
 /// VT-d domain in physically contiguous runs) and UNMAP_DMA (unmap with
 /// batched IOTLB flushes, unpin) of 64 MiB in one mapping, with a QEMU
@@ -65,13 +79,7 @@ pub(super) fn iommu_map(env: &Env, name: &str, kind: Backing) -> Result<(), Stri
     const SIZE: u64 = 64 << 20;
     // Below the edu's 28-bit DMA mask, 2 MiB aligned (as its test cases).
     const IOVA: u64 = 64 << 20;
-    let dev = crate::pci::find(crate::pci::EDU_ID)
-        .into_iter()
-        .next()
-        .ok_or("no edu device behind an IOMMU (the VM's VT-d)")?;
-    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
-    let _group = crate::pci::open_group(&dev, &container)?;
-    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    let (container, _group) = edu_container()?;
     if let Backing::Hugetlb = kind {
         ensure_hugepages(SIZE / (2 << 20) + 4);
     }

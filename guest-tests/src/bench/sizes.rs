@@ -5,10 +5,8 @@
 //! upstream's large-folio series (6.18: map and unmap of THP/hugetlbfs
 //! memory); the sweep is what `growth.svg` draws against the mapping size.
 
-use super::workloads::{e, ns_per, sample, warming_up, Env, GIB, PAGE};
+use super::workloads::{ns_per, sample, warming_up, Env, GIB, PAGE};
 use crate::suites::type1_iommu::Backing;
-use crate::uapi::*;
-use crate::vfio::Container;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -176,13 +174,7 @@ pub(super) fn iommu_sizes(env: &Env, name: &str, kind: Backing) -> Result<(), St
     let Some(&largest) = sizes.last() else {
         return Err(format!("VFIO_BENCH_MAX_BYTES={cap} is below the smallest size, {}", SIZES[0]));
     };
-    let dev = crate::pci::find(crate::pci::EDU_ID)
-        .into_iter()
-        .next()
-        .ok_or("no edu device behind an IOMMU (the VM's VT-d)")?;
-    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
-    let _group = crate::pci::open_group(&dev, &container)?;
-    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    let (container, _group) = super::map::edu_container()?;
     let mem = Populated::new(kind, largest)?;
     if let Backing::Thp = kind {
         // Compaction may fail to find 2 MiB blocks; then the row would
