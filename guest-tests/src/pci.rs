@@ -102,6 +102,16 @@ pub fn open_group(dev: &PciDev, c: &Container) -> Result<Group, String> {
     Ok(g)
 }
 
+/// A new container with `dev`'s group in it and the type1v2 IOMMU set: the
+/// start of every real-IOMMU case and workload. The group is returned so
+/// that it stays in the container while the caller uses it.
+pub fn type1v2_container(dev: &PciDev) -> Result<(Container, Group), String> {
+    let c = Container::open().map_err(|e| format!("open /dev/vfio/vfio: {e}"))?;
+    let g = open_group(dev, &c)?;
+    c.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(|e| format!("SET_IOMMU(TYPE1v2): {e}"))?;
+    Ok((c, g))
+}
+
 // The edu registers (BAR0) and its DMA engine.
 const EDU_REG_ID: u64 = 0x00;
 const EDU_REG_DMA_SRC: u64 = 0x80;

@@ -57,17 +57,13 @@ pub(super) fn map_1g(env: &Env) -> Result<(), String> {
 }
 
 /// A type1v2 container with the first `edu`'s vfio-pci group in it (the
-/// VM's VT-d): the real-IOMMU workloads' setup. The group is returned so
-/// that it stays in the container while the caller uses it.
+/// VM's VT-d): the real-IOMMU workloads' setup.
 pub(super) fn edu_container() -> Result<(Container, Group), String> {
     let dev = crate::pci::find(crate::pci::EDU_ID)
         .into_iter()
         .next()
         .ok_or("no edu device behind an IOMMU (the VM's VT-d)")?;
-    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
-    let group = crate::pci::open_group(&dev, &container)?;
-    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
-    Ok((container, group))
+    crate::pci::type1v2_container(&dev)
 }
 
 /// The real-IOMMU path: MAP_DMA (pin the whole range, map it into the
@@ -115,9 +111,7 @@ pub(super) fn iommu_pfnmap(env: &Env) -> Result<(), String> {
         .into_iter()
         .next()
         .ok_or("no ivshmem device behind an IOMMU (the VM's VT-d)")?;
-    let container = Container::open().map_err(e("open /dev/vfio/vfio"))?;
-    let group = crate::pci::open_group(&dev, &container)?;
-    container.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(e("SET_IOMMU(TYPE1v2)"))?;
+    let (container, group) = crate::pci::type1v2_container(&dev)?;
     let shm = crate::pci::Ivshmem::open(&group, &dev.bdf)?;
     let size = shm.bar2_size;
     let area = Area::new(size, GIB).map_err(|f| format!("address space for the BAR: {f:?}"))?;

@@ -116,11 +116,7 @@ const IOMMU_INFO_LEN: usize = std::mem::size_of::<vfio_iommu_type1_info>();
 
 /// A type1v2 container with the first `edu`'s group (a real IOMMU domain).
 fn edu_container() -> Result<(Container, crate::vfio::Group), Fail> {
-    let dev = edu(0)?;
-    let c = Container::open().map_err(|e| fail(format!("open /dev/vfio/vfio: {e}")))?;
-    let g = pci::open_group(&dev, &c)?;
-    c.set_iommu(VFIO_TYPE1v2_IOMMU).map_err(|e| fail(format!("SET_IOMMU(TYPE1v2): {e}")))?;
-    Ok((c, g))
+    Ok(pci::type1v2_container(&edu(0)?)?)
 }
 
 /// SIGKILL in the middle of a large `MAP_DMA` on a real-IOMMU container

@@ -119,9 +119,7 @@ fn edu_container(n: usize) -> Result<(Container, Group, Edu), Fail> {
         .into_iter()
         .nth(n)
         .ok_or_else(|| Fail::Skip(format!("no edu device #{n} behind an IOMMU (needs the VM's VT-d)")))?;
-    let c = Container::open()?;
-    let g = pci::open_group(&dev, &c)?;
-    c.set_iommu(VFIO_TYPE1v2_IOMMU)?;
+    let (c, g) = pci::type1v2_container(&dev)?;
     let e = Edu::open(&g, &dev.bdf)?;
     Ok((c, g, e))
 }
