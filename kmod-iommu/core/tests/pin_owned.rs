@@ -3,13 +3,15 @@
 //! in a mapping's pin list or at `PinOps::unpin`, exactly once, on every
 //! path, the failures of a run included; none is dropped on the way.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use proptest::prelude::*;
 use type1_core::container::VfioIommu;
-use type1_core::dma::{DmaEntry, DmaPartsMut, DmaTree, VfioDma};
+use type1_core::dma::{DmaEntry, DmaPartsMut, VfioDma};
 use type1_core::errno::{Errno, EFAULT, ENOMEM};
 use type1_core::pin::{pin_pages, unpin_pages, PagePin, PfnStore, PinOps, VfioPfn};
 use type1_core::uapi::{IOMMU_READ, VFIO_TYPE1V2_IOMMU};
@@ -95,28 +97,8 @@ impl DmaEntry for Entry {
     fn free_bitmap(&mut self) {}
 }
 
-#[derive(Default)]
-struct Tree(BTreeMap<u64, Entry>);
-
-impl DmaTree for Tree {
-    type Entry = Entry;
-    type Removed = Entry;
-    fn floor_key(&mut self, key: u64) -> Option<u64> {
-        self.0.range(..=key).next_back().map(|(k, _)| *k)
-    }
-    fn ceil_key(&mut self, key: u64) -> Option<u64> {
-        self.0.range(key..).next().map(|(k, _)| *k)
-    }
-    fn get(&self, key: u64) -> Option<&Entry> {
-        self.0.get(&key)
-    }
-    fn get_mut(&mut self, key: u64) -> Option<&mut Entry> {
-        self.0.get_mut(&key)
-    }
-    fn remove(&mut self, key: u64) -> Option<Entry> {
-        self.0.remove(&key)
-    }
-}
+/// The mappings, as the other tests keep theirs.
+type Tree = common::HostTree<Entry>;
 
 /// Pins runs of up to 4 pages; fails at `fail_page`, and runs out of tree
 /// nodes after `slots`.

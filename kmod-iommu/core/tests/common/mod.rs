@@ -101,26 +101,33 @@ impl DmaEntry for HostDma {
     }
 }
 
-/// `dma_list` over a BTreeMap, floor/ceil implemented directly.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostTree(pub BTreeMap<u64, HostDma>);
+/// `dma_list` over a BTreeMap, floor/ceil implemented directly; of
+/// [`HostDma`]s unless a test has an entry type of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTree<E = HostDma>(pub BTreeMap<u64, E>);
 
-impl DmaTree for HostTree {
-    type Entry = HostDma;
-    type Removed = HostDma;
+impl<E> Default for HostTree<E> {
+    fn default() -> Self {
+        HostTree(BTreeMap::new())
+    }
+}
+
+impl<E: DmaEntry> DmaTree for HostTree<E> {
+    type Entry = E;
+    type Removed = E;
     fn floor_key(&mut self, key: u64) -> Option<u64> {
         self.0.range(..=key).next_back().map(|(k, _)| *k)
     }
     fn ceil_key(&mut self, key: u64) -> Option<u64> {
         self.0.range(key..).next().map(|(k, _)| *k)
     }
-    fn get(&self, key: u64) -> Option<&HostDma> {
+    fn get(&self, key: u64) -> Option<&E> {
         self.0.get(&key)
     }
-    fn get_mut(&mut self, key: u64) -> Option<&mut HostDma> {
+    fn get_mut(&mut self, key: u64) -> Option<&mut E> {
         self.0.get_mut(&key)
     }
-    fn remove(&mut self, key: u64) -> Option<HostDma> {
+    fn remove(&mut self, key: u64) -> Option<E> {
         self.0.remove(&key)
     }
 }
