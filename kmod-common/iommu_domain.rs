@@ -28,10 +28,27 @@
 //! back. So a device never reaches a page after its pin is given back, and
 //! no caller can map a physical address it did not pin. The page-table
 //! calls of [`Domain`] are private to this module.
+//!
+//! # Finding the runs to unpin
+//!
+//! An unmap must learn, for each page it takes out, which page it maps,
+//! to give back that page's pin. The page tables say so, but only one
+//! `iommu_iova_to_phys` per 4 KiB page at a time, which makes an unmap of
+//! huge pages cost several times its map (docs/bench.md, "Cost growth").
+//! So the set also remembers every run of 2 MiB or more that it mapped
+//! ([`CACHED_RUN_PAGES`]): a cache of what the page tables hold, private
+//! to the set, by IOVA. An unmap takes a remembered run out in one
+//! `iommu_unmap_fast` and unpins it in one call; between remembered runs
+//! (4 KiB pages, small runs, a node that could not be allocated) it walks
+//! the first domain's page tables as before. Every change to the page
+//! tables goes through the set, which forgets the runs it unmaps, so the
+//! cache cannot say what the page tables do not.
 
 use crate::bindings;
 use crate::kvec_ext::VecExt;
 use crate::mm::{self, PinnedRun};
+use crate::rb_map::{Node, RbMap, RbSlot, RbValue};
+use crate::slab::{CacheNodes, FromCache, ModuleCache};
 use crate::vfio_iommu_devices::{GroupKey, IommuGroup};
 use core::ptr::NonNull;
 use kernel::error::{from_err_ptr, to_result};
@@ -320,6 +337,48 @@ const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 /// Runs unmapped between two IOTLB flushes (`VFIO_IOMMU_TLB_SYNC_MAX`).
 pub(crate) const TLB_SYNC_MAX: usize = 512;
 
+/// The shortest run a [`DomainSet`] remembers, in pages: 2 MiB, a THP or
+/// hugetlbfs folio. A node costs an allocation and a tree insertion at map
+/// time (a few hundred instructions), which shorter runs would not win back
+/// at unmap time (about 200 instructions a page for the walk), and 4 KiB
+/// pages, each a run of its own, would cost a node each.
+pub(crate) const CACHED_RUN_PAGES: u64 = 512;
+
+/// A physically contiguous run that a [`DomainSet`] mapped: `npage` pages
+/// at `iova`, from page frame `pfn` on.
+pub(crate) struct MappedRun {
+    iova: u64,
+    pfn: u64,
+    npage: u64,
+}
+
+impl MappedRun {
+    fn end(&self) -> u64 {
+        self.iova + (self.npage << PAGE_SHIFT)
+    }
+}
+
+impl RbValue for MappedRun {
+    #[inline(always)]
+    fn rb_key(&self) -> u64 {
+        self.iova
+    }
+}
+
+/// The slab cache of the remembered runs' nodes: created at module load
+/// (`type1.rs`), destroyed at unload, when no container is left.
+pub(crate) static RUN_NODES: ModuleCache<Node<MappedRun>> = ModuleCache::new();
+
+impl CacheNodes for MappedRun {
+    #[inline(always)]
+    fn cache() -> &'static ModuleCache<Node<MappedRun>> {
+        &RUN_NODES
+    }
+}
+
+/// The runs a [`DomainSet`] remembers, by IOVA.
+type RunCache = RbMap<MappedRun, FromCache<MappedRun>>;
+
 /// The IOMMU domains of a container (the C `domain_list`), owning the pins
 /// of the pages their page tables map; see the module documentation.
 ///
@@ -330,15 +389,20 @@ pub(crate) const TLB_SYNC_MAX: usize = 512;
 /// ([`mm::pfn_is_accountable`]), this value holds one long-term pin of that
 /// page, taken over from a [`PinnedRun`]; non-accountable pages (reserved
 /// pages, device memory) were mapped from reserved runs, which hold none.
+///
+/// Each run in `runs` is mapped by every domain as it says: the IOVAs
+/// `[iova, iova + npage pages)` to the page frames `[pfn, pfn + npage)`,
+/// in order. The runs do not overlap, and `runs` is empty when `list` is.
 pub(crate) struct DomainSet {
     list: KVec<Domain>,
+    runs: RunCache,
 }
 
 impl DomainSet {
     /// No domain.
     pub(crate) fn new() -> Self {
-        // INVARIANT: no domain maps anything.
-        DomainSet { list: KVec::new() }
+        // INVARIANT: no domain maps anything, and no run is remembered.
+        DomainSet { list: KVec::new(), runs: RunCache::new() }
     }
 
     /// The domains, in order (the first is where unmap looks up pages).
@@ -369,8 +433,12 @@ impl DomainSet {
     /// unmap everything first ([`Self::unmap_unpin`]).
     pub(crate) fn remove(&mut self, i: usize) {
         // INVARIANT: the remaining domains still map the same pages; the
-        // new first one maps what the old one did.
+        // new first one maps what the old one did. Without a domain,
+        // nothing is mapped: no run is remembered.
         drop(self.list.swap_remove(i));
+        if self.list.is_empty() {
+            self.runs = RunCache::new();
+        }
     }
 
     /// Adds `new` after `replay` made it map what the others map (copied
@@ -381,8 +449,9 @@ impl DomainSet {
         self.list.reserve(1, GFP_KERNEL)?;
         replay(&Replay { first: self.list.first(), new: &new })?;
         // INVARIANT: `new` maps what the first domain maps (`Replay`'s
-        // contract with `replay`, which succeeded), or is the only domain.
-        // `reserve` above made room: this push cannot fail.
+        // contract with `replay`, which succeeded), or is the only domain;
+        // the remembered runs are mapped by it too. `reserve` above made
+        // room: this push cannot fail.
         self.list.push(new, GFP_KERNEL)?;
         Ok(())
     }
@@ -393,11 +462,45 @@ impl DomainSet {
     /// the domains already done and left as it was. `EINVAL` without a
     /// domain, or for `IOMMU_WRITE` on pages not pinned for writing.
     #[inline]
-    pub(crate) fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
+    pub(crate) fn map(&mut self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         if self.list.is_empty() {
             return Err(EINVAL);
         }
-        map_into(&self.list, iova, run, prot)
+        let (pfn, npage) = (run.pfn(), run.npage());
+        map_into(&self.list, iova, run, prot)?;
+        if npage >= CACHED_RUN_PAGES {
+            self.remember(MappedRun { iova, pfn, npage });
+        }
+        Ok(())
+    }
+
+    /// Remembers `run`, just mapped by every domain. Without memory for
+    /// its node, it is not: the unmap walks the page tables there instead.
+    #[cold]
+    fn remember(&mut self, run: MappedRun) {
+        // IOMMU drivers refuse to map over a present entry, so nothing
+        // remembered overlaps a new run; if one did, the page tables no
+        // longer map it as remembered: it goes.
+        self.forget(run.iova, run.end());
+        let Ok(slot) = RbSlot::new() else { return };
+        // INVARIANT: every domain maps `run` (`map_into` succeeded), and no
+        // remembered run overlaps it any more. The insertion cannot find
+        // the key taken: `forget` removed whatever started there.
+        let _ = self.runs.insert(slot, run);
+    }
+
+    /// Forgets the remembered runs that overlap `[start, end)`.
+    fn forget(&mut self, start: u64, end: u64) {
+        if self.runs.is_empty() {
+            return;
+        }
+        forget_straddling(&mut self.runs, start);
+        while let Some(k) = self.runs.ceil_key(start) {
+            if k >= end {
+                break;
+            }
+            drop(self.runs.remove(k));
+        }
     }
 
     /// `vfio_unmap_unpin` for `size` bytes at `iova`: unmaps them from every
@@ -405,7 +508,7 @@ impl DomainSet {
     /// pins of the pages the first domain mapped there, marking them dirty
     /// if `dirty`, each only after the IOTLB flush that covers it. Returns
     /// how many pins were given back (accountable pages).
-    pub(crate) fn unmap_unpin(&self, iova: u64, size: u64, pinned: bool, dirty: bool) -> u64 {
+    pub(crate) fn unmap_unpin(&mut self, iova: u64, size: u64, pinned: bool, dirty: bool) -> u64 {
         let Some(first) = self.list.first() else { return 0 };
         if !pinned {
             // Device memory only: nothing to unpin, so no runs to find.
@@ -413,6 +516,8 @@ impl DomainSet {
                 d.unmap(iova, size);
                 mm::cond_resched();
             }
+            // INVARIANT: what was remembered there is no longer mapped.
+            self.forget(iova, iova + size);
             return 0;
         }
         // The first domain tells which pages to unpin; the others go at
@@ -421,11 +526,26 @@ impl DomainSet {
             d.unmap(iova, size);
             mm::cond_resched();
         }
+        // A remembered run that starts before the range and reaches into
+        // it is only partly unmapped: the walk finds its pages instead.
+        forget_straddling(&mut self.runs, iova);
         // INVARIANT: the first domain's pins are given back below as its
-        // entries go; the other domains no longer map the range.
+        // entries go, and the runs remembered in the range are forgotten
+        // as they are unmapped; the other domains no longer map the range.
         // SAFETY: the first domain of the set: we own the pins of the
-        // accountable pages it maps (type invariant).
-        unsafe { unmap_unpin_first(first, iova, size, dirty) }
+        // accountable pages it maps (type invariant); `runs` are the set's
+        // remembered runs, mapped by it as they say (type invariant).
+        unsafe { unmap_unpin_first(first, &mut self.runs, iova, size, dirty) }
+    }
+}
+
+/// Forgets the remembered run that starts before `at` and reaches past it,
+/// if there is one.
+fn forget_straddling(runs: &mut RunCache, at: u64) {
+    if let Some(k) = runs.floor_key(at) {
+        if k < at && runs.get(k).is_some_and(|r| r.end() > at) {
+            drop(runs.remove(k));
+        }
     }
 }
 
@@ -452,17 +572,21 @@ fn map_into(domains: &[Domain], iova: u64, run: &mut PinnedRun, prot: u32) -> Re
     Ok(())
 }
 
-/// Unmaps `size` bytes at `iova` from `first` run by run, with IOTLB flushes
-/// gathered over up to [`TLB_SYNC_MAX`] runs, and gives back the pins of the
-/// accountable pages of each run after the flush that covers it (without
-/// memory for the list of runs, each run is unmapped and flushed on its
-/// own). Returns how many pins were given back.
+/// Unmaps `size` bytes at `start` from `first` run by run, with IOTLB
+/// flushes gathered over up to [`TLB_SYNC_MAX`] runs, and gives back the
+/// pins of the accountable pages of each run after the flush that covers it
+/// (without memory for the list of runs, each run is unmapped and flushed
+/// on its own). A run remembered in `runs` is taken from there and
+/// forgotten; between them, runs are found by walking `first`'s page
+/// tables. Returns how many pins were given back.
 ///
 /// # Safety
 ///
 /// The caller owns one pin of each accountable page `first` maps in the
-/// range, and no other domain maps the range.
-unsafe fn unmap_unpin_first(first: &Domain, start: u64, size: u64, dirty: bool) -> u64 {
+/// range, and no other domain maps the range. Each run in `runs` that
+/// starts in the range is mapped by `first` as it says, and none starts
+/// before the range and reaches into it.
+unsafe fn unmap_unpin_first(first: &Domain, runs: &mut RunCache, start: u64, size: u64, dirty: bool) -> u64 {
     let end = start + size;
     kernel::stack_pin_init!(let gather = IotlbGather::new());
     // Runs unmapped but not yet flushed: (pfn, npage).
@@ -470,8 +594,26 @@ unsafe fn unmap_unpin_first(first: &Domain, start: u64, size: u64, dirty: bool) 
     let batched = pending.capacity() >= TLB_SYNC_MAX;
     let mut unpinned = 0;
     let mut iova = start;
+    // The next remembered run at or after `iova`.
+    let mut next = if runs.is_empty() { None } else { runs.ceil_key(start) };
     while iova < end {
-        let Some((phys, len)) = first.mapped_run(iova, end) else {
+        let found = match next {
+            Some(k) if k == iova => {
+                let (taken, following) = runs.remove_then_next(k);
+                next = following.map(|(k, _)| k);
+                match taken {
+                    // Wholly in the range: as the page tables map it (the
+                    // function's contract).
+                    Some(r) if r.end() <= end => Some((r.pfn << PAGE_SHIFT, r.npage << PAGE_SHIFT)),
+                    // Reaching past the range, or gone: walk.
+                    _ => first.mapped_run(iova, end),
+                }
+            }
+            // Walk up to the next remembered run, which is taken whole.
+            Some(k) if k < end => first.mapped_run(iova, k),
+            _ => first.mapped_run(iova, end),
+        };
+        let Some((phys, len)) = found else {
             pr_warn!("iova {iova:#x} of a mapping is not mapped in its IOMMU domain\n");
             iova += PAGE_SIZE;
             continue;
@@ -501,6 +643,16 @@ unsafe fn unmap_unpin_first(first: &Domain, start: u64, size: u64, dirty: bool) 
             mm::cond_resched();
         }
         iova += unmapped;
+        // An IOMMU page larger than asked for goes whole: runs remembered
+        // inside what it covered are gone with it (physically contiguous,
+        // unpinned above as part of it).
+        while let Some(k) = next {
+            if k >= iova {
+                break;
+            }
+            let (_, following) = runs.remove_then_next(k);
+            next = following.map(|(k, _)| k);
+        }
     }
     // SAFETY: as above.
     unpinned + unsafe { sync_unpin(first, &gather, &mut pending, dirty) }

@@ -146,6 +146,7 @@ struct Type1Module {
     _reg: Pin<KBox<Registration<Type1>>>,
     _dma_nodes: ModuleCacheGuard<rb_map::Node<store::Dma>>,
     _pfn_nodes: ModuleCacheGuard<rb_map::Node<store::DevicePage>>,
+    _run_nodes: ModuleCacheGuard<rb_map::Node<iommu_domain::MappedRun>>,
 }
 
 #[deny(unsafe_code)]
@@ -153,7 +154,8 @@ impl kernel::Module for Type1Module {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let dma_nodes = store::DMA_NODES.create(c_str!("vfio_dma_rs"))?;
         let pfn_nodes = store::PFN_NODES.create(c_str!("vfio_pfn_rs"))?;
+        let run_nodes = iommu_domain::RUN_NODES.create(c_str!("vfio_run_rs"))?;
         let reg = KBox::try_pin_init(Registration::new(c_str!("vfio-iommu-type1-rs"), module), GFP_KERNEL)?;
-        Ok(Type1Module { _reg: reg, _dma_nodes: dma_nodes, _pfn_nodes: pfn_nodes })
+        Ok(Type1Module { _reg: reg, _dma_nodes: dma_nodes, _pfn_nodes: pfn_nodes, _run_nodes: run_nodes })
     }
 }

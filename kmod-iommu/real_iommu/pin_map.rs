@@ -21,9 +21,8 @@ const PIN_BATCH: usize = 512;
 
 /// Where a pinned run is mapped: every domain of the container, or only a
 /// domain being added (a replay with no domain yet).
-#[derive(Clone, Copy)]
 pub(super) enum Targets<'a> {
-    All(&'a DomainSet),
+    All(&'a mut DomainSet),
     New(&'a Replay<'a>),
 }
 
@@ -32,7 +31,7 @@ impl Targets<'_> {
     /// (`run` is left empty); on failure `run` is as it was, unmapped
     /// (`vfio_iommu_map`).
     #[inline]
-    fn map(&self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
+    fn map(&mut self, iova: u64, run: &mut PinnedRun, prot: u32) -> Result {
         match self {
             Targets::All(set) => set.map(iova, run, prot),
             Targets::New(replay) => replay.map(iova, run, prot),
@@ -100,7 +99,7 @@ impl PinCtx<'_> {
 /// `vfio_iommu_replay`). With `grow`, `dma.info.size` grows by each mapped
 /// run, so that on failure it covers exactly what is mapped; pages pinned
 /// but not mapped are given back before returning the error.
-pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Result {
+pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow: bool) -> Result {
     let mut cx = PinCtx::new(dma)?;
     let single = params::disable_hugepages();
     // No more room than the mapping has pages: setting up room for 512
@@ -215,9 +214,9 @@ pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: boo
 /// `MAP_DMA` with IOMMU domains: pins and maps the new mapping at `key`
 /// (inserted with size 0) to `size` bytes. On failure the mapping is
 /// removed, with whatever was mapped of it.
-pub(crate) fn map_new(iommu: &mut VfioIommu, dmas: &mut Mappings, domains: &Domains, key: u64, size: u64) -> Result {
+pub(crate) fn map_new(iommu: &mut VfioIommu, dmas: &mut Mappings, domains: &mut Domains, key: u64, size: u64) -> Result {
     let Some(dma) = dmas.get_mut(key) else { return Err(EINVAL) };
-    let r = pin_map(dma, Targets::All(&domains.set), size >> PAGE_SHIFT, true);
+    let r = pin_map(dma, Targets::All(&mut domains.set), size >> PAGE_SHIFT, true);
     dma.info.iommu_mapped = true;
     if let Err(e) = r {
         if let Some(d) = core_remove_dma(dmas, iommu, key) {

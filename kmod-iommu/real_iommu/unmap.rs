@@ -27,7 +27,7 @@ pub(super) fn lock_acct(dma: &mut Dma, npage: i64) {
 /// drops it and keeps its node for the next mapping. Inlined into every
 /// unmap, most of which (no IOMMU domain) need only the test.
 #[inline]
-pub(crate) fn remove_dma(domains: &Domains, dmas: &mut Mappings, mut dma: RemovedDma) {
+pub(crate) fn remove_dma(domains: &mut Domains, dmas: &mut Mappings, mut dma: RemovedDma) {
     // Only a mapping in an IOMMU domain has anything to unmap and unpin:
     // the test is made here, so that an mdev-only unmap makes no call.
     if dma.info.size != 0 && !domains.is_empty() {
@@ -40,7 +40,7 @@ pub(crate) fn remove_dma(domains: &Domains, dmas: &mut Mappings, mut dma: Remove
 /// unpins its pages (`DomainSet::unmap_unpin`: flushed before unpinned).
 /// Returns the pages unpinned, or 0 after releasing their charge itself
 /// with `do_accounting`.
-pub(super) fn unmap_unpin(domains: &Domains, dma: &mut Dma, do_accounting: bool) -> i64 {
+pub(super) fn unmap_unpin(domains: &mut Domains, dma: &mut Dma, do_accounting: bool) -> i64 {
     if dma.info.size == 0 || domains.is_empty() {
         return 0;
     }

@@ -17,6 +17,7 @@ pub mod type1_differential;
 pub mod type1_history;
 pub mod type1_multi;
 pub mod type1_pfnmap;
+pub mod type1_runs;
 pub mod type1_stress;
 pub mod type1_vaddr;
 pub mod type1_iommu;
@@ -210,6 +211,8 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.history.zero_page_read_only_maps", run: type1_history::zero_page_read_only_maps },
     Case { name: "type1_iommu.history.vaddr_after_exec", run: type1_vaddr::vaddr_after_exec },
     Case { name: "type1_iommu.history.no_soft_lockup_pinning_a_gib", run: type1_history::no_soft_lockup_pinning_a_gib },
+    Case { name: "type1_iommu.runs.huge_pages_return_their_pins", run: type1_runs::huge_pages_return_their_pins },
+    Case { name: "type1_iommu.runs.mixed_runs_in_one_mapping", run: type1_runs::mixed_runs_in_one_mapping },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
     Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },
     Case { name: "type1_iommu.pfnmap.read_only_vma", run: type1_pfnmap::read_only_vma },
@@ -218,6 +221,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.pfnmap.unmap_all_and_update_vaddr", run: type1_pfnmap::unmap_all_and_update_vaddr },
     Case { name: "type1_iommu.pfnmap.groups_join_after_mapping", run: type1_pfnmap::groups_join_after_mapping },
     Case { name: "type1_iommu.pfnmap.mixed_ram_and_bar", run: type1_pfnmap::mixed_ram_and_bar },
+    Case { name: "type1_iommu.pfnmap.ram_where_bar_was", run: type1_pfnmap::ram_where_bar_was },
     Case { name: "type1_iommu.pfnmap.two_vmas", run: type1_pfnmap::two_vmas },
     Case { name: "type1_iommu.pfnmap.whole_bar_and_mixed_levels", run: type1_pfnmap::whole_bar_and_mixed_levels },
     Case { name: "type1_iommu.pfnmap.mdev_pin_and_dma_rw", run: type1_pfnmap::mdev_pin_and_dma_rw },

@@ -10,6 +10,7 @@
 //! PFN maps, each failed at its first `MAP_DMA` (`EFAULT`).
 
 use super::type1_iommu::{bytes, edu, fill, pattern, Mem};
+use super::type1_runs::{map_copy_unmap_in, Pages, Region};
 use super::{fail, CaseResult, Ctx, Fail};
 use crate::pci::{self, Edu, Ivshmem, PciDev, EDU_DMA_LIMIT, IVSHMEM_ID};
 use crate::uapi::*;
@@ -500,6 +501,25 @@ pub fn mixed_ram_and_bar(_ctx: &Ctx) -> CaseResult {
     check_eq!(c.unmap_range(BAR_IOVA, 4 * MIB)?, 4 * MIB, "unmapped size");
     check_eq!(vm_locked_kb(), base, "VmLck after the second unmap");
     Ok(())
+}
+
+/// 4 MiB of the BAR (device memory only: one unmap call per domain,
+/// nothing to unpin), then 4 MiB of 4 KiB pages (each a run of its own) at
+/// the same IOVA: the second unmap must give back exactly the RAM's pins.
+/// (The Rust type1 remembers large runs, the BAR's too: the first unmap
+/// must forget it, or the second would take it for the RAM.)
+pub fn ram_where_bar_was(_ctx: &Ctx) -> CaseResult {
+    let s = setup()?;
+    let c = &s.container;
+    let area = Area::new(4 * MIB, 2 * MIB)?;
+    s.mmap_bar(area.at(0), 0, 4 * MIB)?;
+    c.map_rw(area.at(0), BAR_IOVA, 4 * MIB)?;
+    let data = pattern(40, 1000);
+    s.dma_write(BAR_IOVA + 2 * MIB - 500, &data)?;
+    check!(read_mem(area.at(2 * MIB - 500), 1000) == data, "device write into the BAR");
+    check_eq!(c.unmap_range(BAR_IOVA, 4 * MIB)?, 4 * MIB, "unmapped size of the BAR");
+    let ram = Region::anon(&[(Pages::Scattered, 4 * MIB)])?;
+    map_copy_unmap_in(c, &s.edu, &ram, BAR_IOVA, &[2 * MIB], "4 MiB of 4 KiB pages where the BAR was")
 }
 
 /// One `MAP_DMA` over two VMAs of the same BAR, physically out of order
