@@ -270,17 +270,29 @@ impl PageFrames {
     }
 }
 
-/// `PageReserved(page)`: a pin of the page is neither accounted nor given
-/// back (`is_invalid_reserved_pfn` of the C type1, for a valid pfn).
+/// The flags word of `page`, read once (as `test_bit` does). With
+/// `PG_reserved` set, a pin of the page is neither accounted nor given back
+/// (`is_invalid_reserved_pfn` of the C type1, for a valid pfn); `PG_head`
+/// marks the first page of a large folio.
+///
+/// # Safety
+///
+/// `page` is a `struct page` of the memory map (of a valid pfn).
+#[inline(always)]
+unsafe fn page_flags(page: *mut bindings::page) -> usize {
+    // SAFETY: the page is valid (the caller).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*page).flags)) as usize }
+}
+
+/// `PageReserved(page)`: see [`page_flags`].
 ///
 /// # Safety
 ///
 /// `page` is a `struct page` of the memory map (of a valid pfn).
 #[inline(always)]
 unsafe fn page_reserved(page: *mut bindings::page) -> bool {
-    // SAFETY: the page is valid (the caller); `test_bit` reads the flags
-    // word once, as this does.
-    let flags = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*page).flags)) };
+    // SAFETY: the caller's contract is `page_flags`'.
+    let flags = unsafe { page_flags(page) };
     flags & (1 << bindings::pageflags_PG_reserved) != 0
 }
 
@@ -1028,18 +1040,43 @@ impl PinBatch {
         };
         let frames = PageFrames::get();
         // The run being built stays in registers; `runs` gets it when the
-        // next page does not continue it (one run per page at most, so
-        // `runs`, as long as the batch, has room).
+        // next piece does not continue it (one run per page at most, so
+        // `runs`, as long as the batch, has room). A piece is one page, or,
+        // from the head page of a large folio on, as many of the folio's
+        // pages as follow it in `pages` in order, taken to be of the head's
+        // kind (`PG_reserved` is not a flag of compound pages, and a
+        // folio's pages are initialised alike): only their places are
+        // compared, one load and
+        // compare a page instead of a frame number, a flags word and four
+        // tests.
+        let pages = &self.pages[..got];
         let runs = &mut self.runs[..got];
         let (mut nruns, mut unreserved) = (0usize, 0usize);
         let mut cur = PfnRun::default();
-        for &page in self.pages[..got].iter() {
+        let max_piece = usize::try_from(max_npage).unwrap_or(usize::MAX);
+        let mut i = 0;
+        while let Some(&page) = pages.get(i) {
             let pfn = frames.pfn(page);
             // SAFETY: a pinned page is a page of the memory map.
-            let rsvd = unsafe { page_reserved(page) };
-            unreserved += usize::from(!rsvd);
-            if cur.npage != 0 && pfn == cur.pfn + cur.npage && rsvd == cur.reserved && cur.npage < max_npage {
-                cur.npage += 1;
+            let flags = unsafe { page_flags(page) };
+            let rsvd = flags & (1 << bindings::pageflags_PG_reserved) != 0;
+            // (Not for a last page: one page needs no folio size.)
+            let n = if flags & (1 << bindings::pageflags_PG_head) != 0 && max_piece > 1 && i + 1 < pages.len() {
+                // SAFETY: `page` is the head page of a folio it pins.
+                let folio = unsafe { bindings::kmod_helper_folio_nr_pages(page) } as usize;
+                let rest = &pages[i..pages.len().min(i.saturating_add(folio.min(max_piece)))];
+                // The pages of one folio are consecutive in the memory map.
+                rest.iter().enumerate().take_while(|&(k, &p)| p == page.wrapping_add(k)).count()
+            } else {
+                1
+            };
+            i += n;
+            let n = n as u64;
+            if !rsvd {
+                unreserved += n as usize;
+            }
+            if cur.npage != 0 && pfn == cur.pfn + cur.npage && rsvd == cur.reserved && cur.npage + n <= max_npage {
+                cur.npage += n;
                 continue;
             }
             if cur.npage != 0 {
@@ -1050,7 +1087,7 @@ impl PinBatch {
                     nruns += 1;
                 }
             }
-            cur = PfnRun { pfn, npage: 1, reserved: rsvd };
+            cur = PfnRun { pfn, npage: n, reserved: rsvd };
         }
         if cur.npage != 0 {
             if let Some(slot) = runs.get_mut(nruns) {

@@ -54,6 +54,12 @@ struct page *kmod_helper_vmemmap(void)
 }
 #endif
 
+/* How many pages the folio whose head page is @head has. */
+unsigned long kmod_helper_folio_nr_pages(struct page *head)
+{
+	return folio_nr_pages(page_folio(head));
+}
+
 bool kmod_helper_pfn_valid(unsigned long pfn)
 {
 	return pfn_valid(pfn);

@@ -18,6 +18,7 @@ void kmod_helper_mmap_read_unlock(struct mm_struct *mm);
 int kmod_helper_mmap_write_lock_killable(struct mm_struct *mm);
 void kmod_helper_mmap_write_unlock(struct mm_struct *mm);
 struct page *kmod_helper_vmemmap(void);
+unsigned long kmod_helper_folio_nr_pages(struct page *head);
 bool kmod_helper_pfn_valid(unsigned long pfn);
 bool kmod_helper_access_ok(unsigned long addr, unsigned long size);
 void kmod_helper_cond_resched(void);

@@ -158,10 +158,21 @@ impl Region {
     }
 }
 
+impl Region {
+    /// `len` bytes of the region from `off` on, as a region that does not
+    /// own (or unmap) its memory: it must not outlive `self`.
+    fn view(&self, off: u64, len: u64) -> Region {
+        assert!(off + len <= self.len);
+        Region { map: std::ptr::null_mut(), map_len: 0, addr: self.addr + off, len }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mapping `anon` or `hugetlb` created.
-        unsafe { libc::munmap(self.map, self.map_len) };
+        if !self.map.is_null() {
+            // SAFETY: the mapping `anon` or `hugetlb` created.
+            unsafe { libc::munmap(self.map, self.map_len) };
+        }
     }
 }
 
@@ -221,8 +232,11 @@ pub(crate) fn map_copy_unmap_in(c: &Container, e: &Edu, r: &Region, iova: u64, s
 }
 
 /// 8 MiB of THP, then of hugetlbfs pages, mapped at a 2 MiB-aligned IOVA
-/// (the IOMMU may use 2 MiB pages) and at one 4 KiB past it (it cannot):
-/// each run of 2 MiB or more goes in one unmap, and every pin comes back.
+/// (the IOMMU may use 2 MiB pages) and at one 4 KiB past it (it cannot),
+/// and THP from inside one folio to inside another (the pins of a folio's
+/// pages are found together from its head page on, page by page before
+/// it): each run of 2 MiB or more goes in one unmap, and every pin comes
+/// back.
 pub fn huge_pages_return_their_pins(_ctx: &Ctx) -> CaseResult {
     let thp = Region::anon(&[(Pages::Thp, 8 * MIB)])?;
     thp.expect_thp(6 * MIB)?;
@@ -230,6 +244,11 @@ pub fn huge_pages_return_their_pins(_ctx: &Ctx) -> CaseResult {
     for iova in [0x40_0000, 0x40_1000] {
         map_copy_unmap(&thp, iova, &seams, &format!("8 MiB of THP at {iova:#x}"))?;
     }
+    // From the second page of a folio to the second last of another: the
+    // mapping starts and ends inside huge pages.
+    let part = thp.view(PAGE, 6 * MIB - 2 * PAGE);
+    map_copy_unmap(&part, 0x40_1000, &[2 * MIB - PAGE, 4 * MIB - PAGE], "THP from inside one folio to inside another")?;
+    drop(part);
     drop(thp);
     let huge = Region::hugetlb(8 * MIB)?;
     for iova in [0x40_0000, 0x40_1000] {
