@@ -220,7 +220,20 @@ pub(super) fn harness_debugfs_clear() {
 fn spawn_one(name: &str, b: Backend, cfg: &BenchConfig, scale: f64) -> (Option<i32>, String, String) {
     let scale = scale.to_string();
     match harness::run_self(&["bench-one", name, "--backend", b.name(), "--scale", &scale], cfg.timeout) {
-        Ok(r) => (r.status.map(|s| s.code().unwrap_or(1)), r.stdout, r.stderr),
+        Ok(r) => {
+            // A process killed by a signal has no exit code: say which
+            // signal, as the last line that the failure report quotes (a
+            // guest binary replaced under a running bench ended every
+            // later workload this way, without a word).
+            let mut stderr = r.stderr;
+            let code = r.status.map(|s| {
+                if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&s) {
+                    stderr.push_str(&format!("\nkilled by signal {sig}"));
+                }
+                s.code().unwrap_or(1)
+            });
+            (code, r.stdout, stderr)
+        }
         Err(err) => (Some(1), String::new(), format!("cannot start: {err}")),
     }
 }
