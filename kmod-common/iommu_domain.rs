@@ -495,11 +495,9 @@ impl DomainSet {
             return;
         }
         forget_straddling(&mut self.runs, start);
-        while let Some(k) = self.runs.ceil_key(start) {
-            if k >= end {
-                break;
-            }
-            drop(self.runs.remove(k));
+        let mut next = self.runs.ceil_key(start);
+        while let Some(k) = next.filter(|&k| k < end) {
+            next = self.runs.remove_then_next(k).1.map(|(k, _)| k);
         }
     }
 
@@ -645,7 +643,9 @@ unsafe fn unmap_unpin_first(first: &Domain, runs: &mut RunCache, start: u64, siz
         iova += unmapped;
         // An IOMMU page larger than asked for goes whole: runs remembered
         // inside what it covered are gone with it (physically contiguous,
-        // unpinned above as part of it).
+        // unpinned above as part of it). The same loop as in
+        // `DomainSet::forget`, kept apart: a helper shared by both cost a
+        // one-page unmap 30 more instructions, even inlined.
         while let Some(k) = next {
             if k >= iova {
                 break;

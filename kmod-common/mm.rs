@@ -284,6 +284,11 @@ unsafe fn page_flags(page: *mut bindings::page) -> usize {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*page).flags)) as usize }
 }
 
+/// `PG_reserved` in a flags word ([`page_flags`]).
+const PG_RESERVED: usize = 1 << bindings::pageflags_PG_reserved;
+/// `PG_head` in a flags word ([`page_flags`]).
+const PG_HEAD: usize = 1 << bindings::pageflags_PG_head;
+
 /// `PageReserved(page)`: see [`page_flags`].
 ///
 /// # Safety
@@ -293,7 +298,7 @@ unsafe fn page_flags(page: *mut bindings::page) -> usize {
 unsafe fn page_reserved(page: *mut bindings::page) -> bool {
     // SAFETY: the caller's contract is `page_flags`'.
     let flags = unsafe { page_flags(page) };
-    flags & (1 << bindings::pageflags_PG_reserved) != 0
+    flags & PG_RESERVED != 0
 }
 
 impl MmUsers<'_> {
@@ -1046,9 +1051,8 @@ impl PinBatch {
         // pages as follow it in `pages` in order, taken to be of the head's
         // kind (`PG_reserved` is not a flag of compound pages, and a
         // folio's pages are initialised alike): only their places are
-        // compared, one load and
-        // compare a page instead of a frame number, a flags word and four
-        // tests.
+        // compared, one load and compare a page instead of a frame number,
+        // a flags word and four tests.
         let pages = &self.pages[..got];
         let runs = &mut self.runs[..got];
         let (mut nruns, mut unreserved) = (0usize, 0usize);
@@ -1059,10 +1063,11 @@ impl PinBatch {
             let pfn = frames.pfn(page);
             // SAFETY: a pinned page is a page of the memory map.
             let flags = unsafe { page_flags(page) };
-            let rsvd = flags & (1 << bindings::pageflags_PG_reserved) != 0;
+            let rsvd = flags & PG_RESERVED != 0;
             // (Not for a last page: one page needs no folio size.)
-            let n = if flags & (1 << bindings::pageflags_PG_head) != 0 && max_piece > 1 && i + 1 < pages.len() {
-                // SAFETY: `page` is the head page of a folio it pins.
+            let n = if flags & PG_HEAD != 0 && max_piece > 1 && i + 1 < pages.len() {
+                // SAFETY: `page` is the head page of a folio whose pages
+                // are pinned (it is pinned itself).
                 let folio = unsafe { bindings::kmod_helper_folio_nr_pages(page) } as usize;
                 let rest = &pages[i..pages.len().min(i.saturating_add(folio.min(max_piece)))];
                 // The pages of one folio are consecutive in the memory map.
@@ -1071,10 +1076,10 @@ impl PinBatch {
                 1
             };
             i += n;
-            let n = n as u64;
             if !rsvd {
-                unreserved += n as usize;
+                unreserved += n;
             }
+            let n = n as u64;
             if cur.npage != 0 && pfn == cur.pfn + cur.npage && rsvd == cur.reserved && cur.npage + n <= max_npage {
                 cur.npage += n;
                 continue;

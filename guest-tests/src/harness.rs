@@ -51,8 +51,8 @@ fn start_cpu_wakers() {
 /// Keeps the calling thread on `cpu` (best effort: unpinned if refused).
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
-    // (the index is checked against its size by the macro's caller below),
-    // and sched_setaffinity reads `size_of` bytes of it.
+    // (the index is checked against the set's size first), and
+    // sched_setaffinity reads `size_of` bytes of it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
