@@ -333,8 +333,8 @@ proptest! {
             let r = d.pin_range().unwrap();
             prop_assert_eq!(r.iova % PAGE, 0);
             prop_assert!(r.iova <= d.addr);
-            prop_assert!(r.last().unwrap() >= d.addr + u64::from(d.len) - 1);
-            prop_assert!(r.last().unwrap() - (d.addr + u64::from(d.len) - 1) < PAGE);
+            prop_assert!(r.last().unwrap() >= d.addr + (u64::from(d.len) - 1));
+            prop_assert!(r.last().unwrap() - (d.addr + (u64::from(d.len) - 1)) < PAGE);
         }
     }
 
@@ -348,7 +348,7 @@ proptest! {
         s.put_desc(TXR, d);
         s.reg_write(REG_TX_RING + RING_TAIL, 1);
         s.reg_write(REG_CTRL, CTRL_ENABLE);
-        let mapped = valid(&d) && (d.addr >> 12..=(d.addr + u64::from(d.len) - 1) >> 12)
+        let mapped = valid(&d) && (d.addr >> 12..=(d.addr + (u64::from(d.len) - 1)) >> 12)
             .all(|p| s.mapped(p * PAGE));
         let mut sent = 0usize;
         for _ in 0..1000 {
