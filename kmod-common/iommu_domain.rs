@@ -19,8 +19,9 @@
 //!
 //! A [`DomainSet`] (a container's domains) owns the pinned pages its page
 //! tables map, and is the only way to put entries there: a
-//! [`mm::PinnedRun`] is mapped into every domain ([`DomainSet::map`]),
-//! which takes over its pins (or gives the run back on failure), and a
+//! [`mm::PinnedRun`] is mapped into every domain ([`DomainSet::map`]; small
+//! runs a [`RunList`] at a time, [`DomainSet::map_list`]), which takes
+//! over its pins (or gives the run back on failure), and a
 //! domain being added copies the first domain's entries ([`Replay`]). The
 //! pins leave only with [`DomainSet::unmap_unpin`]: every domain unmaps the
 //! range, the IOTLB is flushed (gathered, up to [`TLB_SYNC_MAX`] runs per
@@ -243,6 +244,42 @@ impl Domain {
                 bindings::GFP_KERNEL_ACCOUNT,
             )
         })
+    }
+
+    /// Maps the `n` entries of `sg`, `size` bytes in all, from `iova` on
+    /// with `prot`, and syncs the IOMMU's map-time caches once
+    /// (`iommu_map_sg`). On failure the IOMMU core has unmapped what it
+    /// mapped.
+    ///
+    /// # Safety
+    ///
+    /// `sg` is an initialised scatterlist of at least `n` entries (the last
+    /// marked as the end) whose pages the caller keeps pinned until it
+    /// unmaps them, and the caller owns the IOVA range.
+    unsafe fn map_sg(&self, iova: u64, sg: *mut bindings::scatterlist, n: usize, size: u64, prot: u32) -> Result {
+        let n = ffi::c_uint::try_from(n).map_err(|_| EINVAL)?;
+        // SAFETY: the domain is valid; `sg` and the IOVA range as the
+        // function's contract says. The page-table allocations are charged
+        // to the caller's memcg.
+        let mapped = unsafe {
+            bindings::iommu_map_sg(
+                self.as_ptr(),
+                iova as ffi::c_ulong,
+                sg,
+                n,
+                prot as ffi::c_int,
+                bindings::GFP_KERNEL_ACCOUNT,
+            )
+        };
+        if mapped < 0 {
+            return Err(Error::from_errno(mapped as i32));
+        }
+        if mapped as u64 != size {
+            // Not all of it (an entry the IOMMU core skipped): not what was asked.
+            self.unmap(iova, mapped as u64);
+            return Err(EINVAL);
+        }
+        Ok(())
     }
 
     /// Unmaps up to `size` bytes at `iova` and flushes the IOTLB
@@ -474,6 +511,19 @@ impl DomainSet {
         Ok(())
     }
 
+    /// Maps the runs gathered in `list` into every domain with `prot`, as
+    /// [`Self::map`] maps one: the domains take over their pins and `list`
+    /// is left empty; on failure the runs are unmapped from the domains
+    /// already done and `list` is left as it was.
+    #[inline]
+    pub(crate) fn map_list(&mut self, list: &mut RunList, prot: u32) -> Result {
+        if self.list.is_empty() {
+            return Err(EINVAL);
+        }
+        // Shorter than `CACHED_RUN_PAGES` (`RunList::push`): nothing to remember.
+        map_list_into(&self.list, list, prot)
+    }
+
     /// Remembers `run`, just mapped by every domain. Without memory for
     /// its node, it is not: the unmap walks the page tables there instead.
     #[cold]
@@ -567,6 +617,199 @@ fn map_into(domains: &[Domain], iova: u64, run: &mut PinnedRun, prot: u32) -> Re
     // The page tables hold the pins now (the caller's invariant): the run
     // must not give them back.
     core::mem::forget(core::mem::take(run));
+    Ok(())
+}
+
+/// Small pinned runs for consecutive IOVAs, gathered to be mapped into the
+/// domains together ([`DomainSet::map_list`]): one `iommu_map_sg` per
+/// domain maps them all and syncs the IOMMU's map-time caches
+/// (`iotlb_sync_map`) once, where one `iommu_map` per run, as the C type1
+/// makes, syncs once per run. On an IOMMU in caching mode (a virtual
+/// IOMMU such as QEMU's `intel-iommu,caching-mode=on`, which a VFIO user
+/// inside a guest sits behind) each sync is an invalidation the IOMMU must
+/// process, and memory of 4 KiB pages is a run per page.
+///
+/// Only runs that are not reserved and shorter than [`CACHED_RUN_PAGES`]
+/// are gathered: the page tables get the entries they would get run by run
+/// (two gathered runs never continue each other physically, else they
+/// would be one run, so `iommu_map_sg` merges none); a longer run is
+/// mapped on its own and remembered, and a reserved one may be device
+/// memory, which has no `struct page` for a scatterlist entry.
+///
+/// The list is allocated when a second run comes (one run is mapped with
+/// `iommu_map` as before, and a mapping of one THP or hugetlbfs folio
+/// allocates nothing); without memory for it, runs are mapped one by one.
+///
+/// # Invariants
+///
+/// The runs, `first` then `rest`, are to be mapped one after the other
+/// from `iova`, `bytes` in all; `first` is empty only if `rest` is. Each
+/// is unreserved (its pages have `struct page`s) and shorter than
+/// [`CACHED_RUN_PAGES`]; there are at most `room`. `writable` is whether
+/// every run is writable. `rest` is empty while not allocated.
+pub(crate) struct RunList {
+    iova: u64,
+    bytes: u64,
+    writable: bool,
+    room: usize,
+    first: PinnedRun,
+    rest: Option<Gathered>,
+}
+
+/// The allocated part of a [`RunList`]: the runs after the first, and a
+/// scatterlist.
+///
+/// # Invariants
+///
+/// `runs` has capacity for `room - 1` runs and `sg` for `room` entries
+/// (`room` of the list).
+struct Gathered {
+    runs: KVec<PinnedRun>,
+    sg: KVec<bindings::scatterlist>,
+}
+
+impl RunList {
+    /// Room for `room` runs (allocated when needed); with none,
+    /// [`Self::push`] takes nothing.
+    #[inline]
+    pub(crate) fn new(room: usize) -> Self {
+        // INVARIANT: empty.
+        RunList { iova: 0, bytes: 0, writable: true, room, first: PinnedRun::default(), rest: None }
+    }
+
+    /// Whether no run is gathered.
+    #[inline(always)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.npage() == 0
+    }
+
+    /// The bytes the gathered runs cover.
+    #[inline(always)]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Gathers `run`, to be mapped at `iova`: if it is small and
+    /// unreserved, follows the gathered runs in IOVA, and there is room
+    /// (and, for a second run, memory for the list). Otherwise it is
+    /// handed back.
+    #[inline]
+    pub(crate) fn push(&mut self, iova: u64, run: PinnedRun) -> core::result::Result<(), PinnedRun> {
+        if run.is_reserved() || run.npage() >= CACHED_RUN_PAGES || run.npage() == 0 || self.room == 0 {
+            return Err(run);
+        }
+        if self.is_empty() {
+            // INVARIANT: the first run, as checked above.
+            self.iova = iova;
+            self.bytes = run.npage() << PAGE_SHIFT;
+            self.writable = run.is_writable();
+            self.first = run;
+            return Ok(());
+        }
+        if iova != self.iova.wrapping_add(self.bytes) {
+            return Err(run);
+        }
+        let rest = match &mut self.rest {
+            Some(rest) => rest,
+            None => match Self::allocate(self.room) {
+                Ok(rest) => self.rest.insert(rest),
+                Err(_) => return Err(run),
+            },
+        };
+        if 1 + rest.runs.len() >= self.room {
+            return Err(run);
+        }
+        self.bytes += run.npage() << PAGE_SHIFT;
+        self.writable &= run.is_writable();
+        // INVARIANT: checked above. `runs` has capacity for `room - 1`
+        // runs and holds fewer, so this push does not allocate and cannot
+        // fail.
+        let _ = rest.runs.push(run, GFP_KERNEL);
+        Ok(())
+    }
+
+    /// The list's allocated part for `room` runs.
+    #[cold]
+    fn allocate(room: usize) -> Result<Gathered> {
+        let runs = KVec::with_capacity(room - 1, GFP_KERNEL)?;
+        let sg = KVec::with_capacity(room, GFP_KERNEL)?;
+        // INVARIANT: as the type says.
+        Ok(Gathered { runs, sg })
+    }
+
+    /// Takes the gathered runs out, each with its IOVA, in order: the list
+    /// is empty afterwards.
+    pub(crate) fn take_each(&mut self, mut each: impl FnMut(u64, PinnedRun)) {
+        let mut iova = self.iova;
+        let first = core::mem::take(&mut self.first);
+        let rest = self.rest.as_mut().map_or(&mut [][..], |r| &mut r.runs[..]);
+        let runs = Iterator::chain(core::iter::once(first), rest.iter_mut().map(core::mem::take));
+        for run in runs.filter(|r| r.npage() != 0) {
+            let len = run.npage() << PAGE_SHIFT;
+            each(iova, run);
+            iova += len;
+        }
+        if let Some(rest) = &mut self.rest {
+            rest.runs.clear();
+        }
+        self.bytes = 0;
+    }
+}
+
+/// Maps the runs of `list` into every domain of `domains` (not empty), as
+/// [`DomainSet::map_list`].
+fn map_list_into(domains: &[Domain], list: &mut RunList, prot: u32) -> Result {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let rest = match &mut list.rest {
+        Some(rest) if !rest.runs.is_empty() => rest,
+        _ => {
+            // One run: no scatterlist.
+            map_into(domains, list.iova, &mut list.first, prot)?;
+            list.bytes = 0;
+            return Ok(());
+        }
+    };
+    if prot & IOMMU_WRITE != 0 && !list.writable {
+        return Err(EINVAL);
+    }
+    let n = 1 + rest.runs.len();
+    let sg = rest.sg.spare_capacity_mut();
+    if sg.len() < n {
+        return Err(EINVAL);
+    }
+    let sg = sg.as_mut_ptr().cast::<bindings::scatterlist>();
+    // SAFETY: `sg` points to room for at least `n` entries (checked just
+    // above), which this initialises as an unchained list whose last entry
+    // is the `n`th.
+    unsafe { bindings::sg_init_table(sg, n as ffi::c_uint) };
+    for (i, run) in Iterator::chain(core::iter::once(&list.first), rest.runs.iter()).enumerate() {
+        // SAFETY: entry `i < n` was initialised above. The run is
+        // unreserved, so its pages have `struct page`s, and shorter than
+        // 2 MiB, so its length fits the entry (type invariant).
+        unsafe { bindings::kmod_helper_sg_set_pfn(sg.add(i), run.pfn() as ffi::c_ulong, (run.npage() << PAGE_SHIFT) as ffi::c_uint) };
+    }
+    for (i, d) in domains.iter().enumerate() {
+        // SAFETY: `sg` describes the `n` runs, which stay pinned: they are
+        // ours until the domains take them over below, or given back by
+        // the caller after this unmaps them on failure.
+        if let Err(e) = unsafe { d.map_sg(list.iova, sg, n, list.bytes, prot | IOMMU_CACHE) } {
+            for done in domains.iter().take(i).rev() {
+                done.unmap(list.iova, list.bytes);
+            }
+            return Err(e);
+        }
+        mm::cond_resched();
+    }
+    // The page tables hold the pins now (the caller's invariant): the runs
+    // must not give them back.
+    core::mem::forget(core::mem::take(&mut list.first));
+    for run in rest.runs.iter_mut() {
+        core::mem::forget(core::mem::take(run));
+    }
+    rest.runs.clear();
+    list.bytes = 0;
     Ok(())
 }
 
@@ -725,6 +968,16 @@ impl Replay<'_> {
             return Err(EINVAL);
         }
         map_into(core::slice::from_ref(self.new), iova, run, prot)
+    }
+
+    /// Maps the runs gathered in `list` into the new domain, as
+    /// [`DomainSet::map_list`]: only when the set is empty, else `EINVAL`.
+    #[inline]
+    pub(crate) fn map_list(&self, list: &mut RunList, prot: u32) -> Result {
+        if self.first.is_some() {
+            return Err(EINVAL);
+        }
+        map_list_into(core::slice::from_ref(self.new), list, prot)
     }
 
     /// Unmaps what [`Self::map`] mapped in `[iova, iova + size)`, each run

@@ -21,8 +21,11 @@
 //!   batches of up to 512 pages (`pin_user_pages_remote`, `FOLL_LONGTERM`),
 //!   charged to the mapping process's `locked_vm` (pages a device already
 //!   pinned through `vfio_pin_pages` are charged already), and mapped into
-//!   every domain one physically contiguous run at a time, so that the IOMMU
-//!   can use its large pages. `disable_hugepages` maps page by page.
+//!   every domain as physically contiguous runs, so that the IOMMU can use
+//!   its large pages; runs shorter than 2 MiB are gathered and mapped with
+//!   one `iommu_map_sg` per domain (`iommu_domain::RunList`: one map-time
+//!   IOTLB sync per list, not per run). `disable_hugepages` maps page by
+//!   page.
 //!   Device memory (`VM_IO`/`VM_PFNMAP`: BARs) is looked up instead of
 //!   pinned, one page-table entry at a time (`MmUsers::pin_or_follow` in
 //!   kmod-common/mm.rs), and neither pinned nor charged.
@@ -73,6 +76,10 @@
 //! - The fine-grained superpage probe (`vfio_test_domain_fgsp`) is not
 //!   made: unmap always looks for contiguous runs, which is what C does on
 //!   IOMMUs with discrete superpage sizes such as VT-d.
+//! - Runs shorter than 2 MiB are mapped a list at a time with
+//!   `iommu_map_sg`, which syncs the IOMMU's map-time caches once per list;
+//!   C calls `iommu_map`, which syncs once per run. The page-table entries
+//!   are the same.
 
 #![deny(unsafe_code)]
 

@@ -5,8 +5,10 @@
 
 struct iommu_domain;
 struct iommu_iotlb_gather;
+struct scatterlist;
 
 void kmod_helper_iotlb_gather_init(struct iommu_iotlb_gather *gather);
 void kmod_helper_iotlb_sync(struct iommu_domain *domain, struct iommu_iotlb_gather *gather);
+void kmod_helper_sg_set_pfn(struct scatterlist *sg, unsigned long pfn, unsigned int len);
 
 #endif

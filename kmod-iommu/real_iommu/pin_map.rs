@@ -7,7 +7,7 @@
 
 use super::unmap::remove_dma;
 use super::Domains;
-use crate::iommu_domain::{DomainSet, Replay, IOMMU_WRITE};
+use crate::iommu_domain::{DomainSet, Replay, RunList, IOMMU_WRITE};
 use crate::mm::{self, MmUsers, PinBatch, PinnedRun, TaskRef};
 use crate::params;
 use crate::store::{Dma, Mappings, PfnTree};
@@ -36,6 +36,77 @@ impl Targets<'_> {
             Targets::All(set) => set.map(iova, run, prot),
             Targets::New(replay) => replay.map(iova, run, prot),
         }
+    }
+
+    /// Maps the runs gathered in `list` into every target, as `map` maps
+    /// one (`list` is left empty, or as it was on failure).
+    #[inline]
+    fn map_list(&mut self, list: &mut RunList, prot: u32) -> Result {
+        match self {
+            Targets::All(set) => set.map_list(list, prot),
+            Targets::New(replay) => replay.map_list(list, prot),
+        }
+    }
+}
+
+/// The pinned runs of a mapping on their way into the targets, in IOVA
+/// order: small ones gathered and mapped together ([`RunList`]: one
+/// map-time IOTLB sync for many runs), others mapped on their own after
+/// what was gathered before them. With `grow`, the mapping's size grows by
+/// what is mapped, so that on failure it covers exactly that.
+struct Mapper<'a> {
+    targets: Targets<'a>,
+    list: RunList,
+    prot: u32,
+    grow: bool,
+}
+
+impl Mapper<'_> {
+    /// Maps `run` at `iova`, right after the runs added before, now or with
+    /// later ones. On failure every pin it held (`run` and what was
+    /// gathered) is given back through `cx`.
+    #[inline]
+    fn add(&mut self, cx: &mut PinCtx<'_>, iova: u64, run: PinnedRun) -> Result {
+        let Err(mut run) = self.list.push(iova, run) else { return Ok(()) };
+        if !self.list.is_empty() {
+            if let Err(e) = self.flush(cx) {
+                cx.give_back(iova, run);
+                return Err(e);
+            }
+            let Err(r) = self.list.push(iova, run) else { return Ok(()) };
+            run = r;
+        }
+        // A run the list does not take even empty goes on its own.
+        let npage = run.npage();
+        if let Err(e) = self.targets.map(iova, &mut run, self.prot) {
+            cx.give_back(iova, run);
+            return Err(e);
+        }
+        if self.grow {
+            cx.info.size += npage << PAGE_SHIFT;
+        }
+        Ok(())
+    }
+
+    /// Gives back what is gathered, unmapped, through `cx`.
+    fn give_back(&mut self, cx: &mut PinCtx<'_>) {
+        self.list.take_each(|iova, run| cx.give_back(iova, run));
+    }
+
+    /// Maps what is gathered; on failure gives it back through `cx`.
+    fn flush(&mut self, cx: &mut PinCtx<'_>) -> Result {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.list.bytes();
+        if let Err(e) = self.targets.map_list(&mut self.list, self.prot) {
+            self.give_back(cx);
+            return Err(e);
+        }
+        if self.grow {
+            cx.info.size += bytes;
+        }
+        Ok(())
     }
 }
 
@@ -95,11 +166,12 @@ impl PinCtx<'_> {
 }
 
 /// Pins `[dma.vaddr, + npage pages)` and maps it at `dma.iova` into
-/// `targets`, run by run (`vfio_pin_map_dma`, and the pinning branch of
-/// `vfio_iommu_replay`). With `grow`, `dma.info.size` grows by each mapped
-/// run, so that on failure it covers exactly what is mapped; pages pinned
-/// but not mapped are given back before returning the error.
-pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow: bool) -> Result {
+/// `targets`, as physically contiguous runs (`vfio_pin_map_dma`, and the
+/// pinning branch of `vfio_iommu_replay`). With `grow`, `dma.info.size`
+/// grows by what is mapped, so that on failure it covers exactly that;
+/// pages pinned but not mapped (also those gathered, see [`Mapper`]) are
+/// given back before returning the error.
+pub(super) fn pin_map(dma: &mut Dma, targets: Targets<'_>, npage: u64, grow: bool) -> Result {
     let mut cx = PinCtx::new(dma)?;
     let single = params::disable_hugepages();
     // No more room than the mapping has pages: setting up room for 512
@@ -109,10 +181,14 @@ pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow:
     // Each batch as physically contiguous runs of one kind; page by page
     // when huge IOMMU pages are off.
     let mut batch = PinBatch::new(batch_len)?;
+    // Small runs are gathered to be mapped together, up to a batch's
+    // worth; not for a single page, nor when huge IOMMU pages are off
+    // (`iommu_map_sg` would merge physically contiguous pages).
+    let gather = if single || npage < 2 { 0 } else { batch_len };
+    let mut mapper = Mapper { targets, list: RunList::new(gather), prot: cx.info.prot, grow };
     let max_run = if single { 1 } else { u64::MAX };
     let device_pins = !cx.pfns.is_empty();
     let write = cx.write();
-    let prot = cx.info.prot;
     // The run being built (merged across batches; empty at first) and its
     // iova.
     let (mut run, mut run_iova) = (PinnedRun::default(), 0u64);
@@ -127,6 +203,7 @@ pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow:
             Ok(r) => r,
             Err(e) => {
                 cx.give_back(run_iova, run);
+                mapper.give_back(&mut cx);
                 return Err(e);
             }
         };
@@ -157,6 +234,7 @@ pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow:
             // The batch's pins go back uncharged (they were not charged).
             drop(runs);
             cx.give_back(run_iova, run);
+            mapper.give_back(&mut cx);
             return Err(e);
         }
         let mut iova = first_iova;
@@ -174,10 +252,9 @@ pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow:
                     Err(r) => r,
                 }
             };
-            let run_npage = run.npage();
-            if run_npage != 0 {
-                if let Err(e) = targets.map(run_iova, &mut run, prot) {
-                    cx.give_back(run_iova, run);
+            if run.npage() != 0 {
+                // On failure `add` gave back `run` and what it gathered.
+                if let Err(e) = mapper.add(&mut cx, run_iova, core::mem::take(&mut run)) {
                     cx.give_back(iova, r);
                     let mut at = iova + (n << PAGE_SHIFT);
                     for rest in runs {
@@ -187,28 +264,18 @@ pub(super) fn pin_map(dma: &mut Dma, mut targets: Targets<'_>, npage: u64, grow:
                     }
                     return Err(e);
                 }
-                if grow {
-                    cx.info.size += run_npage << PAGE_SHIFT;
-                }
             }
-            // `run` is empty now (mapped, or never started).
+            // `run` is empty now (handed on, or never started).
             run = r;
             run_iova = iova;
             iova += n << PAGE_SHIFT;
         }
         done += got as u64;
     }
-    let n = run.npage();
-    if n != 0 {
-        if let Err(e) = targets.map(run_iova, &mut run, prot) {
-            cx.give_back(run_iova, run);
-            return Err(e);
-        }
-        if grow {
-            cx.info.size += n << PAGE_SHIFT;
-        }
+    if run.npage() != 0 {
+        mapper.add(&mut cx, run_iova, run)?;
     }
-    Ok(())
+    mapper.flush(&mut cx)
 }
 
 /// `MAP_DMA` with IOMMU domains: pins and maps the new mapping at `key`

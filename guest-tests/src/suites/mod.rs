@@ -213,6 +213,7 @@ pub static ALL: &[Case] = &[
     Case { name: "type1_iommu.history.no_soft_lockup_pinning_a_gib", run: type1_history::no_soft_lockup_pinning_a_gib },
     Case { name: "type1_iommu.runs.huge_pages_return_their_pins", run: type1_runs::huge_pages_return_their_pins },
     Case { name: "type1_iommu.runs.mixed_runs_in_one_mapping", run: type1_runs::mixed_runs_in_one_mapping },
+    Case { name: "type1_iommu.runs.scattered_pages_gathered", run: type1_runs::scattered_pages_gathered },
     Case { name: "type1_iommu.pfnmap.dma_through_bar", run: type1_pfnmap::dma_through_bar },
     Case { name: "type1_iommu.pfnmap.peer_to_peer", run: type1_pfnmap::peer_to_peer },
     Case { name: "type1_iommu.pfnmap.read_only_vma", run: type1_pfnmap::read_only_vma },

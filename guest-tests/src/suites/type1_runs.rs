@@ -6,8 +6,11 @@
 //! reaches every byte while mapped and none after the unmap, whether runs
 //! start on an IOMMU superpage boundary or not, mixed with 4 KiB pages in
 //! one mapping, and after device memory was mapped at the same IOVA
-//! (type1_pfnmap.rs, `ram_where_bar_was`). The C type1 gives the same
-//! results.
+//! (type1_pfnmap.rs, `ram_where_bar_was`). Small runs are gathered and
+//! mapped together (`RunList`, one map-time IOTLB sync for many runs):
+//! `scattered_pages_gathered` checks the device reaches them across the
+//! list's flushes, and that a map failing while runs are gathered gives
+//! them back. The C type1 gives the same results.
 
 use super::type1_iommu::{edu_setup, ensure_hugepages, pattern};
 use super::{fail, pins_held, CaseResult, Ctx, Fail};
@@ -264,4 +267,29 @@ pub fn mixed_runs_in_one_mapping(_ctx: &Ctx) -> CaseResult {
     let r = Region::anon(&[(Pages::Thp, 2 * MIB), (Pages::Scattered, 2 * MIB), (Pages::Thp, 4 * MIB)])?;
     r.expect_thp(4 * MIB)?;
     map_copy_unmap(&r, 0x80_0000, &[2 * MIB, 4 * MIB, 6 * MIB], "THP, 4 KiB pages and THP in one mapping")
+}
+
+/// 3 MiB of scattered 4 KiB pages (768 runs of one page: more than one
+/// batch of 512 pages, and more runs than one gathered list holds) mapped
+/// and unmapped, with copies across the batch boundary; then a map of 4
+/// MiB of them whose last MiB cannot be pinned (`PROT_NONE`): `EFAULT`,
+/// with the runs already mapped and those still gathered all given back
+/// and the IOVA range free again.
+pub fn scattered_pages_gathered(_ctx: &Ctx) -> CaseResult {
+    let r = Region::anon(&[(Pages::Scattered, 3 * MIB)])?;
+    map_copy_unmap(&r, 0x40_0000, &[MIB, 2 * MIB, 2 * MIB + 5 * PAGE], "3 MiB of scattered 4 KiB pages")?;
+    drop(r);
+    let r = Region::anon(&[(Pages::Scattered, 4 * MIB)])?;
+    // SAFETY: our own mapping's last MiB; nothing reads it afterwards.
+    let rc = unsafe { libc::mprotect((r.addr + 3 * MIB) as *mut libc::c_void, MIB as usize, libc::PROT_NONE) };
+    check_eq!(rc, 0, "mprotect of the last MiB");
+    let s = edu_setup(0)?;
+    let (c, iova) = (&s.container, 0x40_0000);
+    let (pins, locked) = (pins_held()?, vm_locked_kb());
+    check_eq!(c.map_rw(r.addr, iova, 4 * MIB).err(), Some(crate::vfio::Errno(libc::EFAULT)), "map reaching PROT_NONE memory");
+    check_eq!(pins_held()?, pins, "pins held after the refused map");
+    check_eq!(vm_locked_kb(), locked, "VmLck after the refused map");
+    check_eq!(c.unmap_range(iova, 4 * MIB)?, 0, "bytes unmapped where the refused map was");
+    let part = r.view(0, 3 * MIB);
+    map_copy_unmap_in(c, &s.edu, &part, iova, &[2 * MIB], "the pinnable 3 MiB after the refused map")
 }
