@@ -328,6 +328,12 @@ pub fn build(paths: &Paths, opts: HostKernelOpts) -> Result<Option<HostBuild>> {
     if !configure_only && cmd::probe_version(Command::new("dpkg-buildpackage").arg("--version")).is_none() {
         bail!("dpkg-buildpackage is missing (bindeb-pkg runs it): `sudo apt-get install dpkg-dev`, then run this again");
     }
+    // The generated debian/control build-depends on debhelper-compat (= 12):
+    // without debhelper, dpkg-buildpackage stops after the kernel's config.
+    let debhelper = cmd::probe_version(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", "debhelper"]));
+    if !configure_only && debhelper.as_deref() != Some("installed") {
+        bail!("debhelper is missing (the packages bindeb-pkg builds need it): `sudo apt-get install debhelper`, or `cargo xtask setup`, then run this again");
+    }
     step(&format!("host kernel: Debian packages of linux-source-6.12 {pkg_version} into {}", dir.display()));
     std::fs::write(dir.join("key.txt"), &material)?;
     match &seed {

@@ -29,8 +29,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mdevctl",
     "linux-perf",
     // bindeb-pkg (`cargo xtask host-kernel`, and the boot from those
-    // packages in `cargo xtask test`) runs dpkg-buildpackage.
+    // packages in `cargo xtask test`) runs dpkg-buildpackage, whose
+    // generated debian/control build-depends on debhelper-compat (= 12).
     "dpkg-dev",
+    "debhelper",
 ];
 
 /// The bindgen-cli release the modules' bindings are generated with.
